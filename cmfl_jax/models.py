@@ -1,0 +1,279 @@
+"""Flax NNX models: a configurable DenseNet and the one/two-stream detectors.
+
+Layout is NHWC. Channel order of every dense concatenation is [input, new],
+as in torchvision, so weights convert one-to-one. Initialisation follows
+torchvision's DenseNet (Kaiming-normal convs, BN weight 1 / bias 0) and
+PyTorch's default `nn.Linear` init for the heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cmfl_jax import spectrum
+
+# PyTorch BatchNorm momentum 0.1 == Flax momentum 0.9.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+ARCHS = ("two_stream", "one_stream")
+ONE_STREAM_INPUTS = ("rgb", "freq")
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseNetSpec:
+  """Hyper-parameters of a DenseNet (torchvision naming)."""
+
+  growth_rate: int = 32
+  block_config: tuple[int, ...] = (6, 12, 24, 16)
+  num_init_features: int = 64
+  bn_size: int = 4
+
+  def channels_after(self, num_blocks: int) -> int:
+    """Output channels after `num_blocks` blocks (and their transitions)."""
+    c = self.num_init_features
+    for i in range(num_blocks):
+      c += self.block_config[i] * self.growth_rate
+      if i != len(self.block_config) - 1:
+        c //= 2
+    return c
+
+
+DENSENET_PRESETS: dict[str, DenseNetSpec] = {
+    "densenet121": DenseNetSpec(32, (6, 12, 24, 16), 64),
+    "densenet161": DenseNetSpec(48, (6, 12, 36, 24), 96),
+    "densenet169": DenseNetSpec(32, (6, 12, 32, 32), 64),
+    "densenet201": DenseNetSpec(32, (6, 12, 48, 32), 64),
+}
+
+# torchvision: nn.init.kaiming_normal_ (fan_in, gain sqrt(2), untruncated).
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+# PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+_linear_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _linear_bias_init(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _bn(features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                       dtype=dtype, rngs=rngs)
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, pad: int, dtype: Any,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
+                  padding=((pad, pad), (pad, pad)), use_bias=False,
+                  kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+
+
+class DenseLayer(nnx.Module):
+  """BN-ReLU-Conv1x1 (bottleneck) -> BN-ReLU-Conv3x3 producing `growth_rate` maps."""
+
+  def __init__(self, in_features: int, growth_rate: int, bn_size: int, *,
+               dtype: Any, rngs: nnx.Rngs):
+    width = bn_size * growth_rate
+    self.norm1 = _bn(in_features, dtype, rngs)
+    self.conv1 = _conv(in_features, width, 1, 1, 0, dtype, rngs)
+    self.norm2 = _bn(width, dtype, rngs)
+    self.conv2 = _conv(width, growth_rate, 3, 1, 1, dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.conv1(nnx.relu(self.norm1(x)))
+    return self.conv2(nnx.relu(self.norm2(y)))
+
+
+class Transition(nnx.Module):
+  """BN-ReLU-Conv1x1 halving channels, then 2x2 average pooling."""
+
+  def __init__(self, in_features: int, out_features: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.norm = _bn(in_features, dtype, rngs)
+    self.conv = _conv(in_features, out_features, 1, 1, 0, dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.conv(nnx.relu(self.norm(x)))
+    return nnx.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class DenseBlock(nnx.Module):
+  """`num_layers` dense layers, each seeing the concatenation of all before it."""
+
+  def __init__(self, num_layers: int, in_features: int, growth_rate: int, bn_size: int, *,
+               dtype: Any, rngs: nnx.Rngs):
+    self.layers = nnx.List([
+        DenseLayer(in_features + i * growth_rate, growth_rate, bn_size, dtype=dtype, rngs=rngs)
+        for i in range(num_layers)
+    ])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for layer in self.layers:
+      x = jnp.concatenate([x, layer(x)], axis=-1)
+    return x
+
+
+class DenseNet(nnx.Module):
+  """DenseNet feature extractor that can stop after any dense block.
+
+  With `num_blocks < len(block_config)` every kept block is followed by its
+  transition (the paper's stream: densenet161, 2 blocks -> 384 ch at H/16).
+  With all blocks kept, the final BatchNorm (torchvision's `norm5`) and ReLU
+  close the network, as in torchvision's forward.
+  """
+
+  def __init__(self, spec: DenseNetSpec, num_blocks: int | None = None, *,
+               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    total = len(spec.block_config)
+    num_blocks = total if num_blocks is None else num_blocks
+    if not 1 <= num_blocks <= total:
+      raise ValueError(f"num_blocks must be in [1, {total}], got {num_blocks}")
+    self.spec = spec
+    self.num_blocks = num_blocks
+    c = spec.num_init_features
+    self.conv0 = _conv(3, c, 7, 2, 3, dtype, rngs)
+    self.norm0 = _bn(c, dtype, rngs)
+    blocks, transitions = [], []
+    for i in range(num_blocks):
+      blocks.append(DenseBlock(spec.block_config[i], c, spec.growth_rate, spec.bn_size,
+                               dtype=dtype, rngs=rngs))
+      c += spec.block_config[i] * spec.growth_rate
+      if i != total - 1:
+        transitions.append(Transition(c, c // 2, dtype=dtype, rngs=rngs))
+        c //= 2
+    self.blocks = nnx.List(blocks)
+    self.transitions = nnx.List(transitions)
+    self.norm5 = _bn(c, dtype, rngs) if num_blocks == total else None
+    self.out_features = c
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.relu(self.norm0(self.conv0(x)))
+    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, block in enumerate(self.blocks):
+      x = block(x)
+      if i < len(self.transitions):
+        x = self.transitions[i](x)
+    if self.norm5 is not None:
+      x = nnx.relu(self.norm5(x))
+    return x
+
+
+class Head(nnx.Module):
+  """Linear layer to one logit; P(real) = sigmoid(logit)."""
+
+  def __init__(self, in_features: int, *, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(in_features, 1, kernel_init=_linear_kernel_init,
+                             bias_init=_linear_bias_init(in_features), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.linear(x.astype(jnp.float32))[..., 0]
+
+
+def _embed(stream: DenseNet, x: jax.Array) -> jax.Array:
+  """Global average pool then sigmoid (the published embedding), in float32."""
+  return jax.nn.sigmoid(jnp.mean(stream(x).astype(jnp.float32), axis=(1, 2)))
+
+
+class TwoStreamDetector(nnx.Module):
+  """RGB stream + spectrum stream (no weight sharing), three heads.
+
+  `__call__` takes raw images (uint8 or [0, 1]) and computes both inputs on
+  device; `forward_streams` takes already-preprocessed inputs (for parity
+  tests and converted checkpoints).
+  """
+
+  def __init__(self, spec: DenseNetSpec, num_blocks: int, *, dtype: Any = jnp.float32,
+               rngs: nnx.Rngs):
+    self.rgb_stream = DenseNet(spec, num_blocks, dtype=dtype, rngs=rngs)
+    self.freq_stream = DenseNet(spec, num_blocks, dtype=dtype, rngs=rngs)
+    c = self.rgb_stream.out_features
+    self.rgb_head = Head(c, rngs=rngs)
+    self.freq_head = Head(c, rngs=rngs)
+    self.joint_head = Head(2 * c, rngs=rngs)
+    self.dtype = dtype
+
+  def forward_streams(self, rgb: jax.Array, freq: jax.Array) -> dict[str, jax.Array]:
+    e_rgb = _embed(self.rgb_stream, rgb.astype(self.dtype))
+    e_freq = _embed(self.freq_stream, freq.astype(self.dtype))
+    return {
+        "joint": self.joint_head(jnp.concatenate([e_rgb, e_freq], axis=-1)),
+        "rgb": self.rgb_head(e_rgb),
+        "freq": self.freq_head(e_freq),
+    }
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    return self.forward_streams(spectrum.normalize_rgb(images), spectrum.log_spectrum(images))
+
+
+class OneStreamDetector(nnx.Module):
+  """Baseline: one stream fed the RGB image or its spectrum; one head ("joint")."""
+
+  def __init__(self, spec: DenseNetSpec, num_blocks: int, input_kind: str = "rgb", *,
+               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if input_kind not in ONE_STREAM_INPUTS:
+      raise ValueError(f"one_stream input must be one of {ONE_STREAM_INPUTS}, got {input_kind!r}")
+    self.input_kind = input_kind
+    self.stream = DenseNet(spec, num_blocks, dtype=dtype, rngs=rngs)
+    self.head = Head(self.stream.out_features, rngs=rngs)
+    self.dtype = dtype
+
+  def forward_streams(self, x: jax.Array) -> dict[str, jax.Array]:
+    return {"joint": self.head(_embed(self.stream, x.astype(self.dtype)))}
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    if self.input_kind == "rgb":
+      x = spectrum.normalize_rgb(images)
+    else:
+      x = spectrum.log_spectrum(images)
+    return self.forward_streams(x)
+
+
+def densenet_spec(name_or_spec: str | DenseNetSpec | dict | None = None, **overrides) -> DenseNetSpec:
+  """A preset by name (e.g. "densenet161"), optionally with fields overridden."""
+  if isinstance(name_or_spec, DenseNetSpec):
+    base = name_or_spec
+  else:
+    name = name_or_spec or "densenet161"
+    if name not in DENSENET_PRESETS:
+      raise ValueError(f"unknown DenseNet preset {name!r}; choose from {sorted(DENSENET_PRESETS)}")
+    base = DENSENET_PRESETS[name]
+  overrides = {k: (tuple(v) if k == "block_config" else v) for k, v in overrides.items()
+               if v is not None}
+  return dataclasses.replace(base, **overrides)
+
+
+def create_model(model_config: Any, *, rngs: nnx.Rngs) -> TwoStreamDetector | OneStreamDetector:
+  """Builds a detector from a config with fields arch, backbone, num_blocks, input,
+  dtype and optional DenseNet overrides (growth_rate, block_config, ...)."""
+  cfg = dict(model_config)
+  spec = densenet_spec(cfg.get("backbone", "densenet161"),
+                       growth_rate=cfg.get("growth_rate"),
+                       block_config=cfg.get("block_config"),
+                       num_init_features=cfg.get("num_init_features"),
+                       bn_size=cfg.get("bn_size"))
+  num_blocks = cfg.get("num_blocks", 2)
+  dtype = jnp.dtype(cfg.get("dtype", "float32"))
+  arch = cfg.get("arch", "two_stream")
+  if arch == "two_stream":
+    return TwoStreamDetector(spec, num_blocks, dtype=dtype, rngs=rngs)
+  if arch == "one_stream":
+    return OneStreamDetector(spec, num_blocks, cfg.get("input", "rgb"), dtype=dtype, rngs=rngs)
+  raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of trainable parameters (nnx.Param leaves), like PyTorch's parameters()."""
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def head_names(model: nnx.Module) -> Sequence[str]:
+  return ("joint", "rgb", "freq") if isinstance(model, TwoStreamDetector) else ("joint",)

@@ -1,0 +1,176 @@
+"""DenseNet streams and detectors: shapes, parameter counts, modes, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cmfl_jax import models
+
+def run(model, *args):
+  """Calls a module under nnx.jit (eager op-by-op dispatch is slow on 2 cores)."""
+  return nnx.jit(lambda m, *a: m(*a))(model, *args)
+
+
+TINY = models.DenseNetSpec(growth_rate=4, block_config=(2, 3, 2), num_init_features=8, bn_size=2)
+
+# torchvision densenet161 `features[0:8]` (conv0 .. transition2), counted by
+# hand from torchvision's layer definitions: weights + BN affine, no buffers.
+DENSENET161_STREAM_PARAMS = 3_198_144
+
+
+def torchvision_style_count(spec: models.DenseNetSpec, num_blocks: int) -> int:
+  """Independent count of a torchvision DenseNet prefix's parameters."""
+  g, width = spec.growth_rate, spec.bn_size * spec.growth_rate
+  c = spec.num_init_features
+  total = 3 * c * 49 + 2 * c
+  for i in range(num_blocks):
+    for j in range(spec.block_config[i]):
+      cin = c + j * g
+      total += 2 * cin + cin * width + 2 * width + width * g * 9
+    c += spec.block_config[i] * g
+    if i != len(spec.block_config) - 1:
+      total += 2 * c + c * (c // 2)
+      c //= 2
+    else:
+      total += 2 * c  # norm5
+  return total
+
+
+def test_paper_stream_parameter_count_and_shapes_abstractly():
+  model = nnx.eval_shape(lambda: models.create_model(
+      {"arch": "two_stream", "backbone": "densenet161", "num_blocks": 2}, rngs=nnx.Rngs(0)))
+  assert models.count_params(model.rgb_stream) == DENSENET161_STREAM_PARAMS
+  assert torchvision_style_count(models.DENSENET_PRESETS["densenet161"], 2) == DENSENET161_STREAM_PARAMS
+  heads = (384 + 1) * 2 + (768 + 1)
+  assert models.count_params(model) == 2 * DENSENET161_STREAM_PARAMS + heads
+  graphdef, state = nnx.split(model)
+
+  def apply(state, x):
+    return nnx.merge(graphdef, state)(x)
+
+  out = jax.eval_shape(apply, state, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.uint8))
+  assert {k: v.shape for k, v in out.items()} == {"joint": (2,), "rgb": (2,), "freq": (2,)}
+  feats = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).rgb_stream(x), state,
+                         jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+  assert feats.shape == (2, 14, 14, 384)
+
+
+@pytest.mark.parametrize("name", sorted(models.DENSENET_PRESETS))
+def test_presets_match_torchvision_counts(name):
+  spec = models.DENSENET_PRESETS[name]
+  for num_blocks in (2,) if name != "densenet121" else (2, 4):
+    stream = nnx.eval_shape(lambda: models.DenseNet(spec, num_blocks, rngs=nnx.Rngs(0)))
+    assert models.count_params(stream) == torchvision_style_count(spec, num_blocks)
+    assert stream.out_features == spec.channels_after(num_blocks)
+  # Known totals of torchvision's full feature extractors (classifier excluded).
+  known = {"densenet121": 6_953_856, "densenet161": 26_472_000,
+           "densenet169": 12_484_480, "densenet201": 18_092_928}
+  assert torchvision_style_count(spec, len(spec.block_config)) == known[name]
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2, 3])
+def test_densenet_output_shapes(num_blocks):
+  stream = models.DenseNet(TINY, num_blocks, rngs=nnx.Rngs(0))
+  y = nnx.jit(lambda m, x: m(x))(stream, jnp.ones((2, 32, 32, 3)))
+  spatial = {1: 4, 2: 2, 3: 2}[num_blocks]  # /4 stem, /2 per transition (none after last)
+  assert y.shape == (2, spatial, spatial, TINY.channels_after(num_blocks))
+  if num_blocks == 3:
+    assert np.all(np.asarray(y) >= 0)  # norm5 + ReLU
+
+
+def test_bad_num_blocks():
+  with pytest.raises(ValueError, match="num_blocks"):
+    models.DenseNet(TINY, 4, rngs=nnx.Rngs(0))
+
+
+def tiny_config(**kw):
+  cfg = {"arch": "two_stream", "backbone": "densenet121", "growth_rate": 4,
+         "block_config": (2, 2), "num_init_features": 8, "bn_size": 2, "num_blocks": 2}
+  cfg.update(kw)
+  return cfg
+
+
+def test_two_stream_heads_follow_published_wiring():
+  model = models.create_model(tiny_config(), rngs=nnx.Rngs(0))
+  model.eval()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  out = run(model, images)
+  # Recompute the heads by hand from the streams: GAP -> sigmoid -> linear.
+  from cmfl_jax import spectrum
+  e_rgb = jax.nn.sigmoid(run(model.rgb_stream, spectrum.normalize_rgb(images)).mean((1, 2)))
+  e_f = jax.nn.sigmoid(run(model.freq_stream, spectrum.log_spectrum(images)).mean((1, 2)))
+
+  def lin(head, e):
+    return (e @ head.linear.kernel[...] + head.linear.bias[...])[:, 0]
+
+  np.testing.assert_allclose(out["rgb"], lin(model.rgb_head, e_rgb), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["freq"], lin(model.freq_head, e_f), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["joint"], lin(model.joint_head, jnp.concatenate([e_rgb, e_f], -1)),
+                             rtol=1e-5, atol=1e-6)
+  # Streams do not share weights.
+  assert not np.allclose(model.rgb_stream.conv0.kernel[...], model.freq_stream.conv0.kernel[...])
+
+
+@pytest.mark.parametrize("inp", ["rgb", "freq"])
+def test_one_stream(inp):
+  model = models.create_model(tiny_config(arch="one_stream", input=inp), rngs=nnx.Rngs(0))
+  model.eval()
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  out = run(model, images)
+  assert set(out) == {"joint"} and out["joint"].shape == (2,)
+  from cmfl_jax import spectrum
+  x = spectrum.normalize_rgb(images) if inp == "rgb" else spectrum.log_spectrum(images)
+  direct = nnx.jit(lambda m, x: m.forward_streams(x))(model, x)
+  np.testing.assert_allclose(out["joint"], direct["joint"], rtol=1e-5, atol=1e-6)
+
+
+def test_create_model_errors():
+  with pytest.raises(ValueError, match="unknown arch"):
+    models.create_model(tiny_config(arch="three_stream"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="one_stream input"):
+    models.create_model(tiny_config(arch="one_stream", input="depth"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="preset"):
+    models.create_model(tiny_config(backbone="resnet50"), rngs=nnx.Rngs(0))
+
+
+def test_train_mode_uses_batch_stats_and_updates_running_stats():
+  model = models.create_model(tiny_config(), rngs=nnx.Rngs(0))
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  before = np.asarray(model.rgb_stream.norm0.mean[...]).copy()
+  model.train()
+  train_out = run(model, images)
+  after = np.asarray(model.rgb_stream.norm0.mean[...])
+  assert not np.allclose(before, after)
+  model.eval()
+  eval_out = run(model, images)
+  assert not np.allclose(train_out["joint"], eval_out["joint"])
+  # Eval mode is per-example: a batch of one gives the same score.
+  single = run(model, images[:1])
+  np.testing.assert_allclose(single["joint"], eval_out["joint"][:1], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_every_parameter():
+  from cmfl_jax import losses
+  model = models.create_model(tiny_config(), rngs=nnx.Rngs(0))
+  model.train()
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  labels = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+
+  def loss_fn(m):
+    return losses.objective("cmfl", m(images), labels)[0]
+
+  grads = nnx.jit(nnx.grad(loss_fn))(model)
+  leaves = jax.tree.leaves(grads)
+  assert leaves and all(np.all(np.isfinite(g)) for g in leaves)
+  assert all(float(jnp.abs(g).sum()) > 0 for g in leaves)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = models.create_model(tiny_config(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  model.eval()
+  out = run(model, np.zeros((2, 32, 32, 3), np.uint8))
+  assert all(v.dtype == jnp.float32 for v in out.values())
