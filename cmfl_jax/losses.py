@@ -33,7 +33,7 @@ def bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(bce_per_example(logits, labels))
 
 
-def cmfl(
+def cmfl_per_example(
     logits_a: jax.Array,
     logits_b: jax.Array,
     labels: jax.Array,
@@ -42,12 +42,13 @@ def cmfl(
     multiplier: float = 2.0,
     eps: float = 1e-9,
 ) -> jax.Array:
-  """Cross Modal Focal Loss between two heads a and b.
+  """Cross Modal Focal Loss between two heads a and b, per example.
 
   ``pt = exp(-BCE)`` is the probability of the true class; each head's BCE is
   down-weighted by ``(1 - w)^gamma`` where ``w`` grows when *both* heads are
   confident (harmonic-mean style), so one modality cannot dominate. Gradients
   flow through the weights, as in the official code (no stop-gradient).
+  The published loss is the batch mean of this (`cmfl`).
   """
   bce_a = bce_per_example(logits_a, labels)
   bce_b = bce_per_example(logits_b, labels)
@@ -58,10 +59,15 @@ def cmfl(
   w_b = (pt_a + eps) * harmonic
   loss_a = alpha * (1.0 - w_a) ** gamma * bce_a
   loss_b = alpha * (1.0 - w_b) ** gamma * bce_b
-  return 0.5 * jnp.mean(loss_a) + 0.5 * jnp.mean(loss_b)
+  return 0.5 * loss_a + 0.5 * loss_b
 
 
-def objective(
+def cmfl(logits_a: jax.Array, logits_b: jax.Array, labels: jax.Array, **kwargs) -> jax.Array:
+  """``0.5 * mean(L_a) + 0.5 * mean(L_b)``: the published CMFL (kwargs as above)."""
+  return jnp.mean(cmfl_per_example(logits_a, logits_b, labels, **kwargs))
+
+
+def objective_per_example(
     name: str,
     outputs: Mapping[str, jax.Array],
     labels: jax.Array,
@@ -69,8 +75,11 @@ def objective(
     alpha: float = 1.0,
     gamma: float = 3.0,
     multiplier: float = 2.0,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Training objective over a detector's head logits.
+) -> dict[str, jax.Array]:
+  """Per-example terms of a training objective over a detector's head logits.
+
+  Every published objective is a batch mean of per-example terms, so masked
+  (padded) evaluation batches and sums across hosts stay exact.
 
   Args:
     name: ``"cmfl"`` (the proposed model: ``0.5 * CMFL(rgb, freq) + 0.5 *
@@ -81,18 +90,25 @@ def objective(
     labels: ``[B]`` with 1 = bona fide.
 
   Returns:
-    ``(loss, aux)`` where aux holds the per-head BCE values for logging.
+    ``{"loss": [B], "bce_<head>": [B] for every head, and "cmfl": [B] for cmfl}``.
   """
-  aux = {f"bce_{head}": bce(logits, labels) for head, logits in outputs.items()}
+  terms = {f"bce_{head}": bce_per_example(logits, labels) for head, logits in outputs.items()}
   if name == "bce":
-    loss = aux["bce_joint"]
+    terms["loss"] = terms["bce_joint"]
   elif name == "cmfl":
     if "rgb" not in outputs or "freq" not in outputs:
       raise ValueError("objective 'cmfl' needs a two_stream model (heads rgb, freq, joint); "
                        f"got heads {sorted(outputs)}")
-    aux["cmfl"] = cmfl(outputs["rgb"], outputs["freq"], labels,
-                       alpha=alpha, gamma=gamma, multiplier=multiplier)
-    loss = 0.5 * aux["cmfl"] + 0.5 * aux["bce_joint"]
+    terms["cmfl"] = cmfl_per_example(outputs["rgb"], outputs["freq"], labels,
+                                     alpha=alpha, gamma=gamma, multiplier=multiplier)
+    terms["loss"] = 0.5 * terms["cmfl"] + 0.5 * terms["bce_joint"]
   else:
     raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
-  return loss, aux
+  return terms
+
+
+def objective(name: str, outputs: Mapping[str, jax.Array], labels: jax.Array,
+              **kwargs) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Batch-mean objective: ``(loss, {term: mean})`` (see `objective_per_example`)."""
+  terms = {k: jnp.mean(v) for k, v in objective_per_example(name, outputs, labels, **kwargs).items()}
+  return terms.pop("loss"), terms

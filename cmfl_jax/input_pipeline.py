@@ -1,0 +1,340 @@
+"""tf.data input pipeline: sources -> per-host slices -> uint8 batches -> global jax.Arrays.
+
+Design:
+* A *split* is a list of examples (image path or in-memory pixels, label,
+  generator name). Sources build splits: protocol CSVs in the official format
+  (`subject,filename,attack_type`) or the built-in `toy` data.
+* The epoch order is a NumPy permutation of indices derived from
+  `(seed, epoch)`, so the position in the stream is just `(epoch, step)`:
+  resuming skips consumed *indices* before any decoding happens.
+* Random augmentation uses stateless TF ops seeded by `(seed, epoch, index)`,
+  so an example's augmentation does not depend on parallelism or on resume.
+* Each process reads only its slice of every global batch; `global_batches`
+  assembles them into batch-sharded `jax.Array`s.
+* Images leave the host as uint8; normalisation and spectra run on device.
+
+Labels: 1 = bona fide, 0 = attack.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+PROTOCOL_HEADER = ("subject", "filename", "attack_type")
+JPEG_QUALITIES = (60, 70, 80, 90, 100)
+MAX_BLUR_SIGMA = 2.0
+_BLUR_RADIUS = int(4.0 * MAX_BLUR_SIGMA + 0.5)  # scipy's truncate=4 at the largest sigma
+
+
+class DataError(ValueError):
+  """Bad input data, with a message naming the file/line at fault."""
+
+
+@dataclasses.dataclass
+class Split:
+  """One split: labels, generator names and either file paths or pixels."""
+
+  name: str
+  labels: np.ndarray                  # int32 [N], 1 = bona fide
+  generators: np.ndarray              # str [N], "real" for bona fide
+  paths: np.ndarray | None = None     # str [N] (absolute)
+  images: np.ndarray | None = None    # uint8 [N, H, W, 3]
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def check_both_classes(self) -> None:
+    counts = np.bincount(self.labels, minlength=2)
+    if counts.min() == 0:
+      missing = "bona fide (label 1)" if counts[1] == 0 else "attack (label 0)"
+      raise DataError(f"split {self.name!r} has no {missing} images ({len(self)} examples)")
+
+
+# ----------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------
+def resolve_under_root(root: str, relative: str, where: str) -> str:
+  """Joins a protocol filename to the data root, refusing paths that escape it."""
+  if not relative:
+    raise DataError(f"{where}: empty filename")
+  if os.path.isabs(relative):
+    raise DataError(f"{where}: absolute path {relative!r} not allowed; filenames are relative "
+                    "to the data root")
+  root_real = os.path.realpath(root)
+  full = os.path.realpath(os.path.join(root_real, relative))
+  if os.path.commonpath([root_real, full]) != root_real:
+    raise DataError(f"{where}: filename {relative!r} escapes the data root {root!r}")
+  return full
+
+
+def read_protocol_csv(csv_path: str, data_root: str, name: str | None = None) -> Split:
+  """Reads an official-format protocol CSV: header `subject,filename,attack_type`;
+  empty attack_type = bona fide, anything else = attack (its value = generator)."""
+  if not os.path.isfile(csv_path):
+    raise DataError(f"protocol file not found: {csv_path}")
+  paths, labels, gens = [], [], []
+  with open(csv_path, newline="") as f:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header[:3]) != PROTOCOL_HEADER:
+      raise DataError(f"{csv_path}:1: header must be {','.join(PROTOCOL_HEADER)}, got {header}")
+    for lineno, row in enumerate(reader, start=2):
+      if not row or all(not c.strip() for c in row):
+        continue
+      if len(row) < 3:
+        raise DataError(f"{csv_path}:{lineno}: expected 3 columns "
+                        f"({','.join(PROTOCOL_HEADER)}), got {len(row)}: {row}")
+      attack = row[2].strip()
+      paths.append(resolve_under_root(data_root, row[1].strip(), f"{csv_path}:{lineno}"))
+      labels.append(0 if attack else 1)
+      gens.append(attack or "real")
+  if not paths:
+    raise DataError(f"{csv_path}: no examples")
+  return Split(name or os.path.splitext(os.path.basename(csv_path))[0],
+               np.asarray(labels, np.int32), np.asarray(gens), paths=np.asarray(paths))
+
+
+def _smooth_field(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+  """Random images with a natural ~1/f amplitude spectrum, in [0, 1]."""
+  f = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+  amp = 1.0 / np.maximum(f, 1.0 / size) ** 1.2
+  phase = rng.uniform(0, 2 * np.pi, (n, 3, size, size))
+  x = np.real(np.fft.ifft2(amp * np.exp(1j * phase)))
+  x -= x.min(axis=(-2, -1), keepdims=True)
+  x /= x.max(axis=(-2, -1), keepdims=True)
+  return np.moveaxis(x, 1, -1)
+
+
+def toy_split(name: str, num_examples: int, image_size: int, seed: int) -> Split:
+  """Tiny deterministic stand-in data for tests and smoke runs.
+
+  Bona fide: 1/f random fields. Attack: the same kind of content, rendered at
+  half resolution and nearest-neighbour upsampled (the classic GAN upsampling
+  trace: spectral replicas at half the sampling rate). Not a benchmark.
+  """
+  rng = np.random.default_rng(seed)
+  labels = np.arange(num_examples, dtype=np.int32) % 2
+  rng.shuffle(labels)
+  images = _smooth_field(rng, num_examples, image_size)
+  fake = labels == 0
+  if fake.any():
+    half = _smooth_field(rng, int(fake.sum()), image_size // 2)
+    images[fake] = half.repeat(2, axis=1).repeat(2, axis=2)[:, :image_size, :image_size]
+  images = (images * 255).round().astype(np.uint8)
+  gens = np.where(labels == 1, "real", "toy_nn_upsampler")
+  return Split(name, labels, gens, images=images)
+
+
+def load_splits(data_config: Any) -> dict[str, Split]:
+  """All splits named by `config.data` (train, val and every eval split)."""
+  names = [data_config.train_split, data_config.val_split, *data_config.eval_splits]
+  names = list(dict.fromkeys(n for n in names if n))
+  source = data_config.source
+  splits = {}
+  for i, name in enumerate(names):
+    if source == "toy":
+      sizes = dict(data_config.toy_sizes)
+      splits[name] = toy_split(name, sizes.get(name, sizes.get("default", 64)),
+                               data_config.image_size, seed=1000 * (i + 1) + data_config.toy_seed)
+    elif source == "csv":
+      csv_path = os.path.join(data_config.protocol_dir, f"{name}.csv")
+      splits[name] = read_protocol_csv(csv_path, data_config.data_root, name)
+    else:
+      raise ValueError(f"unknown data source {source!r}; choose 'toy' or 'csv'")
+    splits[name].check_both_classes()
+  return splits
+
+
+# ----------------------------------------------------------------------------
+# Epoch order and per-host slicing
+# ----------------------------------------------------------------------------
+def balanced_order(labels: np.ndarray, seed: int, epoch: int, balance: str) -> np.ndarray:
+  """Example indices for one training epoch.
+
+  balance: "oversample" (minority class re-sampled with replacement up to the
+  majority size; nothing is thrown away), "truncate" (the official code: the
+  larger class cut to the smaller), or "none".
+  """
+  rng = np.random.default_rng([seed, epoch])
+  by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
+  if balance == "none":
+    order = np.arange(len(labels))
+  elif balance in ("oversample", "truncate"):
+    # Truncation keeps the same examples every epoch (first n, as the official code).
+    n = max(map(len, by_class)) if balance == "oversample" else min(map(len, by_class))
+    parts = []
+    for idx in by_class:
+      if len(idx) >= n:
+        parts.append(idx[:n])
+      else:
+        parts.append(np.concatenate([idx, rng.choice(idx, n - len(idx), replace=True)]))
+    order = np.concatenate(parts)
+  else:
+    raise ValueError(f"unknown balance mode {balance!r}")
+  return rng.permutation(order)
+
+
+def steps_per_epoch(split: Split, global_batch: int, balance: str, seed: int) -> int:
+  n = len(balanced_order(split.labels, seed, 0, balance))
+  if n < global_batch:
+    raise DataError(f"split {split.name!r} has {n} training examples per epoch, fewer than the "
+                    f"global batch size {global_batch}")
+  return n // global_batch
+
+
+def process_slice(global_indices: np.ndarray, global_batch: int) -> np.ndarray:
+  """This process's part of each global batch (contiguous rows of every batch)."""
+  nproc, pid = jax.process_count(), jax.process_index()
+  if global_batch % nproc:
+    raise ValueError(f"global batch {global_batch} not divisible by {nproc} processes")
+  local = global_batch // nproc
+  batches = global_indices.reshape(-1, global_batch)
+  return batches[:, pid * local:(pid + 1) * local].reshape(-1)
+
+
+# ----------------------------------------------------------------------------
+# Decoding and augmentation (TF graph code)
+# ----------------------------------------------------------------------------
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+  """Encoded PNG/JPEG/BMP/GIF bytes -> uint8 RGB (grey, RGBA, 16-bit handled)."""
+  img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+  img.set_shape([None, None, 3])
+  return img
+
+
+def resize_and_crop(img: tf.Tensor, size: int, aligned: bool, train: bool,
+                    seed: tf.Tensor | None) -> tf.Tensor:
+  """Aligned inputs: resized to `size` if needed. Unaligned (official geometry):
+  shorter side to round(size * 256 / 224), then RandomResizedCrop (train) or
+  centre crop (eval) to `size`."""
+  if aligned:
+    shape = tf.shape(img)[:2]
+    same = tf.logical_and(shape[0] == size, shape[1] == size)
+    return tf.cond(same, lambda: img,
+                   lambda: tf.cast(tf.clip_by_value(tf.round(
+                       tf.image.resize(img, [size, size], antialias=True)), 0, 255), tf.uint8))
+  shorter = int(round(size * 256 / 224))
+  h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
+  scale = shorter / tf.minimum(h, w)
+  new_hw = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
+  img = tf.image.resize(img, new_hw, antialias=True)
+  if train:
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(img), tf.zeros([0, 0, 4]), seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    img = tf.slice(img, begin, crop_size)
+    img = tf.image.resize(img, [size, size])
+  else:
+    top = (new_hw[0] - size) // 2
+    left = (new_hw[1] - size) // 2
+    img = img[top:top + size, left:left + size]
+  return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+
+def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+  """scipy.ndimage.gaussian_filter semantics (truncate=4, 'reflect' borders),
+  separable, for sigma in [0, 2]; sigma = 0 is the identity."""
+  x = tf.cast(img, tf.float32)[None]
+  r = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
+  radius = tf.floor(4.0 * sigma + 0.5)
+  k = tf.where(tf.abs(r) <= radius, tf.exp(-0.5 * tf.square(r / tf.maximum(sigma, 1e-6))), 0.0)
+  k = tf.where(sigma > 0, k, tf.cast(tf.equal(r, 0.0), tf.float32))
+  k = k / tf.reduce_sum(k)
+  x = tf.pad(x, [[0, 0], [_BLUR_RADIUS] * 2, [_BLUR_RADIUS] * 2, [0, 0]], mode="SYMMETRIC")
+  kh = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
+  kw = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
+  x = tf.nn.depthwise_conv2d(x, kh, [1, 1, 1, 1], "VALID")
+  x = tf.nn.depthwise_conv2d(x, kw, [1, 1, 1, 1], "VALID")
+  return tf.cast(tf.clip_by_value(tf.round(x[0]), 0, 255), tf.uint8)
+
+
+def augment(img: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
+  """The paper's train augmentation: blur (p, sigma~U[0,2]), JPEG re-encoding
+  (p, quality from {60..100}), then horizontal flip (0.5)."""
+  seeds = tf.random.experimental.stateless_split(seed, 6)
+  do_blur = tf.random.stateless_uniform([], seeds[0]) < prob
+  sigma = tf.random.stateless_uniform([], seeds[1], 0.0, MAX_BLUR_SIGMA)
+  img = tf.cond(do_blur, lambda: gaussian_blur(img, sigma), lambda: img)
+  do_jpeg = tf.random.stateless_uniform([], seeds[2]) < prob
+  quality = tf.gather(tf.constant(JPEG_QUALITIES),
+                      tf.random.stateless_uniform([], seeds[3], 0, len(JPEG_QUALITIES), tf.int32))
+  img = tf.cond(do_jpeg, lambda: tf.image.adjust_jpeg_quality(img, quality), lambda: img)
+  img = tf.cond(tf.random.stateless_uniform([], seeds[4]) < 0.5,
+                lambda: tf.image.flip_left_right(img), lambda: img)
+  return tf.ensure_shape(img, [None, None, 3])
+
+
+# ----------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------
+def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_config: Any,
+                     train: bool, seed: int, epoch: int) -> tf.data.Dataset:
+  """Per-example dataset over `indices` of `split`, yielding image/label/mask."""
+  size = data_config.image_size
+  aligned = bool(data_config.aligned)
+  prob = float(data_config.augment_prob) if train else 0.0
+  ds = tf.data.Dataset.from_tensor_slices({
+      "index": indices.astype(np.int64), "mask": mask.astype(np.bool_),
+      "label": split.labels[indices].astype(np.int32)})
+  if split.images is not None:
+    table = tf.constant(split.images)
+    load = lambda i: tf.gather(table, i)  # noqa: E731
+  else:
+    paths = tf.constant(split.paths)
+    load = lambda i: decode_image(tf.io.read_file(tf.gather(paths, i)))  # noqa: E731
+
+  def process(ex):
+    seed_pair = tf.stack([tf.constant(seed, tf.int64) * 100003 + epoch, ex["index"]])
+    img = load(ex["index"])
+    aug_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+    img = resize_and_crop(img, size, aligned, train, crop_seed)
+    if prob > 0:
+      img = augment(img, aug_seed, prob)
+    img = tf.ensure_shape(img, [size, size, 3])
+    return {"image": img, "label": ex["label"], "mask": ex["mask"], "index": ex["index"]}
+
+  return ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, epoch: int,
+                  skip_batches: int = 0) -> tf.data.Dataset:
+  """This process's batches of one training epoch, starting after `skip_batches`."""
+  order = balanced_order(split.labels, seed, epoch, data_config.balance)
+  n_batches = len(order) // global_batch
+  order = order[skip_batches * global_batch:n_batches * global_batch]
+  local = process_slice(order, global_batch)
+  ds = _example_dataset(split, local, np.ones(len(local), bool), data_config, True, seed, epoch)
+  return ds.batch(global_batch // jax.process_count(), drop_remainder=True).prefetch(
+      tf.data.AUTOTUNE)
+
+
+def eval_dataset(split: Split, data_config: Any, global_batch: int) -> tf.data.Dataset:
+  """Every example exactly once across hosts; the last batch padded, mask=False."""
+  n = len(split)
+  padded = math.ceil(n / global_batch) * global_batch
+  indices = np.concatenate([np.arange(n), np.zeros(padded - n, np.int64)])
+  mask = np.arange(padded) < n
+  local_idx = process_slice(indices, global_batch)
+  local_mask = process_slice(mask, global_batch)
+  ds = _example_dataset(split, local_idx, local_mask, data_config, False, 0, 0)
+  return ds.batch(global_batch // jax.process_count()).prefetch(tf.data.AUTOTUNE)
+
+
+def global_batches(ds: tf.data.Dataset, sharding: jax.sharding.Sharding) -> Iterator[dict]:
+  """Turns this process's numpy batches into global batch-sharded jax.Arrays."""
+  for batch in ds.as_numpy_iterator():
+    yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def split_summary(splits: dict[str, Split]) -> Sequence[str]:
+  return [f"{name}: {len(s)} examples, {int(s.labels.sum())} bona fide, "
+          f"{int(len(s) - s.labels.sum())} attack" for name, s in splits.items()]

@@ -1,0 +1,392 @@
+"""Training: explicit train state, pure jit-compiled steps over a device mesh,
+epoch loop with validation, keep-best/latest Orbax checkpoints and exact resume.
+
+The train and eval steps are pure functions `(state, batch) -> ...` compiled
+with `jax.jit` and explicit NamedShardings: the batch is split over the mesh's
+"data" axis, the state is replicated (a "model" axis could shard it later),
+and the state buffers are donated. BatchNorm statistics are means over the
+global (sharded) batch, so XLA inserts the cross-device reductions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx, struct
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cmfl_jax import checkpointing, input_pipeline, losses, models
+
+DATA_AXIS = "data"
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training hit a NaN/inf loss or gradient; the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+  """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can be resumed."""
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step reads or writes; a pytree, saved whole by Orbax."""
+
+  step: jax.Array              # number of optimizer updates applied
+  params: Any                  # nnx.State of nnx.Param
+  batch_stats: Any             # nnx.State of nnx.BatchStat (BN running stats)
+  opt_state: Any
+  rng: jax.Array               # uint32 key data, advanced every step
+  nonfinite_step: jax.Array    # -1, or the first step whose loss/grad was not finite
+
+
+# ----------------------------------------------------------------------------
+# Construction
+# ----------------------------------------------------------------------------
+def make_mesh() -> Mesh:
+  """1-D data-parallel mesh over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """PyTorch `Adam(weight_decay=wd)`: L2 added to the gradient *before* Adam."""
+  return optax.chain(
+      optax.add_decayed_weights(optim.weight_decay),
+      optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
+      optax.scale_by_learning_rate(optim.learning_rate),
+  )
+
+
+@struct.dataclass
+class Programs:
+  """Static pieces shared by the steps: graph definitions and the optimizer."""
+
+  train_graphdef: Any = struct.field(pytree_node=False)
+  eval_graphdef: Any = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def _init_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Programs]:
+  model = models.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  model.eval()
+  eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
+  model.train()
+  train_graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  tx = make_optimizer(config.optim)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params),
+                     rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+                     nonfinite_step=jnp.full((), -1, jnp.int32))
+  return state, Programs(train_graphdef, eval_graphdef, tx)
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
+                       abstract: bool = False) -> tuple[TrainState, Programs]:
+  """Initial state, replicated over the mesh (identical on every host).
+
+  With `abstract=True` only shapes/dtypes/shardings are returned (for
+  restoring a checkpoint without computing an initialisation).
+  """
+  replicated = NamedSharding(mesh, P())
+  programs: list[Programs] = []
+
+  def init():
+    state, progs = _init_state(config)
+    programs.append(progs)
+    return state
+
+  shapes = jax.eval_shape(init)
+  shardings = jax.tree.map(lambda _: replicated, shapes)
+  if abstract:
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                         shapes, shardings)
+  else:
+    state = jax.jit(init, out_shardings=shardings)()
+  return state, programs[0]
+
+
+# ----------------------------------------------------------------------------
+# Steps (pure)
+# ----------------------------------------------------------------------------
+def _forward_terms(graphdef, params, batch_stats, batch, loss_config):
+  model = nnx.merge(graphdef, params, batch_stats, copy=True)
+  outputs = model(batch["image"])
+  terms = losses.objective_per_example(
+      loss_config.objective, outputs, batch["label"].astype(jnp.float32),
+      alpha=loss_config.alpha, gamma=loss_config.gamma, multiplier=loss_config.multiplier)
+  return model, outputs, terms
+
+
+def train_step(state: TrainState, batch: dict, *, programs: Programs,
+               loss_config: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
+  """One optimizer update. A non-finite loss or gradient leaves the state
+  unchanged and records the step in `nonfinite_step` (checked by the host)."""
+
+  def loss_fn(params):
+    model, _, terms = _forward_terms(programs.train_graphdef, params, state.batch_stats,
+                                     batch, loss_config)
+    means = {k: jnp.mean(v) for k, v in terms.items()}
+    return means["loss"], (means, nnx.state(model, nnx.BatchStat))
+
+  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = programs.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jax.tree.reduce(
+      jnp.logical_and, jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads))
+  ok = finite & (state.nonfinite_step < 0)
+  new = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                   opt_state=opt_state, rng=jax.random.key_data(
+                       jax.random.split(jax.random.wrap_key_data(state.rng))[0]),
+                   nonfinite_step=state.nonfinite_step)
+  new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+  first_bad = (~finite) & (state.nonfinite_step < 0)
+  new = new.replace(nonfinite_step=jnp.where(first_bad, state.step + 1, state.nonfinite_step))
+  return new, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, programs: Programs,
+              loss_config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+  """Masked loss sums (eval-mode BN) and per-example P(real) of every head."""
+  _, outputs, terms = _forward_terms(programs.eval_graphdef, state.params, state.batch_stats,
+                                     batch, loss_config)
+  mask = batch["mask"]
+  sums = {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in terms.items()}
+  sums["count"] = jnp.sum(mask.astype(jnp.float32))
+  probs = {head: jax.nn.sigmoid(logits) for head, logits in outputs.items()}
+  return sums, probs
+
+
+def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: Mesh,
+                  state: TrainState) -> tuple[Callable, Callable]:
+  """jit-compiled train/eval steps with explicit shardings and donation."""
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  state_sharding = jax.tree.map(lambda _: replicated, state)
+  train = jax.jit(functools.partial(train_step, programs=programs, loss_config=config.loss),
+                  in_shardings=(state_sharding, batch_sharding),
+                  out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  evaluate = jax.jit(functools.partial(eval_step, programs=programs, loss_config=config.loss),
+                     in_shardings=(state_sharding, batch_sharding),
+                     out_shardings=(replicated, batch_sharding))
+  return train, evaluate
+
+
+# ----------------------------------------------------------------------------
+# Evaluation over a split
+# ----------------------------------------------------------------------------
+def evaluate_split(eval_fn: Callable, state: TrainState, split: input_pipeline.Split,
+                   config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
+  """Mean loss terms and per-example scores (in split order) over one split."""
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  ds = input_pipeline.eval_dataset(split, config.data, config.train.eval_batch_size)
+  totals: dict[str, float] = {}
+  scores: dict[str, list] = {}
+  indices, masks = [], []
+  for batch in input_pipeline.global_batches(ds, batch_sharding):
+    sums, probs = eval_fn(state, batch)
+    for k, v in jax.device_get(sums).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    gathered = multihost_utils.process_allgather(
+        {"probs": probs, "index": batch["index"], "mask": batch["mask"]}, tiled=True)
+    for head, p in gathered["probs"].items():
+      scores.setdefault(head, []).append(p)
+    indices.append(gathered["index"])
+    masks.append(gathered["mask"])
+  count = totals.pop("count")
+  keep = np.concatenate(masks)
+  order = np.concatenate(indices)[keep]
+  out = {k: v / count for k, v in totals.items()}
+  out["count"] = int(count)
+  out["scores"] = {}
+  for head, chunks in scores.items():
+    s = np.empty(len(split), np.float32)
+    s[order] = np.concatenate(chunks)[keep]
+    out["scores"][head] = s
+  return out
+
+
+# ----------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------
+class _SignalFlag:
+  """Records SIGTERM/SIGINT so the loop can checkpoint and stop cleanly."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: will checkpoint after this step and stop", signum)
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def _summary_writer(workdir: str):
+  if not _is_main_process():
+    return None
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+
+def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
+  if writer is None:
+    return
+  for k, v in scalars.items():
+    writer.add_scalar(k, v, step)
+  writer.flush()
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+              disable=not (enabled and _is_main_process()))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the latest checkpoint if any) and returns a summary."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  splits = input_pipeline.load_splits(config.data)
+  for line in input_pipeline.split_summary(splits):
+    logging.info("data %s", line)
+  train_split = splits[config.data.train_split]
+  val_split = splits[config.data.val_split]
+  global_batch = config.train.batch_size
+  if global_batch % jax.device_count():
+    raise ValueError(f"batch_size {global_batch} must be divisible by the {jax.device_count()} "
+                     "devices")
+  steps_per_epoch = input_pipeline.steps_per_epoch(train_split, global_batch,
+                                                   config.data.balance, config.seed)
+  total_steps = steps_per_epoch * config.train.num_epochs
+  if config.train.max_steps > 0:
+    total_steps = min(total_steps, config.train.max_steps)
+
+  state, programs = create_train_state(config, mesh)
+  train_fn, eval_fn = compile_steps(programs, config, mesh, state)
+  managers = checkpointing.make_managers(workdir)
+  best_val = math.inf
+  latest_step = managers["latest"].latest_step()
+  if latest_step is not None:
+    state, meta = checkpointing.restore(managers["latest"], latest_step,
+                                        checkpointing.abstract_like(state))
+    if meta["steps_per_epoch"] != steps_per_epoch:
+      raise ValueError(f"checkpoint at step {latest_step} was made with {meta['steps_per_epoch']} "
+                       f"steps/epoch, the data/batch size now give {steps_per_epoch}; use a "
+                       "new --workdir")
+    best_val = meta.get("best_val_loss", math.inf)
+    logging.info("resumed from %s step %d (epoch %d)", checkpointing.LATEST, latest_step,
+                 latest_step // steps_per_epoch)
+  step = int(jax.device_get(state.step))
+  params_count = models.count_params(nnx.merge(programs.train_graphdef, state.params,
+                                               state.batch_stats))
+  logging.info("model %s/%s: %d parameters; %d steps/epoch, %d total", config.model.arch,
+               config.loss.objective, params_count, steps_per_epoch, total_steps)
+  writer = _summary_writer(workdir)
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+  def meta_for(step_now: int, val_loss: float | None = None) -> dict:
+    return {"step": step_now, "epoch": step_now // steps_per_epoch,
+            "step_in_epoch": step_now % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+            "val_loss": val_loss, "best_val_loss": best_val,
+            "config": json.loads(config.to_json_best_effort())}
+
+  def check_finite(state) -> None:
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad >= 0:
+      managers["latest"].wait_until_finished()
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient at step {bad}; training stopped and the update was "
+          f"not applied. Last good checkpoints: {checkpointing.checkpoint_dir(workdir, 'latest')} "
+          f"(steps {managers['latest'].all_steps()}). Lower the learning rate or check the data.")
+
+  history = []
+  with _SignalFlag() as signals, _progress(total_steps, step, "train",
+                                            config.train.progress_bar) as bar:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      ds = input_pipeline.train_dataset(train_split, config.data, global_batch, config.seed,
+                                        epoch, skip_batches=offset)
+      window_start, window_steps, window_metrics = time.perf_counter(), 0, []
+      for batch in input_pipeline.global_batches(ds, batch_sharding):
+        state, metrics = train_fn(state, batch)
+        step += 1
+        window_steps += 1
+        window_metrics.append(metrics)
+        bar.update(1)
+        if step % config.train.log_every_steps == 0 or step == total_steps:
+          check_finite(state)
+          means = {f"train/{k}": float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
+                   for k in window_metrics[0]}
+          elapsed = time.perf_counter() - window_start
+          means["train/images_per_sec"] = window_steps * global_batch / max(elapsed, 1e-9)
+          means["train/learning_rate"] = config.optim.learning_rate
+          _write_scalars(writer, step, means)
+          bar.set_postfix(loss=f"{means['train/loss']:.4f}",
+                          img_s=f"{means['train/images_per_sec']:.1f}")
+          logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in means.items()))
+          window_start, window_steps, window_metrics = time.perf_counter(), 0, []
+        epoch_done = step % steps_per_epoch == 0
+        if signals.received is not None or step % config.train.checkpoint_every_steps == 0 \
+            or epoch_done or step == total_steps:
+          check_finite(state)
+        if epoch_done or step == total_steps:
+          break
+        if signals.received is not None or step % config.train.checkpoint_every_steps == 0:
+          checkpointing.save(managers["latest"], step, state, meta_for(step))
+        if signals.received is not None:
+          managers["latest"].wait_until_finished()
+          raise Interrupted(f"stopped by signal {signals.received} at step {step}; checkpoint "
+                            "saved, rerun the same command to resume")
+      # End of an epoch (or of max_steps): validate, keep best and latest.
+      val = evaluate_split(eval_fn, state, val_split, config, mesh)
+      val_loss = float(val["loss"])
+      if not math.isfinite(val_loss):
+        raise NonFiniteLossError(f"non-finite validation loss at step {step}")
+      improved = val_loss < best_val
+      best_val = min(best_val, val_loss)
+      record = {"step": step, "epoch": step / steps_per_epoch, "val_loss": val_loss,
+                **{f"val_{k}": float(v) for k, v in val.items() if k.startswith("bce_")}}
+      history.append(record)
+      _write_scalars(writer, step, {f"val/{k}": v for k, v in val.items()
+                                    if k not in ("scores", "count")})
+      logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / steps_per_epoch, step, val_loss,
+                   " (best)" if improved else "")
+      checkpointing.save(managers["latest"], step, state, meta_for(step, val_loss))
+      if improved:
+        checkpointing.save(managers["best"], step, state, meta_for(step, val_loss),
+                           metrics={"val_loss": val_loss})
+      if signals.received is not None:
+        managers["latest"].wait_until_finished()
+        raise Interrupted(f"stopped by signal {signals.received} at step {step}; checkpoint "
+                          "saved, rerun the same command to resume")
+  for m in managers.values():
+    m.wait_until_finished()
+  if writer is not None:
+    writer.close()
+  return {"steps": step, "best_val_loss": best_val, "history": history}

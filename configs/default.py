@@ -1,0 +1,69 @@
+"""Paper hyper-parameters (Ibsen et al., IWBF 2024; official code defaults).
+
+two_stream DenseNet-161 (through transition2) + CMFL, Adam lr 1e-4 with
+coupled L2 1e-5 (PyTorch Adam `weight_decay`), 25 epochs, 224x224 inputs,
+model kept = lowest validation loss. Data: protocol CSVs (set data_root and
+protocol_dir). Paper baselines by override, e.g.
+  --config.model.arch=one_stream --config.model.input=rgb --config.loss.objective=bce
+  --config.model.arch=one_stream --config.model.input=freq --config.loss.objective=bce
+  --config.model.arch=two_stream --config.loss.objective=bce
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "csv"                  # "csv" (official protocol files) or "toy"
+  data.data_root = ""                  # protocol filenames are relative to this
+  data.protocol_dir = ""               # holds <split>.csv files
+  data.train_split = "train"
+  data.val_split = "dev"
+  data.eval_splits = ("eval",)
+  data.image_size = 224
+  data.aligned = True                  # False: resize 256 + (random-resized|centre) crop
+  data.balance = "oversample"          # "oversample" | "truncate" (official) | "none"
+  data.augment_prob = 0.5              # blur and JPEG probabilities (paper: 0.5)
+  data.toy_seed = 0
+  data.toy_sizes = {"default": 64}
+
+  config.model = model = ml_collections.ConfigDict()
+  model.arch = "two_stream"            # "two_stream" | "one_stream"
+  model.input = "rgb"                  # one_stream input: "rgb" | "freq"
+  model.backbone = "densenet161"
+  model.num_blocks = 2                 # stop after transition2 -> 384 channels
+  model.growth_rate = config_dict.placeholder(int)
+  model.block_config = config_dict.placeholder(tuple)
+  model.num_init_features = config_dict.placeholder(int)
+  model.bn_size = config_dict.placeholder(int)
+  model.dtype = "float32"              # compute dtype; "bfloat16" on accelerators
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.objective = "cmfl"              # "cmfl" | "bce"
+  loss.alpha = 1.0
+  loss.gamma = 3.0
+  loss.multiplier = 2.0
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = 1e-4
+  optim.weight_decay = 1e-5            # coupled L2, added to the gradient
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+
+  config.train = train = ml_collections.ConfigDict()
+  train.num_epochs = 25
+  train.batch_size = 32                # global, over all devices and hosts
+  train.eval_batch_size = 64
+  train.log_every_steps = 50
+  train.checkpoint_every_steps = 500   # periodic "latest" saves; also each epoch end
+  train.max_steps = -1                 # > 0: stop early (smoke runs, benchmarks)
+  train.progress_bar = True
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.checkpoint = "best"               # "best" | "latest" | a step number
+  return config
