@@ -19,28 +19,38 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 LATEST = "latest"
 BEST = "best"
 
 
 def checkpoint_dir(workdir: str, kind: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints", kind)
+  if "://" not in workdir:  # local paths absolute; gs:// and friends as given
+    workdir = os.path.abspath(workdir)
+  return os.path.join(workdir, "checkpoints", kind)
+
+
+def _barrier_prefix(kind: str) -> ocp.options.MultiprocessingOptions:
+  # Both managers may save the same step; distinct barrier names keep their
+  # multi-host commit barriers apart.
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind)
 
 
 def make_managers(workdir: str, keep_latest: int = 2) -> dict[str, ocp.CheckpointManager]:
   """The `latest` and `best` managers for a workdir (created if needed)."""
   latest = ocp.CheckpointManager(
       checkpoint_dir(workdir, LATEST),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep_latest, create=True,
-                                           enable_async_checkpointing=True),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep_latest, create=True, enable_async_checkpointing=True,
+          multiprocessing_options=_barrier_prefix(LATEST)),
       item_names=("state", "meta"))
   best = ocp.CheckpointManager(
       checkpoint_dir(workdir, BEST),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",
           keep_checkpoints_without_metrics=False, create=True,
-          enable_async_checkpointing=True),
+          enable_async_checkpointing=True, multiprocessing_options=_barrier_prefix(BEST)),
       item_names=("state", "meta"))
   return {LATEST: latest, BEST: best}
 
@@ -69,7 +79,7 @@ def select_step(workdir: str, which: str | int) -> tuple[str, int]:
   kinds = (BEST, LATEST) if which not in (BEST, LATEST) else (which,)
   for kind in kinds:
     directory = checkpoint_dir(workdir, kind)
-    if not os.path.isdir(directory):
+    if not tf.io.gfile.isdir(directory):
       continue
     mngr = ocp.CheckpointManager(directory, item_names=("state", "meta"),
                                  options=ocp.CheckpointManagerOptions(read_only=True))

@@ -10,18 +10,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import checkpointing, input_pipeline, train
-
-
-def write_scores(path: str, split: input_pipeline.Split, scores: np.ndarray) -> None:
-  """The official score file: rows `id,label,path,score` (score = P(real))."""
-  with open(path, "w") as f:
-    f.write("id,label,path,score\n")
-    for i in range(len(split)):
-      where = split.paths[i] if split.paths is not None else f"{split.name}/{i}"
-      f.write(f"{i},{int(split.labels[i])},{where},{float(scores[i]):.8f}\n")
+from cmfl_jax import checkpointing, input_pipeline, score_files, train
 
 
 def basic_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -63,7 +55,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                              "val_loss": meta.get("val_loss"), "splits": {}}
   main = jax.process_index() == 0
   if main:
-    os.makedirs(out_dir, exist_ok=True)
+    tf.io.gfile.makedirs(out_dir)
   for split_name in config.data.eval_splits:
     split = splits[split_name]
     res = train.evaluate_split(eval_fn, state, split, config, mesh)
@@ -72,12 +64,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       entry[f"metrics_{head}"] = basic_metrics(split.labels, scores)
       if main:
         suffix = "" if head == "joint" else f"_{head}"
-        write_scores(os.path.join(out_dir, f"{split_name}_scores{suffix}.csv"), split, scores)
+        score_files.write_scores(os.path.join(out_dir, f"{split_name}_scores{suffix}.csv"), split, scores)
     results["splits"][split_name] = entry
     logging.info("eval %s on %s: loss=%.5f accuracy=%.4f", name, split_name, entry["loss"],
                  entry["metrics_joint"]["accuracy"])
   if main:
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
   results["out_dir"] = out_dir
   return results

@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tensorflow as tf
 from absl import logging
 from flax import nnx, struct
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cmfl_jax import checkpointing, input_pipeline, losses, models
+from cmfl_jax import checkpointing, input_pipeline, losses, models, score_files
 
 DATA_AXIS = "data"
 
@@ -248,17 +249,18 @@ def _is_main_process() -> bool:
 
 
 def _summary_writer(workdir: str):
+  """TensorBoard writer (TensorFlow's, already a dependency); process 0 only."""
   if not _is_main_process():
     return None
-  from tensorboardX import SummaryWriter
-  return SummaryWriter(os.path.join(workdir, "tensorboard"))
+  return tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
 
 def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
   if writer is None:
     return
-  for k, v in scalars.items():
-    writer.add_scalar(k, v, step)
+  with writer.as_default(step=step):
+    for k, v in scalars.items():
+      tf.summary.scalar(k, v)
   writer.flush()
 
 
@@ -268,9 +270,16 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
               disable=not (enabled and _is_main_process()))
 
 
+def _append_jsonl(path: str | None, record: dict) -> None:
+  if path is None:
+    return
+  with tf.io.gfile.GFile(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint if any) and returns a summary."""
-  os.makedirs(workdir, exist_ok=True)
+  tf.io.gfile.makedirs(workdir)
   mesh = make_mesh()
   splits = input_pipeline.load_splits(config.data)
   for line in input_pipeline.split_summary(splits):
@@ -308,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("model %s/%s: %d parameters; %d steps/epoch, %d total", config.model.arch,
                config.loss.objective, params_count, steps_per_epoch, total_steps)
   writer = _summary_writer(workdir)
+  log_path = os.path.join(workdir, "train_log.jsonl") if _is_main_process() else None
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
   def meta_for(step_now: int, val_loss: float | None = None) -> dict:
@@ -339,6 +349,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         window_steps += 1
         window_metrics.append(metrics)
         bar.update(1)
+        if step == config.train.debug_signal_at_step:
+          # Test hook: the real signal path (SIGTERM) or a hard kill (SIGKILL).
+          jax.block_until_ready(state)
+          os.kill(os.getpid(), config.train.debug_signal)
         if step % config.train.log_every_steps == 0 or step == total_steps:
           check_finite(state)
           means = {f"train/{k}": float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
@@ -350,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           bar.set_postfix(loss=f"{means['train/loss']:.4f}",
                           img_s=f"{means['train/images_per_sec']:.1f}")
           logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in means.items()))
+          _append_jsonl(log_path, {"step": step, **means})
           window_start, window_steps, window_metrics = time.perf_counter(), 0, []
         epoch_done = step % steps_per_epoch == 0
         if signals.received is not None or step % config.train.checkpoint_every_steps == 0 \
@@ -373,6 +388,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       record = {"step": step, "epoch": step / steps_per_epoch, "val_loss": val_loss,
                 **{f"val_{k}": float(v) for k, v in val.items() if k.startswith("bce_")}}
       history.append(record)
+      _append_jsonl(log_path, record)
+      if improved and _is_main_process():
+        score_files.write_scores(os.path.join(workdir, "best_val_scores.csv"), val_split,
+                              val["scores"]["joint"])
       _write_scalars(writer, step, {f"val/{k}": v for k, v in val.items()
                                     if k not in ("scores", "count")})
       logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / steps_per_epoch, step, val_loss,

@@ -63,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
   train.checkpoint_every_steps = 500   # periodic "latest" saves; also each epoch end
   train.max_steps = -1                 # > 0: stop early (smoke runs, benchmarks)
   train.progress_bar = True
+  train.debug_signal_at_step = -1      # tests only: send debug_signal to self at this step
+  train.debug_signal = 15              # 15 = SIGTERM (graceful), 9 = SIGKILL (hard kill)
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.checkpoint = "best"               # "best" | "latest" | a step number

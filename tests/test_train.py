@@ -1,0 +1,174 @@
+"""Training engine end to end, in subprocesses as a user runs it.
+
+Each run uses configs/smoke.py (tiny DenseNet, toy data, 32x32) and a shared
+persistent XLA compilation cache so repeated runs skip most compile time.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.py")
+# 3 epochs x 4 steps, periodic checkpoints every 3 steps.
+COMMON = ["--config.train.num_epochs=3", "--config.train.log_every_steps=1"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+def run_main(workdir, *args, cache_dir, devices=1, extra_env=None, check=True, timeout=400):
+  env = dict(os.environ)
+  env.update({
+      "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+      "JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  })
+  env.update(extra_env or {})
+  cmd = [sys.executable, "-m", "cmfl_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
+         *COMMON, *args]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+  return proc
+
+
+def train_log(workdir):
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "train_log.jsonl"))]
+  return [l for l in lines if "train/loss" in l]
+
+
+def restore_latest(workdir):
+  """Final raw arrays of the latest checkpoint, read back with Orbax."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, "checkpoints", "latest")
+  mngr = ocp.CheckpointManager(path, item_names=("state", "meta"))
+  step = mngr.latest_step()
+  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                   meta=ocp.args.JsonRestore()))
+  import jax
+  leaves = jax.tree_util.tree_flatten_with_path(out["state"])[0]
+  return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}, dict(out["meta"])
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, cache_dir):
+  """One uninterrupted train_and_eval run on 1 device."""
+  workdir = str(tmp_path_factory.mktemp("ref"))
+  proc = run_main(workdir, cache_dir=cache_dir)
+  return workdir, proc
+
+
+def test_train_and_eval_outputs(reference_run):
+  workdir, proc = reference_run
+  log = train_log(workdir)
+  assert [l["step"] for l in log] == list(range(1, 13))
+  assert all(np.isfinite(l["train/loss"]) for l in log)
+  vals = [json.loads(l) for l in open(os.path.join(workdir, "train_log.jsonl"))
+          if "val_loss" in json.loads(l)]
+  assert [v["step"] for v in vals] == [4, 8, 12]
+  best = min(vals, key=lambda v: v["val_loss"])
+  best_dirs = os.listdir(os.path.join(workdir, "checkpoints", "best"))
+  assert str(best["step"]) in best_dirs
+  assert "12" in os.listdir(os.path.join(workdir, "checkpoints", "latest"))
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  metrics = json.load(open(os.path.join(workdir, "eval", f"best_{best['step']}", "metrics.json")))
+  assert metrics["step"] == best["step"]
+  assert metrics["splits"]["eval"]["count"] == 16
+  assert "eval" in proc.stdout and "best_" in proc.stdout
+
+
+def test_eval_in_new_process_reproduces_training_scores(reference_run, cache_dir):
+  workdir, _ = reference_run
+  from cmfl_jax import score_files
+  labels_t, scores_t, _ = score_files.read_scores(os.path.join(workdir, "best_val_scores.csv"))
+  run_main(workdir, "--mode=eval", "--config.data.eval_splits=('dev',)", cache_dir=cache_dir)
+  step = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "best")))
+  labels_e, scores_e, _ = score_files.read_scores(
+      os.path.join(workdir, "eval", f"best_{step}", "dev_scores.csv"))
+  np.testing.assert_array_equal(labels_t, labels_e)
+  np.testing.assert_allclose(scores_e, scores_t, atol=1e-7)
+  assert np.std(scores_t) > 0
+
+
+def test_sigterm_then_kill_then_resume_equals_uninterrupted(reference_run, tmp_path, cache_dir):
+  ref_dir, _ = reference_run
+  workdir = str(tmp_path / "interrupted")
+  # Graceful stop at step 5 (mid-epoch 2): checkpoint at 5, exit 143.
+  p = run_main(workdir, "--config.train.debug_signal_at_step=5", cache_dir=cache_dir, check=False)
+  assert p.returncode == 143, p.stderr[-3000:]
+  assert "5" in os.listdir(os.path.join(workdir, "checkpoints", "latest"))
+  # Hard kill at step 11: the last periodic checkpoint is step 9 (or 8, epoch end).
+  p = run_main(workdir, "--config.train.debug_signal_at_step=11",
+               f"--config.train.debug_signal={int(signal.SIGKILL)}", cache_dir=cache_dir,
+               check=False)
+  assert p.returncode == -signal.SIGKILL
+  # The same command again finishes the run.
+  run_main(workdir, cache_dir=cache_dir)
+  step_r, ref, meta_r = restore_latest(ref_dir)
+  step_i, got, meta_i = restore_latest(workdir)
+  assert step_r == step_i == 12
+  assert ref.keys() == got.keys()
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k], err_msg=k)  # bitwise
+  assert meta_i["best_val_loss"] == meta_r["best_val_loss"]
+
+
+def test_four_devices_match_one_device(reference_run, tmp_path, cache_dir):
+  ref_dir, _ = reference_run
+  workdir = str(tmp_path / "four")
+  proc = run_main(workdir, "--mode=train", cache_dir=cache_dir, devices=4)
+  assert "4 local / 4 global devices" in proc.stderr
+  a = [l["train/loss"] for l in train_log(ref_dir)]
+  b = [l["train/loss"] for l in train_log(workdir)]
+  # Same global batch, BN statistics over the global batch; only float
+  # summation order differs across the 4-way split.
+  np.testing.assert_allclose(b, a, rtol=1e-4)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_and_checkpoint(reference_run, tmp_path, cache_dir):
+  ref_dir, _ = reference_run
+  workdir = str(tmp_path / "multi")
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             JAX_COMPILATION_CACHE_DIR=cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "cmfl_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
+       "--mode=train", *COMMON, f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=500) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  assert "process 1 of 2" in outs[1][1] and "1 local / 2 global devices" in outs[0][1]
+  assert "12" in os.listdir(os.path.join(workdir, "checkpoints", "latest"))
+  a = [l["train/loss"] for l in train_log(ref_dir)]
+  b = [l["train/loss"] for l in train_log(workdir)]
+  np.testing.assert_allclose(b, a, rtol=1e-4)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good(tmp_path, cache_dir):
+  workdir = str(tmp_path / "nan")
+  p = run_main(workdir, "--mode=train", "--config.optim.learning_rate=1e30",
+               "--config.train.checkpoint_every_steps=1", cache_dir=cache_dir, check=False)
+  assert p.returncode == 1
+  assert "non-finite loss or gradient at step" in p.stderr
+  step, state, _ = restore_latest(workdir)
+  assert all(np.all(np.isfinite(v)) for v in state.values() if v.dtype.kind == "f")
