@@ -49,7 +49,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   which = config.eval.checkpoint if which is None else which
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
-  splits = input_pipeline.load_splits(config.data)
+  splits, skipped = input_pipeline.load_splits(config.data)
+  input_pipeline.report_skipped(skipped, workdir)
   out_dir = os.path.join(workdir, "eval", name)
   results: dict[str, Any] = {"checkpoint": name, "step": meta["step"],
                              "val_loss": meta.get("val_loss"), "splits": {}}

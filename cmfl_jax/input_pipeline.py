@@ -18,8 +18,10 @@ Labels: 1 = bona fide, 0 = attack.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
+import json
 import math
 import os
 from typing import Any, Iterator, Sequence
@@ -27,8 +29,14 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 import tensorflow as tf
+from absl import logging
+from PIL import Image
 
 PROTOCOL_HEADER = ("subject", "filename", "attack_type")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+#: Formats tf.io.decode_image reads (as named by PIL).
+DECODABLE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "MPO")
+REAL_FOLDER = "real"
 JPEG_QUALITIES = (60, 70, 80, 90, 100)
 MAX_BLUR_SIGMA = 2.0
 _BLUR_RADIUS = int(4.0 * MAX_BLUR_SIGMA + 0.5)  # scipy's truncate=4 at the largest sigma
@@ -47,6 +55,8 @@ class Split:
   generators: np.ndarray              # str [N], "real" for bona fide
   paths: np.ndarray | None = None     # str [N] (absolute)
   images: np.ndarray | None = None    # uint8 [N, H, W, 3]
+  source: Any = None                  # random-access records with "image" (TFDS data source)
+  encoded: np.ndarray | None = None   # object [N] of encoded image bytes
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -133,12 +143,78 @@ def toy_split(name: str, num_examples: int, image_size: int, seed: int) -> Split
   return Split(name, labels, gens, images=images)
 
 
-def load_splits(data_config: Any) -> dict[str, Split]:
-  """All splits named by `config.data` (train, val and every eval split)."""
+def read_image_folder(root: str, split: str) -> Split:
+  """Folder layout `root/<split>/real/**` (bona fide) and `root/<split>/<generator>/**`
+  (attacks, generator = folder name); files with image extensions, sorted."""
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise DataError(f"image folder {split_dir} not found (expected <root>/<split>/<real|generator>/)")
+  paths, labels, gens = [], [], []
+  for gen in sorted(os.listdir(split_dir)):
+    gen_dir = os.path.join(split_dir, gen)
+    if not os.path.isdir(gen_dir):
+      continue
+    for dirpath, dirnames, filenames in os.walk(gen_dir):
+      dirnames.sort()
+      for fn in sorted(filenames):
+        if fn.lower().endswith(IMAGE_EXTENSIONS):
+          paths.append(os.path.join(dirpath, fn))
+          labels.append(1 if gen == REAL_FOLDER else 0)
+          gens.append(gen)
+  if not paths:
+    raise DataError(f"no images under {split_dir}")
+  return Split(split, np.asarray(labels, np.int32), np.asarray(gens), paths=np.asarray(paths))
+
+
+def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: bool) -> str | None:
+  """Why `path` cannot be used, or None. Never raises.
+
+  Reads the header (format, size) and, with `full_decode`, every pixel, which
+  is the only way to find truncated files before they break an epoch.
+  """
+  try:
+    size = os.path.getsize(path)
+  except OSError:
+    return "missing file"
+  if size == 0:
+    return "empty (0-byte) file"
+  try:
+    with Image.open(path) as im:
+      if im.format not in DECODABLE_FORMATS:
+        return f"unsupported image format {im.format}"
+      w, h = im.size
+      if w * h > max_pixels:
+        return f"too large ({w}x{h} > {max_pixels} pixels; decompression bomb?)"
+      if min(w, h) < min_side:
+        return f"too small ({w}x{h}; min side {min_side})"
+      if full_decode:
+        im.load()
+  except Exception as e:  # noqa: BLE001 - any decoder failure means "unusable"
+    return f"not a readable image ({type(e).__name__}: {e})"
+  return None
+
+
+def scan_split(split: Split, data_config: Any) -> tuple[Split, list[dict]]:
+  """Drops unusable files (listed with reasons) so no epoch dies on one of them."""
+  if split.paths is None or data_config.verify == "none":
+    return split, []
+  full = data_config.verify == "decode"
+  check = lambda p: check_image_file(p, data_config.min_side, data_config.max_pixels, full)  # noqa: E731
+  with concurrent.futures.ThreadPoolExecutor(max(4, os.cpu_count() or 1)) as pool:
+    reasons = list(pool.map(check, split.paths))
+  bad = [{"split": split.name, "path": str(p), "reason": r}
+         for p, r in zip(split.paths, reasons) if r is not None]
+  keep = np.asarray([r is None for r in reasons])
+  return Split(split.name, split.labels[keep], split.generators[keep], paths=split.paths[keep]), bad
+
+
+def load_splits(data_config: Any) -> tuple[dict[str, Split], list[dict]]:
+  """All splits named by `config.data` (train, val and every eval split), with
+  unusable files removed; returns (splits, skipped files with reasons)."""
   names = [data_config.train_split, data_config.val_split, *data_config.eval_splits]
   names = list(dict.fromkeys(n for n in names if n))
   source = data_config.source
-  splits = {}
+  splits, skipped = {}, []
   for i, name in enumerate(names):
     if source == "toy":
       sizes = dict(data_config.toy_sizes)
@@ -147,10 +223,17 @@ def load_splits(data_config: Any) -> dict[str, Split]:
     elif source == "csv":
       csv_path = os.path.join(data_config.protocol_dir, f"{name}.csv")
       splits[name] = read_protocol_csv(csv_path, data_config.data_root, name)
+    elif source == "folder":
+      splits[name] = read_image_folder(data_config.data_root, name)
+    elif source == "tfds":
+      from cmfl_jax import tfds_faces
+      splits[name] = tfds_faces.load_split(data_config, name)
     else:
-      raise ValueError(f"unknown data source {source!r}; choose 'toy' or 'csv'")
+      raise ValueError(f"unknown data source {source!r}; choose toy, csv, folder or tfds")
+    splits[name], bad = scan_split(splits[name], data_config)
+    skipped += bad
     splits[name].check_both_classes()
-  return splits
+  return splits, skipped
 
 
 # ----------------------------------------------------------------------------
@@ -203,6 +286,15 @@ def process_slice(global_indices: np.ndarray, global_batch: int) -> np.ndarray:
 # ----------------------------------------------------------------------------
 # Decoding and augmentation (TF graph code)
 # ----------------------------------------------------------------------------
+def pil_to_rgb8(im: Image.Image) -> np.ndarray:
+  """PIL image of any mode (grey, RGBA, palette, 16-bit) -> uint8 RGB array."""
+  if im.mode.startswith("I"):  # 16/32-bit integer greyscale
+    arr = np.asarray(im, np.float64)
+    full = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    im = Image.fromarray(np.clip(np.round(arr * (255.0 / full)), 0, 255).astype(np.uint8))
+  return np.asarray(im.convert("RGB"), np.uint8)
+
+
 def decode_image(data: tf.Tensor) -> tf.Tensor:
   """Encoded PNG/JPEG/BMP/GIF bytes -> uint8 RGB (grey, RGBA, 16-bit handled)."""
   img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -257,19 +349,27 @@ def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(x[0]), 0, 255), tf.uint8)
 
 
+def augment_params(seed: tf.Tensor, prob: float) -> dict[str, tf.Tensor]:
+  """Random choices of the paper's train augmentation, from a stateless seed."""
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  return {
+      "blur": tf.random.stateless_uniform([], seeds[0]) < prob,
+      "sigma": tf.random.stateless_uniform([], seeds[1], 0.0, MAX_BLUR_SIGMA),
+      "jpeg": tf.random.stateless_uniform([], seeds[2]) < prob,
+      "quality": tf.gather(tf.constant(JPEG_QUALITIES), tf.random.stateless_uniform(
+          [], seeds[3], 0, len(JPEG_QUALITIES), tf.int32)),
+      "flip": tf.random.stateless_uniform([], seeds[4]) < 0.5,
+  }
+
+
 def augment(img: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
-  """The paper's train augmentation: blur (p, sigma~U[0,2]), JPEG re-encoding
-  (p, quality from {60..100}), then horizontal flip (0.5)."""
-  seeds = tf.random.experimental.stateless_split(seed, 6)
-  do_blur = tf.random.stateless_uniform([], seeds[0]) < prob
-  sigma = tf.random.stateless_uniform([], seeds[1], 0.0, MAX_BLUR_SIGMA)
-  img = tf.cond(do_blur, lambda: gaussian_blur(img, sigma), lambda: img)
-  do_jpeg = tf.random.stateless_uniform([], seeds[2]) < prob
-  quality = tf.gather(tf.constant(JPEG_QUALITIES),
-                      tf.random.stateless_uniform([], seeds[3], 0, len(JPEG_QUALITIES), tf.int32))
-  img = tf.cond(do_jpeg, lambda: tf.image.adjust_jpeg_quality(img, quality), lambda: img)
-  img = tf.cond(tf.random.stateless_uniform([], seeds[4]) < 0.5,
-                lambda: tf.image.flip_left_right(img), lambda: img)
+  """The paper's train augmentation, in the official order: Gaussian blur
+  (p, sigma ~ U[0, 2]), JPEG re-encoding (p, quality from {60, ..., 100}),
+  then horizontal flip (0.5)."""
+  p = augment_params(seed, prob)
+  img = tf.cond(p["blur"], lambda: gaussian_blur(img, p["sigma"]), lambda: img)
+  img = tf.cond(p["jpeg"], lambda: tf.image.adjust_jpeg_quality(img, p["quality"]), lambda: img)
+  img = tf.cond(p["flip"], lambda: tf.image.flip_left_right(img), lambda: img)
   return tf.ensure_shape(img, [None, None, 3])
 
 
@@ -288,6 +388,19 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   if split.images is not None:
     table = tf.constant(split.images)
     load = lambda i: tf.gather(table, i)  # noqa: E731
+  elif split.encoded is not None:
+    table = tf.constant(split.encoded, tf.string)
+    load = lambda i: decode_image(tf.gather(table, i))  # noqa: E731
+  elif split.source is not None:
+    source = split.source
+
+    def fetch(i):
+      return np.asarray(source[int(i)]["image"], np.uint8)
+
+    def load(i):
+      img = tf.numpy_function(fetch, [i], tf.uint8, stateful=False)
+      img.set_shape([None, None, 3])
+      return img
   else:
     paths = tf.constant(split.paths)
     load = lambda i: decode_image(tf.io.read_file(tf.gather(paths, i)))  # noqa: E731
@@ -338,3 +451,20 @@ def global_batches(ds: tf.data.Dataset, sharding: jax.sharding.Sharding) -> Iter
 def split_summary(splits: dict[str, Split]) -> Sequence[str]:
   return [f"{name}: {len(s)} examples, {int(s.labels.sum())} bona fide, "
           f"{int(len(s) - s.labels.sum())} attack" for name, s in splits.items()]
+
+
+def report_skipped(skipped: list[dict], workdir: str) -> None:
+  """Logs skipped files and writes them to `<workdir>/data_report.json`."""
+  if jax.process_index() != 0:
+    return
+  counts: dict[str, int] = {}
+  for item in skipped:
+    counts[item["split"]] = counts.get(item["split"], 0) + 1
+  for item in skipped[:20]:
+    logging.warning("skipped %s (%s): %s", item["path"], item["split"], item["reason"])
+  if skipped:
+    logging.warning("skipped %d unusable files in total, per split: %s (all listed in "
+                    "data_report.json)", len(skipped), counts)
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, "data_report.json"), "w") as f:
+    json.dump({"skipped_per_split": counts, "skipped": skipped}, f, indent=1)

@@ -281,9 +281,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (resuming from the latest checkpoint if any) and returns a summary."""
   tf.io.gfile.makedirs(workdir)
   mesh = make_mesh()
-  splits = input_pipeline.load_splits(config.data)
+  splits, skipped = input_pipeline.load_splits(config.data)
   for line in input_pipeline.split_summary(splits):
     logging.info("data %s", line)
+  input_pipeline.report_skipped(skipped, workdir)
   train_split = splits[config.data.train_split]
   val_split = splits[config.data.val_split]
   global_batch = config.train.batch_size

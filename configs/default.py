@@ -18,8 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = data = ml_collections.ConfigDict()
-  data.source = "csv"                  # "csv" (official protocol files) or "toy"
-  data.data_root = ""                  # protocol filenames are relative to this
+  data.source = "csv"                  # "csv" (official protocols) | "folder" | "tfds" | "toy"
+  data.data_root = ""                  # csv: filenames relative to it; folder: <root>/<split>/<gen>/
+  data.tfds_name = "cmfl_faces"        # tfds: builder name (see cmfl_jax/tfds_faces.py)
+  data.tfds_data_dir = ""              # tfds: prepared data dir ("" = TFDS default)
   data.protocol_dir = ""               # holds <split>.csv files
   data.train_split = "train"
   data.val_split = "dev"
@@ -28,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.aligned = True                  # False: resize 256 + (random-resized|centre) crop
   data.balance = "oversample"          # "oversample" | "truncate" (official) | "none"
   data.augment_prob = 0.5              # blur and JPEG probabilities (paper: 0.5)
+  data.verify = "decode"               # up-front file check: "decode" | "header" | "none"
+  data.min_side = 32                   # smaller images are skipped (and reported)
+  data.max_pixels = 64_000_000         # larger ones too (decompression bombs)
   data.toy_seed = 0
   data.toy_sizes = {"default": 64}
 

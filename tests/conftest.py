@@ -1,7 +1,12 @@
-"""Test setup: CPU only, quiet TensorFlow, tiny shapes everywhere."""
+"""Test setup: CPU only, quiet TensorFlow, a persistent XLA compilation cache
+shared by this process and the subprocesses tests start (tiny shapes everywhere)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cmfl_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
