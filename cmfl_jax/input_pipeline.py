@@ -302,34 +302,45 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
   return img
 
 
-def resize_and_crop(img: tf.Tensor, size: int, aligned: bool, train: bool,
-                    seed: tf.Tensor | None) -> tf.Tensor:
-  """Aligned inputs: resized to `size` if needed. Unaligned (official geometry):
-  shorter side to round(size * 256 / 224), then RandomResizedCrop (train) or
-  centre crop (eval) to `size`."""
-  if aligned:
-    shape = tf.shape(img)[:2]
-    same = tf.logical_and(shape[0] == size, shape[1] == size)
-    return tf.cond(same, lambda: img,
-                   lambda: tf.cast(tf.clip_by_value(tf.round(
-                       tf.image.resize(img, [size, size], antialias=True)), 0, 255), tf.uint8))
+def _to_uint8(img: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+
+def resize_shorter_side(img: tf.Tensor, size: int) -> tf.Tensor:
+  """Official unaligned geometry, step 1: shorter side to round(size * 256 / 224)."""
   shorter = int(round(size * 256 / 224))
   h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
   scale = shorter / tf.minimum(h, w)
   new_hw = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
-  img = tf.image.resize(img, new_hw, antialias=True)
+  return _to_uint8(tf.image.resize(img, new_hw, antialias=True))
+
+
+def crop_to_size(img: tf.Tensor, size: int, aligned: bool, train: bool,
+                 seed: tf.Tensor | None) -> tf.Tensor:
+  """Aligned: resize to `size` if it differs. Unaligned (after
+  `resize_shorter_side`): RandomResizedCrop (train) or centre crop (eval)."""
+  if aligned:
+    shape = tf.shape(img)[:2]
+    same = tf.logical_and(shape[0] == size, shape[1] == size)
+    return tf.cond(same, lambda: img,
+                   lambda: _to_uint8(tf.image.resize(img, [size, size], antialias=True)))
   if train:
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(img), tf.zeros([0, 0, 4]), seed=seed, min_object_covered=0.0,
         aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
         use_image_if_no_bounding_boxes=True)
-    img = tf.slice(img, begin, crop_size)
-    img = tf.image.resize(img, [size, size])
-  else:
-    top = (new_hw[0] - size) // 2
-    left = (new_hw[1] - size) // 2
-    img = img[top:top + size, left:left + size]
-  return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+    return _to_uint8(tf.image.resize(tf.slice(img, begin, crop_size), [size, size]))
+  top = (tf.shape(img)[0] - size) // 2
+  left = (tf.shape(img)[1] - size) // 2
+  return img[top:top + size, left:left + size]
+
+
+def resize_and_crop(img: tf.Tensor, size: int, aligned: bool, train: bool,
+                    seed: tf.Tensor | None) -> tf.Tensor:
+  """The whole geometry without augmentation (evaluation, predict)."""
+  if not aligned:
+    img = resize_shorter_side(img, size)
+  return crop_to_size(img, size, aligned, train, seed)
 
 
 def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
@@ -362,15 +373,22 @@ def augment_params(seed: tf.Tensor, prob: float) -> dict[str, tf.Tensor]:
   }
 
 
+def blur_and_jpeg(img: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
+  img = tf.cond(params["blur"], lambda: gaussian_blur(img, params["sigma"]), lambda: img)
+  return tf.cond(params["jpeg"], lambda: tf.image.adjust_jpeg_quality(img, params["quality"]),
+                 lambda: img)
+
+
+def hflip(img: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
+  return tf.cond(params["flip"], lambda: tf.image.flip_left_right(img), lambda: img)
+
+
 def augment(img: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
-  """The paper's train augmentation, in the official order: Gaussian blur
-  (p, sigma ~ U[0, 2]), JPEG re-encoding (p, quality from {60, ..., 100}),
-  then horizontal flip (0.5)."""
+  """The paper's train augmentation for aligned inputs, in the official order:
+  Gaussian blur (p, sigma ~ U[0, 2]), JPEG re-encoding (p, quality from
+  {60, ..., 100}), then horizontal flip (0.5)."""
   p = augment_params(seed, prob)
-  img = tf.cond(p["blur"], lambda: gaussian_blur(img, p["sigma"]), lambda: img)
-  img = tf.cond(p["jpeg"], lambda: tf.image.adjust_jpeg_quality(img, p["quality"]), lambda: img)
-  img = tf.cond(p["flip"], lambda: tf.image.flip_left_right(img), lambda: img)
-  return tf.ensure_shape(img, [None, None, 3])
+  return tf.ensure_shape(hflip(blur_and_jpeg(img, p), p), [None, None, 3])
 
 
 # ----------------------------------------------------------------------------
@@ -381,7 +399,7 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   """Per-example dataset over `indices` of `split`, yielding image/label/mask."""
   size = data_config.image_size
   aligned = bool(data_config.aligned)
-  prob = float(data_config.augment_prob) if train else 0.0
+  prob = float(data_config.augment_prob)
   ds = tf.data.Dataset.from_tensor_slices({
       "index": indices.astype(np.int64), "mask": mask.astype(np.bool_),
       "label": split.labels[indices].astype(np.int32)})
@@ -409,9 +427,15 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
     seed_pair = tf.stack([tf.constant(seed, tf.int64) * 100003 + epoch, ex["index"]])
     img = load(ex["index"])
     aug_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
-    img = resize_and_crop(img, size, aligned, train, crop_seed)
-    if prob > 0:
-      img = augment(img, aug_seed, prob)
+    # Official order: [resize 256] -> blur/JPEG -> [random-resized | centre crop] -> flip.
+    if not aligned:
+      img = resize_shorter_side(img, size)
+    if train:
+      params = augment_params(aug_seed, prob)
+      img = blur_and_jpeg(img, params)
+    img = crop_to_size(img, size, aligned, train, crop_seed)
+    if train:
+      img = hflip(img, params)
     img = tf.ensure_shape(img, [size, size, 3])
     return {"image": img, "label": ex["label"], "mask": ex["mask"], "index": ex["index"]}
 

@@ -325,3 +325,28 @@ def test_unaligned_geometry():
   np.testing.assert_array_equal(ev.numpy(), full.numpy()[16:240, 58:282])
   al = ip.resize_and_crop(img, 64, aligned=True, train=True, seed=seed)
   assert al.shape == (64, 64, 3)
+
+
+def test_pipeline_benchmark_runs(tmp_path):
+  from cmfl_jax import benchmark
+  split = benchmark.write_image_split(str(tmp_path), "png", 8, 32)
+  assert len(split) == 8 and all(os.path.exists(p) for p in split.paths)
+  ips = benchmark.pipeline_throughput(split, benchmark.pipeline_config(32), True, 4, 1, 1)
+  assert ips > 0
+
+
+def test_unaligned_train_pipeline_order_and_shape(tmp_path):
+  rng = np.random.default_rng(6)
+  paths = []
+  for i in range(4):
+    p = str(tmp_path / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(p)
+    paths.append(p)
+  split = ip.Split("t", np.array([0, 1, 0, 1], np.int32), np.array(["f", "real"] * 2),
+                   paths=np.asarray(paths))
+  cfg = data_config(image_size=32, aligned=False)
+  batch = next(iter(ip.train_dataset(split, cfg, 4, seed=0, epoch=0)))
+  assert batch["image"].shape == (4, 32, 32, 3)
+  ev = next(iter(ip.eval_dataset(split, cfg, 4)))
+  want = ip.resize_and_crop(tf.io.decode_png(tf.io.read_file(paths[0])), 32, False, False, None)
+  np.testing.assert_array_equal(ev["image"][0], want)
