@@ -59,7 +59,6 @@ def main(argv) -> int:
   # tf.data only: keep TensorFlow off the accelerators JAX owns.
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _init_distributed()
