@@ -215,6 +215,9 @@ def load_splits(data_config: Any) -> tuple[dict[str, Split], list[dict]]:
   names = list(dict.fromkeys(n for n in names if n))
   source = data_config.source
   splits, skipped = {}, []
+  if source in ("tfds", "synthetic"):
+    from cmfl_jax import synthetic_faces, tfds_faces  # noqa: F401 - registers the builders
+    synthetic_builder = synthetic_faces.prepare(data_config) if source == "synthetic" else None
   for i, name in enumerate(names):
     if source == "toy":
       sizes = dict(data_config.toy_sizes)
@@ -226,10 +229,12 @@ def load_splits(data_config: Any) -> tuple[dict[str, Split], list[dict]]:
     elif source == "folder":
       splits[name] = read_image_folder(data_config.data_root, name)
     elif source == "tfds":
-      from cmfl_jax import tfds_faces
       splits[name] = tfds_faces.load_split(data_config, name)
+    elif source == "synthetic":
+      splits[name] = tfds_faces.split_from_builder(synthetic_builder, name)
     else:
-      raise ValueError(f"unknown data source {source!r}; choose toy, csv, folder or tfds")
+      raise ValueError(f"unknown data source {source!r}; choose synthetic, csv, folder, tfds "
+                       "or toy")
     splits[name], bad = scan_split(splits[name], data_config)
     skipped += bad
     splits[name].check_both_classes()

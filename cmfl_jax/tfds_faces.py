@@ -92,15 +92,21 @@ class CmflFaces(tfds.core.GeneratorBasedBuilder):
 
 
 def load_split(data_config: Any, split_name: str) -> input_pipeline.Split:
-  """A prepared split as a random-access `Split` for the input pipeline.
+  """A split of a prepared TFDS dataset (`data.tfds_name`) for the input pipeline."""
+  builder = tfds.builder(data_config.tfds_name, data_dir=data_config.tfds_data_dir or None)
+  return split_from_builder(builder, split_name)
+
+
+def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str) -> input_pipeline.Split:
+  """A (possibly combined, "a+b") split as a random-access `Split`.
 
   ArrayRecord (recommended): records are read on demand by index. TFRecord
   (what plain `tfds.load` reads): the encoded images are held in host memory.
   """
-  builder = tfds.builder(data_config.tfds_name, data_dir=data_config.tfds_data_dir or None)
-  if split_name not in builder.info.splits:
-    raise input_pipeline.DataError(
-        f"TFDS {data_config.tfds_name}: no split {split_name!r}; have {sorted(builder.info.splits)}")
+  for part in split_name.split("+"):
+    if part.strip() not in builder.info.splits:
+      raise input_pipeline.DataError(
+          f"TFDS {builder.name}: no split {part.strip()!r}; have {sorted(builder.info.splits)}")
   skip = {"image": tfds.decode.SkipDecoding()}
   if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     meta = builder.as_data_source(split=split_name, decoders=skip)
