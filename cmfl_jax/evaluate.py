@@ -13,18 +13,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import checkpointing, input_pipeline, score_files, train
+from cmfl_jax import checkpointing, input_pipeline, metrics, score_files, train
 
 
-def basic_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-  """Accuracy at 0.5 and the per-class error rates (ISO/IEC 30107-3 names)."""
-  pred_real = scores >= 0.5
-  real, attack = labels == 1, labels == 0
-  return {
-      "accuracy": float(np.mean(pred_real == real)),
-      "apcer@0.5": float(np.mean(pred_real[attack])) if attack.any() else float("nan"),
-      "bpcer@0.5": float(np.mean(~pred_real[real])) if real.any() else float("nan"),
-  }
+def split_metrics(labels: np.ndarray, scores: np.ndarray,
+                  dev_threshold: float | None = None) -> dict[str, float]:
+  """`metrics.summary` (D-EER, AUC, AP, operating points, rates at the dev
+  threshold) plus accuracy at 0.5."""
+  out = metrics.summary(labels, scores, dev_threshold)
+  out["accuracy"] = float(np.mean((scores >= 0.5) == (labels == 1)))
+  return out
 
 
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str | int
@@ -49,8 +47,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   which = config.eval.checkpoint if which is None else which
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
-  splits, skipped = input_pipeline.load_splits(config.data)
-  input_pipeline.report_skipped(skipped, workdir)
+  splits, skipped = input_pipeline.load_splits(config.data, config.data.eval_splits)
+  input_pipeline.report_skipped(skipped, workdir, "eval_data_report.json")
   out_dir = os.path.join(workdir, "eval", name)
   results: dict[str, Any] = {"checkpoint": name, "step": meta["step"],
                              "val_loss": meta.get("val_loss"), "splits": {}}
@@ -62,10 +60,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     res = train.evaluate_split(eval_fn, state, split, config, mesh)
     entry = {k: v for k, v in res.items() if k != "scores"}
     for head, scores in res["scores"].items():
-      entry[f"metrics_{head}"] = basic_metrics(split.labels, scores)
+      entry[f"metrics_{head}"] = split_metrics(split.labels, scores, meta.get("dev_threshold"))
       if main:
         suffix = "" if head == "joint" else f"_{head}"
-        score_files.write_scores(os.path.join(out_dir, f"{split_name}_scores{suffix}.csv"), split, scores)
+        score_files.write_scores(os.path.join(out_dir, f"{split_name}_scores{suffix}.csv"),
+                                 split, scores)
     results["splits"][split_name] = entry
     logging.info("eval %s on %s: loss=%.5f accuracy=%.4f", name, split_name, entry["loss"],
                  entry["metrics_joint"]["accuracy"])
@@ -77,11 +76,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
 
 def format_summary(results: dict[str, Any]) -> str:
-  """A small plain-text table of the evaluation results."""
-  lines = [f"checkpoint {results['checkpoint']} (val_loss={results['val_loss']})",
-           f"{'split':<24}{'n':>7}{'loss':>10}{'acc':>8}{'APCER':>8}{'BPCER':>8}"]
+  """The cross-model table (joint head): one row per evaluation split."""
+  lines = [f"checkpoint {results['checkpoint']} (val_loss={results['val_loss']:.5f})",
+           f"{'eval split':<30}{'n':>6}{'D-EER':>8}{'AUC':>8}{'APCER':>8}{'BPCER':>8}{'loss':>9}"]
   for name, r in results["splits"].items():
     m = r["metrics_joint"]
-    lines.append(f"{name:<24}{r['count']:>7}{r['loss']:>10.4f}{m['accuracy']:>8.3f}"
-                 f"{m['apcer@0.5']:>8.3f}{m['bpcer@0.5']:>8.3f}")
+    lines.append(f"{name:<30}{r['count']:>6}{100 * m['d_eer']:>7.1f}%{m['auc']:>8.3f}"
+                 f"{m['apcer@0.5']:>8.3f}{m['bpcer@0.5']:>8.3f}{r['loss']:>9.4f}")
   return "\n".join(lines)

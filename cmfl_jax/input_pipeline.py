@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import zlib
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -123,7 +124,8 @@ def _smooth_field(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
   return np.moveaxis(x, 1, -1)
 
 
-def toy_split(name: str, num_examples: int, image_size: int, seed: int) -> Split:
+def toy_split(name: str, num_examples: int, image_size: int,
+              seed: int | Sequence[int]) -> Split:
   """Tiny deterministic stand-in data for tests and smoke runs.
 
   Bona fide: 1/f random fields. Attack: the same kind of content, rendered at
@@ -194,12 +196,37 @@ def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: boo
   return None
 
 
+def min_image_side(data_config: Any) -> int:
+  """Smallest usable shorter side: `data.min_side`, or the crop size when < 0
+  (unaligned inputs are first resized to 256/224 of it, so half is enough)."""
+  if data_config.min_side >= 0:
+    return data_config.min_side
+  return data_config.image_size if data_config.aligned else data_config.image_size // 2
+
+
+def cache_in_memory(split: Split) -> Split:
+  """Decodes every file once into host memory (`data.cache`): later epochs read
+  pixels instead of files. Needs images of one size (aligned crops)."""
+  if split.paths is None:
+    return split
+  arrays = []
+  for p in split.paths:
+    with Image.open(p) as im:
+      arrays.append(pil_to_rgb8(im))
+  shapes = {a.shape for a in arrays}
+  if len(shapes) > 1:
+    raise DataError(f"data.cache needs images of one size; split {split.name!r} has "
+                    f"{sorted(shapes)[:3]}...")
+  return dataclasses.replace(split, images=np.stack(arrays), paths=None)
+
+
 def scan_split(split: Split, data_config: Any) -> tuple[Split, list[dict]]:
   """Drops unusable files (listed with reasons) so no epoch dies on one of them."""
   if split.paths is None or data_config.verify == "none":
     return split, []
   full = data_config.verify == "decode"
-  check = lambda p: check_image_file(p, data_config.min_side, data_config.max_pixels, full)  # noqa: E731
+  min_side = min_image_side(data_config)
+  check = lambda p: check_image_file(p, min_side, data_config.max_pixels, full)  # noqa: E731
   with concurrent.futures.ThreadPoolExecutor(max(4, os.cpu_count() or 1)) as pool:
     reasons = list(pool.map(check, split.paths))
   bad = [{"split": split.name, "path": str(p), "reason": r}
@@ -208,21 +235,24 @@ def scan_split(split: Split, data_config: Any) -> tuple[Split, list[dict]]:
   return Split(split.name, split.labels[keep], split.generators[keep], paths=split.paths[keep]), bad
 
 
-def load_splits(data_config: Any) -> tuple[dict[str, Split], list[dict]]:
-  """All splits named by `config.data` (train, val and every eval split), with
-  unusable files removed; returns (splits, skipped files with reasons)."""
-  names = [data_config.train_split, data_config.val_split, *data_config.eval_splits]
+def load_splits(data_config: Any, names: Sequence[str] | None = None
+                ) -> tuple[dict[str, Split], list[dict]]:
+  """The named splits (default: train, val and every eval split of
+  `config.data`) with unusable files removed; returns (splits, skipped files)."""
+  if names is None:
+    names = [data_config.train_split, data_config.val_split, *data_config.eval_splits]
   names = list(dict.fromkeys(n for n in names if n))
   source = data_config.source
   splits, skipped = {}, []
   if source in ("tfds", "synthetic"):
     from cmfl_jax import synthetic_faces, tfds_faces  # noqa: F401 - registers the builders
     synthetic_builder = synthetic_faces.prepare(data_config) if source == "synthetic" else None
-  for i, name in enumerate(names):
+  for name in names:
     if source == "toy":
       sizes = dict(data_config.toy_sizes)
       splits[name] = toy_split(name, sizes.get(name, sizes.get("default", 64)),
-                               data_config.image_size, seed=1000 * (i + 1) + data_config.toy_seed)
+                               data_config.image_size,
+                               seed=[data_config.toy_seed, zlib.crc32(name.encode())])
     elif source == "csv":
       csv_path = os.path.join(data_config.protocol_dir, f"{name}.csv")
       splits[name] = read_protocol_csv(csv_path, data_config.data_root, name)
@@ -238,6 +268,8 @@ def load_splits(data_config: Any) -> tuple[dict[str, Split], list[dict]]:
     splits[name], bad = scan_split(splits[name], data_config)
     skipped += bad
     splits[name].check_both_classes()
+    if data_config.cache:
+      splits[name] = cache_in_memory(splits[name])
   return splits, skipped
 
 
@@ -444,6 +476,8 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
     img = tf.ensure_shape(img, [size, size, 3])
     return {"image": img, "label": ex["label"], "mask": ex["mask"], "index": ex["index"]}
 
+  # Plain graph code (explicit tf.cond); autograph conversion is not needed.
+  process = tf.autograph.experimental.do_not_convert(process)
   return ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -482,8 +516,8 @@ def split_summary(splits: dict[str, Split]) -> Sequence[str]:
           f"{int(len(s) - s.labels.sum())} attack" for name, s in splits.items()]
 
 
-def report_skipped(skipped: list[dict], workdir: str) -> None:
-  """Logs skipped files and writes them to `<workdir>/data_report.json`."""
+def report_skipped(skipped: list[dict], workdir: str, filename: str = "data_report.json") -> None:
+  """Logs skipped files and writes them to `<workdir>/<filename>`."""
   if jax.process_index() != 0:
     return
   counts: dict[str, int] = {}
@@ -492,8 +526,8 @@ def report_skipped(skipped: list[dict], workdir: str) -> None:
   for item in skipped[:20]:
     logging.warning("skipped %s (%s): %s", item["path"], item["split"], item["reason"])
   if skipped:
-    logging.warning("skipped %d unusable files in total, per split: %s (all listed in "
-                    "data_report.json)", len(skipped), counts)
+    logging.warning("skipped %d unusable files in total, per split: %s (all listed in %s)",
+                    len(skipped), counts, filename)
   tf.io.gfile.makedirs(workdir)
-  with tf.io.gfile.GFile(os.path.join(workdir, "data_report.json"), "w") as f:
+  with tf.io.gfile.GFile(os.path.join(workdir, filename), "w") as f:
     json.dump({"skipped_per_split": counts, "skipped": skipped}, f, indent=1)

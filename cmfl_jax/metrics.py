@@ -64,3 +64,50 @@ def roc_auc(labels, scores) -> float:
   ranks[order] = np.repeat(avg, counts)
   n1, n0 = int(labels.sum()), int((1 - labels).sum())
   return float((ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def average_precision(labels, scores) -> float:
+  """Average precision with bona fide as the positive class (sklearn's definition:
+  sum over thresholds of (R_n - R_{n-1}) * P_n, no interpolation)."""
+  labels, scores = _check(labels, scores)
+  order = np.argsort(-scores, kind="mergesort")
+  s, y = scores[order], labels[order]
+  last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last index of each distinct score
+  tp = np.cumsum(y)[last]
+  precision = tp / (last + 1)
+  recall = tp / y.sum()
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def rates_at_threshold(labels, scores, threshold: float) -> tuple[float, float]:
+  """(APCER, BPCER) when accepting score >= threshold as bona fide."""
+  labels, scores = _check(labels, scores)
+  accept = scores >= threshold
+  return float(accept[labels == 0].mean()), float((~accept[labels == 1]).mean())
+
+
+def bpcer_at_apcer(labels, scores, apcer_target: float) -> float:
+  """Lowest BPCER over thresholds whose APCER <= target (ISO: BPCER@APCER=x)."""
+  _, apcer, bpcer = error_rates(labels, scores)
+  return float(bpcer[apcer <= apcer_target + 1e-12].min())
+
+
+def apcer_at_bpcer(labels, scores, bpcer_target: float) -> float:
+  """Lowest APCER over thresholds whose BPCER <= target."""
+  _, apcer, bpcer = error_rates(labels, scores)
+  return float(apcer[bpcer <= bpcer_target + 1e-12].min())
+
+
+def summary(labels, scores, dev_threshold: float | None = None) -> dict[str, float]:
+  """All headline numbers for one evaluation set (fractions, not percent)."""
+  eer_rate, eer_thr = eer(labels, scores)
+  out = {"d_eer": eer_rate, "eer_threshold": eer_thr, "auc": roc_auc(labels, scores),
+         "average_precision": average_precision(labels, scores)}
+  for t in (0.01, 0.05, 0.10):
+    out[f"bpcer@apcer={t:g}"] = bpcer_at_apcer(labels, scores, t)
+    out[f"apcer@bpcer={t:g}"] = apcer_at_bpcer(labels, scores, t)
+  out["apcer@0.5"], out["bpcer@0.5"] = rates_at_threshold(labels, scores, 0.5)
+  if dev_threshold is not None:
+    out["dev_threshold"] = dev_threshold
+    out["apcer@dev"], out["bpcer@dev"] = rates_at_threshold(labels, scores, dev_threshold)
+  return out

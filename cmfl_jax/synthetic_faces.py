@@ -49,6 +49,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cmfl_jax import tfds_faces
+
 FAMILIES = ("progan", "dcgan", "stylegan2", "stylegan3", "swagan", "diffusion")
 REAL_SOURCES = ("real", "real2")
 SPLITS = ("train", "dev", "eval")
@@ -361,14 +363,8 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    s = self.builder_config.size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(s, s, 3), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=["attack", "bona_fide"]),
-            "generator": tfds.features.Text(),
-            "filename": tfds.features.Text(),
-        }),
+        features=tfds_faces.face_features(self.builder_config.size),
         supervised_keys=("image", "label"),
         description=__doc__.split("\n\n")[0])
 

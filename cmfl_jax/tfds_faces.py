@@ -40,6 +40,17 @@ are kept exactly).
 """
 
 
+def face_features(size: int | None) -> tfds.features.FeaturesDict:
+  """Features shared by both face builders (size None = any image size)."""
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(size, size, 3), dtype=np.uint8),
+      # index 1 = bona fide, 0 = attack: the project's label convention.
+      "label": tfds.features.ClassLabel(names=["attack", "bona_fide"]),
+      "generator": tfds.features.Text(),
+      "filename": tfds.features.Text(),
+  })
+
+
 class CmflFaces(tfds.core.GeneratorBasedBuilder):
   """Bona fide vs synthetic face images with the generator of each image."""
 
@@ -49,13 +60,7 @@ class CmflFaces(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-            # index 1 = bona fide, 0 = attack: the project's label convention.
-            "label": tfds.features.ClassLabel(names=["attack", "bona_fide"]),
-            "generator": tfds.features.Text(),
-            "filename": tfds.features.Text(),
-        }),
+        features=face_features(None),
         supervised_keys=("image", "label"),
         description="Face images labelled bona fide (1) or synthetic (0), with generator names.")
 

@@ -29,7 +29,7 @@ from flax import nnx, struct
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cmfl_jax import checkpointing, input_pipeline, losses, models, score_files
+from cmfl_jax import checkpointing, input_pipeline, losses, metrics, models, score_files
 
 DATA_AXIS = "data"
 
@@ -142,7 +142,8 @@ def train_step(state: TrainState, batch: dict, *, programs: Programs,
     means = {k: jnp.mean(v) for k, v in terms.items()}
     return means["loss"], (means, nnx.state(model, nnx.BatchStat))
 
-  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (step_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   updates, opt_state = programs.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jax.tree.reduce(
@@ -155,7 +156,7 @@ def train_step(state: TrainState, batch: dict, *, programs: Programs,
   new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
   first_bad = (~finite) & (state.nonfinite_step < 0)
   new = new.replace(nonfinite_step=jnp.where(first_bad, state.step + 1, state.nonfinite_step))
-  return new, metrics
+  return new, step_metrics
 
 
 def eval_step(state: TrainState, batch: dict, *, programs: Programs,
@@ -281,7 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (resuming from the latest checkpoint if any) and returns a summary."""
   tf.io.gfile.makedirs(workdir)
   mesh = make_mesh()
-  splits, skipped = input_pipeline.load_splits(config.data)
+  splits, skipped = input_pipeline.load_splits(
+      config.data, [config.data.train_split, config.data.val_split])
   for line in input_pipeline.split_summary(splits):
     logging.info("data %s", line)
   input_pipeline.report_skipped(skipped, workdir)
@@ -321,10 +323,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log_path = os.path.join(workdir, "train_log.jsonl") if _is_main_process() else None
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
-  def meta_for(step_now: int, val_loss: float | None = None) -> dict:
+  def meta_for(step_now: int, val_loss: float | None = None,
+               dev_threshold: float | None = None) -> dict:
     return {"step": step_now, "epoch": step_now // steps_per_epoch,
             "step_in_epoch": step_now % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-            "val_loss": val_loss, "best_val_loss": best_val,
+            "val_loss": val_loss, "best_val_loss": best_val, "dev_threshold": dev_threshold,
             "config": json.loads(config.to_json_best_effort())}
 
   def check_finite(state) -> None:
@@ -345,10 +348,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         epoch, skip_batches=offset)
       window_start, window_steps, window_metrics = time.perf_counter(), 0, []
       for batch in input_pipeline.global_batches(ds, batch_sharding):
-        state, metrics = train_fn(state, batch)
+        state, step_metrics = train_fn(state, batch)
         step += 1
         window_steps += 1
-        window_metrics.append(metrics)
+        window_metrics.append(step_metrics)
         bar.update(1)
         if step == config.train.debug_signal_at_step:
           # Test hook: the real signal path (SIGTERM) or a hard kill (SIGKILL).
@@ -397,9 +400,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     if k not in ("scores", "count")})
       logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / steps_per_epoch, step, val_loss,
                    " (best)" if improved else "")
-      checkpointing.save(managers["latest"], step, state, meta_for(step, val_loss))
+      # The dev-set EER threshold travels with the model (fixed operating point).
+      dev_threshold = metrics.eer(val_split.labels, val["scores"]["joint"])[1]
+      checkpointing.save(managers["latest"], step, state, meta_for(step, val_loss, dev_threshold))
       if improved:
-        checkpointing.save(managers["best"], step, state, meta_for(step, val_loss),
+        checkpointing.save(managers["best"], step, state, meta_for(step, val_loss, dev_threshold),
                            metrics={"val_loss": val_loss})
       if signals.received is not None:
         managers["latest"].wait_until_finished()

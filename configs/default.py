@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.balance = "oversample"          # "oversample" | "truncate" (official) | "none"
   data.augment_prob = 0.5              # blur and JPEG probabilities (paper: 0.5)
   data.verify = "decode"               # up-front file check: "decode" | "header" | "none"
-  data.min_side = 32                   # smaller images are skipped (and reported)
+  data.min_side = -1                   # smaller images are skipped and reported (-1: crop size)
+  data.cache = False                   # decode all images once into RAM (one image size)
   data.max_pixels = 64_000_000         # larger ones too (decompression bombs)
   data.toy_seed = 0
   data.toy_sizes = {"default": 64}

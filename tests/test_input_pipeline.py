@@ -19,7 +19,7 @@ def data_config(**kw):
       source="csv", data_root="", protocol_dir="", train_split="train", val_split="dev",
       eval_splits=("eval",), image_size=32, aligned=True, balance="oversample",
       augment_prob=0.5, verify="decode", min_side=16, max_pixels=64_000_000, toy_seed=0,
-      toy_sizes={"default": 16}, tfds_name="cmfl_faces", tfds_data_dir=""))
+      toy_sizes={"default": 16}, tfds_name="cmfl_faces", tfds_data_dir="", cache=False))
   cfg.update(kw)
   return cfg
 
@@ -350,3 +350,33 @@ def test_unaligned_train_pipeline_order_and_shape(tmp_path):
   ev = next(iter(ip.eval_dataset(split, cfg, 4)))
   want = ip.resize_and_crop(tf.io.decode_png(tf.io.read_file(paths[0])), 32, False, False, None)
   np.testing.assert_array_equal(ev["image"][0], want)
+
+
+def test_toy_splits_depend_on_name_not_on_which_are_loaded():
+  cfg = data_config(source="toy", image_size=16, verify="none")
+  full, _ = ip.load_splits(cfg)
+  only_eval, _ = ip.load_splits(cfg, ["eval"])
+  np.testing.assert_array_equal(full["eval"].images, only_eval["eval"].images)
+  assert not np.array_equal(full["train"].images, full["eval"].images)
+
+
+def test_images_smaller_than_the_crop_are_skipped_by_default(tmp_path):
+  data_root, proto = write_dataset(str(tmp_path), size=40)
+  cfg = data_config(data_root=data_root, protocol_dir=proto, image_size=48, min_side=-1)
+  with pytest.raises(ip.DataError, match="no bona fide"):  # every 40px image is skipped
+    ip.load_splits(cfg)
+  cfg.image_size = 40
+  splits, skipped = ip.load_splits(cfg)
+  assert not skipped and len(splits["train"]) == 8
+
+
+def test_cache_decodes_once_and_gives_identical_batches(tmp_path):
+  data_root, proto = write_dataset(str(tmp_path), size=32)
+  cfg = data_config(data_root=data_root, protocol_dir=proto)
+  files, _ = ip.load_splits(cfg)
+  cfg.cache = True
+  cached, _ = ip.load_splits(cfg)
+  assert cached["train"].paths is None and cached["train"].images.shape == (8, 32, 32, 3)
+  a = next(iter(ip.train_dataset(files["train"], cfg, 4, seed=0, epoch=0)))
+  b = next(iter(ip.train_dataset(cached["train"], cfg, 4, seed=0, epoch=0)))
+  np.testing.assert_array_equal(a["image"], b["image"])

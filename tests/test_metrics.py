@@ -54,3 +54,30 @@ def test_against_sklearn(seed):
   # D-EER lies between the ROC's APCER and BPCER where they cross.
   cross = np.argmin(np.abs(fpr - (1 - tpr)))
   assert min(fpr[cross], 1 - tpr[cross]) - 0.02 <= rate <= max(fpr[cross], 1 - tpr[cross]) + 0.02
+
+
+def test_operating_points_hand_computed():
+  # 10 attacks at 0.0..0.9, 10 bona fide at 0.5..1.4.
+  labels = np.r_[np.zeros(10), np.ones(10)]
+  scores = np.r_[np.arange(10) / 10, 0.5 + np.arange(10) / 10]
+  # APCER <= 10% needs threshold > 0.8 (only 0.9 accepted): t = 0.9 -> bona
+  # fide below 0.9 are 0.5..0.8 -> BPCER 40%.
+  assert metrics.bpcer_at_apcer(labels, scores, 0.10) == pytest.approx(0.4)
+  # APCER <= 1% needs t > 0.9 -> t = 1.0 -> BPCER 50%.
+  assert metrics.bpcer_at_apcer(labels, scores, 0.01) == pytest.approx(0.5)
+  # BPCER <= 10% needs t <= 0.6 -> best t = 0.6 -> attacks >= 0.6: 4 -> 40%.
+  assert metrics.apcer_at_bpcer(labels, scores, 0.10) == pytest.approx(0.4)
+  assert metrics.rates_at_threshold(labels, scores, 0.75) == (pytest.approx(0.2), pytest.approx(0.3))
+  s = metrics.summary(labels, scores, dev_threshold=0.75)
+  assert s["apcer@dev"] == pytest.approx(0.2) and s["bpcer@dev"] == pytest.approx(0.3)
+  assert s["d_eer"] == pytest.approx(metrics.eer(labels, scores)[0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_average_precision_against_sklearn(seed):
+  sk = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, 200)
+  scores = np.round(rng.normal(labels, 1.0), 1)
+  assert metrics.average_precision(labels, scores) == pytest.approx(
+      sk.average_precision_score(labels, scores))

@@ -202,3 +202,41 @@ def test_train_and_evaluate_from_each_source(tmp_path, source):
   assert results["splits"]["eval"]["count"] == n_eval
   rows = open(os.path.join(results["out_dir"], "eval_scores.csv")).read().splitlines()
   assert rows[0] == "id,label,path,score" and len(rows) == n_eval + 1
+
+
+def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, tmp_path,
+                                                                  cache_dir):
+  import csv
+  import runpy
+  from PIL import Image
+  from cmfl_jax import input_pipeline, score_files
+  workdir, _ = reference_run
+  config = runpy.run_path(SMOKE)["get_config"]()
+  splits, _ = input_pipeline.load_splits(config.data, ["eval"])
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  for i, img in enumerate(splits["eval"].images):
+    Image.fromarray(img).save(folder / f"{i:03d}.png")
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(
+      [sys.executable, "-m", "cmfl_jax.predict", f"--workdir={workdir}", str(folder),
+       str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg")],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  rows = list(csv.DictReader(proc.stdout.splitlines()))
+  assert len(rows) == 16 + 2
+  assert rows[-2]["verdict"].startswith("error: not a readable image")
+  assert rows[-1]["verdict"].startswith("error: missing file")
+  step = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "best")))
+  _, eval_scores, _ = score_files.read_scores(
+      os.path.join(workdir, "eval", f"best_{step}", "eval_scores.csv"))
+  got = np.asarray([float(r["score"]) for r in rows[:16]])
+  np.testing.assert_allclose(got, eval_scores, atol=1e-6)
+  from cmfl_jax import checkpointing
+  kind, best_step = checkpointing.select_step(workdir, "best")
+  thr = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], best_step)[
+      "dev_threshold"]
+  assert 0.0 <= thr <= 1.0
+  assert [r["verdict"] for r in rows[:16]] == [
+      "bona fide" if s >= thr else "synthetic" for s in np.asarray(got)]

@@ -1,0 +1,130 @@
+"""Score new images with a trained model.
+
+  python -m cmfl_jax.predict --workdir=DIR [--checkpoint=best|latest|STEP] [--unaligned] PATH...
+
+PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
+Prints CSV `path,score,verdict` (score = P(real); verdict from the dev-set EER
+threshold stored with the checkpoint, else 0.5 with a warning). Unreadable
+files get an `error: ...` row and the rest are still scored; the exit status
+is 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from typing import Iterable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+from PIL import Image
+
+from cmfl_jax import checkpointing, evaluate, input_pipeline, train
+
+FLAGS = flags.FLAGS
+
+
+def collect_paths(inputs: Iterable[str]) -> list[str]:
+  """Files as given; folders expanded recursively (sorted) to image files."""
+  out = []
+  for p in inputs:
+    if os.path.isdir(p):
+      for dirpath, dirnames, filenames in os.walk(p):
+        dirnames.sort()
+        out += [os.path.join(dirpath, f) for f in sorted(filenames)
+                if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS)]
+    else:
+      out.append(p)
+  return out
+
+
+def config_from_checkpoint(workdir: str, which: str) -> ml_collections.ConfigDict:
+  """The training config stored (as JSON) in the checkpoint's metadata."""
+  kind, step = checkpointing.select_step(workdir, which)
+  meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
+  return ml_collections.ConfigDict(meta["config"])
+
+
+def load_image(path: str, size: int, aligned: bool, data_config) -> np.ndarray:
+  """Evaluation preprocessing of one file; raises ValueError with the reason."""
+  reason = input_pipeline.check_image_file(path, input_pipeline.min_image_side(data_config),
+                                           data_config.max_pixels, full_decode=True)
+  if reason is not None:
+    raise ValueError(reason)
+  with Image.open(path) as im:
+    pixels = input_pipeline.pil_to_rgb8(im)
+  return input_pipeline.resize_and_crop(pixels, size, aligned, False, None).numpy()
+
+
+def predict(workdir: str, paths: Sequence[str], which: str = "best",
+            aligned: bool | None = None) -> tuple[list[dict], float | None]:
+  """Rows {path, score, verdict | error} in input order, and the threshold used."""
+  config = config_from_checkpoint(workdir, which)
+  state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
+  threshold = meta.get("dev_threshold")
+  size = config.data.image_size
+  aligned = config.data.aligned if aligned is None else aligned
+  rows, images, ok_rows = [], [], []
+  for path in paths:
+    try:
+      images.append(load_image(path, size, aligned, config.data))
+      rows.append({"path": path})
+      ok_rows.append(len(rows) - 1)
+    except Exception as e:  # noqa: BLE001 - report every unreadable file, keep going
+      rows.append({"path": path, "error": f"error: {e}"})
+  batch_size = config.train.eval_batch_size
+  sharding = NamedSharding(mesh, P(train.DATA_AXIS))
+  scores = []
+  for start in range(0, len(images), batch_size):
+    chunk = np.stack(images[start:start + batch_size])
+    n = len(chunk)
+    pad = batch_size - n  # fixed shape: one compilation
+    batch = {"image": np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.uint8)]),
+             "label": np.zeros(batch_size, np.int32), "mask": np.arange(batch_size) < n}
+    batch = {k: jax.device_put(v, sharding) for k, v in batch.items()}
+    _, probs = eval_fn(state, batch)
+    scores.append(np.asarray(jax.device_get(probs["joint"]))[:n])
+  cut = 0.5 if threshold is None else threshold
+  for i, score in zip(ok_rows, np.concatenate(scores) if scores else []):
+    rows[i]["score"] = float(score)
+    rows[i]["verdict"] = "bona fide" if score >= cut else "synthetic"
+  return rows, threshold
+
+
+def main(argv: Sequence[str]) -> int:
+  paths = collect_paths(argv[1:])
+  if not paths:
+    raise app.UsageError("give one or more image files or folders")
+  aligned = None if FLAGS.unaligned is None else not FLAGS.unaligned
+  rows, threshold = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned)
+  if threshold is None:
+    logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
+  w = csv.writer(sys.stdout)
+  w.writerow(["path", "score", "verdict"])
+  for r in rows:
+    if "error" in r:
+      w.writerow([r["path"], "", r["error"]])
+    else:
+      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"]])
+  sys.stdout.flush()
+  failed = sum("error" in r for r in rows)
+  logging.info("%s", json.dumps({"scored": len(rows) - failed, "failed": failed,
+                                 "threshold": threshold}))
+  return 1 if failed else 0
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.", required=True)
+  flags.DEFINE_string("checkpoint", "best", "best | latest | STEP.")
+  flags.DEFINE_bool("unaligned", None, "Apply the official unaligned geometry (resize 256, "
+                    "centre crop); default: as in training (aligned inputs used as they are).")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
