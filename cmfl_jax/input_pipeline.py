@@ -1,9 +1,12 @@
 """tf.data input pipeline: sources -> per-host slices -> uint8 batches -> global jax.Arrays.
 
 Design:
-* A *split* is a list of examples (image path or in-memory pixels, label,
-  generator name). Sources build splits: protocol CSVs in the official format
-  (`subject,filename,attack_type`) or the built-in `toy` data.
+* A *split* is a list of examples (label, generator name, and the image as a
+  file path, in-memory pixels, encoded bytes or a TFDS random-access record).
+  Sources build splits: protocol CSVs in the official format
+  (`subject,filename,attack_type`), image folders, TFDS datasets, the embedded
+  benchmark (`synthetic`) or the tiny `toy` data. Unusable files are found and
+  dropped (and reported) before training starts.
 * The epoch order is a NumPy permutation of indices derived from
   `(seed, epoch)`, so the position in the stream is just `(epoch, step)`:
   resuming skips consumed *indices* before any decoding happens.
@@ -209,10 +212,8 @@ def cache_in_memory(split: Split) -> Split:
   pixels instead of files. Needs images of one size (aligned crops)."""
   if split.paths is None:
     return split
-  arrays = []
-  for p in split.paths:
-    with Image.open(p) as im:
-      arrays.append(pil_to_rgb8(im))
+  # The same decoder as the file path (TF's), so cached pixels are identical.
+  arrays = [decode_image(tf.io.read_file(p)).numpy() for p in split.paths]
   shapes = {a.shape for a in arrays}
   if len(shapes) > 1:
     raise DataError(f"data.cache needs images of one size; split {split.name!r} has "

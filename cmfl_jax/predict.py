@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
 from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
@@ -58,7 +59,7 @@ def load_image(path: str, size: int, aligned: bool, data_config) -> np.ndarray:
     raise ValueError(reason)
   with Image.open(path) as im:
     pixels = input_pipeline.pil_to_rgb8(im)
-  return input_pipeline.resize_and_crop(pixels, size, aligned, False, None).numpy()
+  return np.asarray(input_pipeline.resize_and_crop(tf.constant(pixels), size, aligned, False, None))
 
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best",
