@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from typing import Any, Iterator
 
 import numpy as np
@@ -386,13 +387,27 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
       yield name, {"image": img, "label": label, "generator": source, "filename": name}
 
 
+def make_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """A predefined config ("64", "128", "224", "tiny") or a custom one named
+  `s<size>_t<train>_d<dev>_e<eval>` (images per source and split)."""
+  if name in {c.name for c in CmflSynthFaces.BUILDER_CONFIGS}:
+    return tfds.builder(f"cmfl_synth_faces/{name}", data_dir=data_dir)
+  m = re.fullmatch(r"s(\d+)_t(\d+)_d(\d+)_e(\d+)", name)
+  if not m:
+    raise ValueError(f"unknown cmfl_synth_faces config {name!r}: use 64, 128, 224, tiny or "
+                     "s<size>_t<train>_d<dev>_e<eval>, e.g. s96_t2048_d256_e512")
+  size, train, dev, eval_ = (int(g) for g in m.groups())
+  config = SynthFacesConfig(name=name, description="custom", size=size, train=train, dev=dev,
+                            eval_=eval_)
+  return CmflSynthFaces(config=config, data_dir=data_dir)
+
+
 def prepare(data_config: Any) -> tfds.core.DatasetBuilder:
   """The benchmark's builder, generated and prepared on first use (process 0
   first, so hosts sharing a data dir do not race)."""
   import jax
   from jax.experimental import multihost_utils
-  builder = tfds.builder(f"cmfl_synth_faces/{data_config.synthetic_config}",
-                         data_dir=data_config.tfds_data_dir or None)
+  builder = make_builder(data_config.synthetic_config, data_config.tfds_data_dir or None)
   if jax.process_index() == 0:
     builder.download_and_prepare(file_format="array_record")
   if jax.process_count() > 1:

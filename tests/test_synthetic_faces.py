@@ -146,3 +146,14 @@ def test_logistic_regression_learns_a_separable_problem():
   y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(float)
   p = durall.LogisticRegression(l2=1e-4).fit(x, y).predict_proba(x)
   assert np.mean((p > 0.5) == y) > 0.97
+
+
+def test_custom_resolution_and_split_sizes(tmp_path):
+  cfg = ml_collections.ConfigDict({"synthetic_config": "s16_t4_d2_e2",
+                                   "tfds_data_dir": str(tmp_path)})
+  builder = sf.prepare(cfg)
+  assert builder.info.splits["progan_train"].num_examples == 4
+  assert builder.info.splits["real2_eval"].num_examples == 2
+  assert builder.as_data_source(split="real_dev")[0]["image"].shape == (16, 16, 3)
+  with pytest.raises(ValueError, match="unknown cmfl_synth_faces config"):
+    sf.make_builder("huge")
