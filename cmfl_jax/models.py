@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -273,7 +273,3 @@ def create_model(model_config: Any, *, rngs: nnx.Rngs) -> TwoStreamDetector | On
 def count_params(module: nnx.Module) -> int:
   """Number of trainable parameters (nnx.Param leaves), like PyTorch's parameters()."""
   return sum(int(x.size) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
-
-
-def head_names(model: nnx.Module) -> Sequence[str]:
-  return ("joint", "rgb", "freq") if isinstance(model, TwoStreamDetector) else ("joint",)

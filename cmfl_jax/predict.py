@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from cmfl_jax import checkpointing, evaluate, input_pipeline, train
@@ -79,7 +78,7 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best",
     except Exception as e:  # noqa: BLE001 - report every unreadable file, keep going
       rows.append({"path": path, "error": f"error: {e}"})
   batch_size = config.train.eval_batch_size
-  sharding = NamedSharding(mesh, P(train.DATA_AXIS))
+  sharding = train.batch_sharding(mesh)
   scores = []
   for start in range(0, len(images), batch_size):
     chunk = np.stack(images[start:start + batch_size])

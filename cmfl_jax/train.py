@@ -62,6 +62,11 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches are split along their leading axis over the mesh's data axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """PyTorch `Adam(weight_decay=wd)`: L2 added to the gradient *before* Adam."""
   return optax.chain(
@@ -175,14 +180,14 @@ def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: M
                   state: TrainState) -> tuple[Callable, Callable]:
   """jit-compiled train/eval steps with explicit shardings and donation."""
   replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  batches = batch_sharding(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, state)
   train = jax.jit(functools.partial(train_step, programs=programs, loss_config=config.loss),
-                  in_shardings=(state_sharding, batch_sharding),
+                  in_shardings=(state_sharding, batches),
                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   evaluate = jax.jit(functools.partial(eval_step, programs=programs, loss_config=config.loss),
-                     in_shardings=(state_sharding, batch_sharding),
-                     out_shardings=(replicated, batch_sharding))
+                     in_shardings=(state_sharding, batches),
+                     out_shardings=(replicated, batches))
   return train, evaluate
 
 
@@ -192,12 +197,11 @@ def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: M
 def evaluate_split(eval_fn: Callable, state: TrainState, split: input_pipeline.Split,
                    config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
   """Mean loss terms and per-example scores (in split order) over one split."""
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   ds = input_pipeline.eval_dataset(split, config.data, config.train.eval_batch_size)
   totals: dict[str, float] = {}
   scores: dict[str, list] = {}
   indices, masks = [], []
-  for batch in input_pipeline.global_batches(ds, batch_sharding):
+  for batch in input_pipeline.global_batches(ds, batch_sharding(mesh)):
     sums, probs = eval_fn(state, batch)
     for k, v in jax.device_get(sums).items():
       totals[k] = totals.get(k, 0.0) + float(v)
@@ -321,7 +325,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                config.loss.objective, params_count, steps_per_epoch, total_steps)
   writer = _summary_writer(workdir)
   log_path = os.path.join(workdir, "train_log.jsonl") if _is_main_process() else None
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
   def meta_for(step_now: int, val_loss: float | None = None,
                dev_threshold: float | None = None) -> dict:
@@ -347,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ds = input_pipeline.train_dataset(train_split, config.data, global_batch, config.seed,
                                         epoch, skip_batches=offset)
       window_start, window_steps, window_metrics = time.perf_counter(), 0, []
-      for batch in input_pipeline.global_batches(ds, batch_sharding):
+      for batch in input_pipeline.global_batches(ds, batch_sharding(mesh)):
         state, step_metrics = train_fn(state, batch)
         step += 1
         window_steps += 1
