@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
@@ -90,7 +89,3 @@ def select_step(workdir: str, which: str | int) -> tuple[str, int]:
       return kind, int(which)
   raise FileNotFoundError(f"no checkpoint {which!r} under {os.path.join(workdir, 'checkpoints')}")
 
-
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a pytree of arrays, for restoring."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -303,14 +303,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.train.max_steps > 0:
     total_steps = min(total_steps, config.train.max_steps)
 
-  state, programs = create_train_state(config, mesh)
-  train_fn, eval_fn = compile_steps(programs, config, mesh, state)
   managers = checkpointing.make_managers(workdir)
   best_val = math.inf
   latest_step = managers["latest"].latest_step()
+  # Resuming restores into the abstract state: no initialisation is computed.
+  state, programs = create_train_state(config, mesh, abstract=latest_step is not None)
+  train_fn, eval_fn = compile_steps(programs, config, mesh, state)
   if latest_step is not None:
-    state, meta = checkpointing.restore(managers["latest"], latest_step,
-                                        checkpointing.abstract_like(state))
+    state, meta = checkpointing.restore(managers["latest"], latest_step, state)
     if meta["steps_per_epoch"] != steps_per_epoch:
       raise ValueError(f"checkpoint at step {latest_step} was made with {meta['steps_per_epoch']} "
                        f"steps/epoch, the data/batch size now give {steps_per_epoch}; use a "
@@ -341,6 +341,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f"non-finite loss or gradient at step {bad}; training stopped and the update was "
           f"not applied. Last good checkpoints: {checkpointing.checkpoint_dir(workdir, 'latest')} "
           f"(steps {managers['latest'].all_steps()}). Lower the learning rate or check the data.")
+
+  def stop_after_signal() -> None:
+    managers["latest"].wait_until_finished()
+    raise Interrupted(f"stopped by signal {signals.received} at step {step}; checkpoint saved, "
+                      "rerun the same command to resume")
 
   history = []
   with _SignalFlag() as signals, _progress(total_steps, step, "train",
@@ -382,9 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if signals.received is not None or step % config.train.checkpoint_every_steps == 0:
           checkpointing.save(managers["latest"], step, state, meta_for(step))
         if signals.received is not None:
-          managers["latest"].wait_until_finished()
-          raise Interrupted(f"stopped by signal {signals.received} at step {step}; checkpoint "
-                            "saved, rerun the same command to resume")
+          stop_after_signal()
       # End of an epoch (or of max_steps): validate, keep best and latest.
       val = evaluate_split(eval_fn, state, val_split, config, mesh)
       val_loss = float(val["loss"])
@@ -410,9 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointing.save(managers["best"], step, state, meta_for(step, val_loss, dev_threshold),
                            metrics={"val_loss": val_loss})
       if signals.received is not None:
-        managers["latest"].wait_until_finished()
-        raise Interrupted(f"stopped by signal {signals.received} at step {step}; checkpoint "
-                          "saved, rerun the same command to resume")
+        stop_after_signal()
   for m in managers.values():
     m.wait_until_finished()
   if writer is not None:
