@@ -90,10 +90,8 @@ def cross_model_eers(builder, known: str) -> dict[str, float]:
 
 def main(argv) -> None:
   del argv
-  import ml_collections
   from cmfl_jax import synthetic_faces
-  builder = synthetic_faces.prepare(ml_collections.ConfigDict(
-      {"synthetic_config": FLAGS.synthetic_config, "tfds_data_dir": FLAGS.tfds_data_dir}))
+  builder = synthetic_faces.prepare(FLAGS.synthetic_config, FLAGS.tfds_data_dir)
   eers = cross_model_eers(builder, FLAGS.known)
   for split, rate in eers.items():
     print(json.dumps({"baseline": "durall2020", "known": FLAGS.known, "eval": split,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import os
 
-import ml_collections
 import numpy as np
 from absl import app, flags
 from PIL import Image
@@ -57,8 +56,7 @@ def main(argv) -> None:
   del argv
   if not FLAGS.output:
     raise app.UsageError("--output is required")
-  builder = synthetic_faces.prepare(ml_collections.ConfigDict(
-      {"synthetic_config": FLAGS.synthetic_config, "tfds_data_dir": FLAGS.tfds_data_dir}))
+  builder = synthetic_faces.prepare(FLAGS.synthetic_config, FLAGS.tfds_data_dir)
   counts = export(builder, FLAGS.output)
   print(f"wrote {sum(counts.values())} images and protocols for {len(synthetic_faces.FAMILIES)} "
         f"families to {FLAGS.output}")

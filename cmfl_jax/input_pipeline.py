@@ -247,7 +247,9 @@ def load_splits(data_config: Any, names: Sequence[str] | None = None
   splits, skipped = {}, []
   if source in ("tfds", "synthetic"):
     from cmfl_jax import synthetic_faces, tfds_faces  # noqa: F401 - registers the builders
-    synthetic_builder = synthetic_faces.prepare(data_config) if source == "synthetic" else None
+    synthetic_builder = (synthetic_faces.prepare(data_config.synthetic_config,
+                                                 data_config.tfds_data_dir)
+                         if source == "synthetic" else None)
   for name in names:
     if source == "toy":
       sizes = dict(data_config.toy_sizes)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -402,12 +402,12 @@ def make_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBui
   return CmflSynthFaces(config=config, data_dir=data_dir)
 
 
-def prepare(data_config: Any) -> tfds.core.DatasetBuilder:
-  """The benchmark's builder, generated and prepared on first use (process 0
-  first, so hosts sharing a data dir do not race)."""
+def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """The benchmark's builder (config `name`, see `make_builder`), generated and
+  prepared on first use (process 0 first, so hosts sharing a data dir do not race)."""
   import jax
   from jax.experimental import multihost_utils
-  builder = make_builder(data_config.synthetic_config, data_config.tfds_data_dir or None)
+  builder = make_builder(name, data_dir or None)
   if jax.process_index() == 0:
     builder.download_and_prepare(file_format="array_record")
   if jax.process_count() > 1:

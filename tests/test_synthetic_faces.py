@@ -3,7 +3,6 @@ intended trace of each family, TFDS splits, export round trip, Durall baseline."
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -87,13 +86,11 @@ def test_family_traces(samples):
 
 @pytest.fixture(scope="module")
 def tiny_builder(tmp_path_factory):
-  cfg = ml_collections.ConfigDict({"synthetic_config": "tiny",
-                                   "tfds_data_dir": str(tmp_path_factory.mktemp("tfds"))})
-  return sf.prepare(cfg), cfg
+  return sf.prepare("tiny", str(tmp_path_factory.mktemp("tfds")))
 
 
 def test_tfds_splits_and_balance(tiny_builder):
-  builder, _ = tiny_builder
+  builder = tiny_builder
   splits = builder.info.splits
   assert len(splits) == 2 * 3 + 6 * 3 - 2  # real2 only has eval
   for fam in sf.FAMILIES + ("real",):
@@ -114,7 +111,7 @@ def _text(v):
 
 def test_export_round_trips_through_protocol_reader(tiny_builder, tmp_path):
   from cmfl_jax import export_benchmark, tfds_faces
-  builder, _ = tiny_builder
+  builder = tiny_builder
   counts = export_benchmark.export(builder, str(tmp_path))
   assert counts["stylegan3_dev"] == 8
   proto = tmp_path / "protocols" / "stylegan3"
@@ -131,7 +128,7 @@ def test_durall_baseline(tiny_builder):
   from cmfl_jax import durall
   feats = durall.azimuthal_features(_imgs("real", 4, 32))
   assert feats.shape == (4, 16) and feats.min() == 0 and feats.max() == 1
-  builder, _ = tiny_builder
+  builder = tiny_builder
   eers = durall.cross_model_eers(builder, "dcgan")
   assert set(eers) == {f"real_eval+{f}_eval" for f in sf.FAMILIES} | {"real2_eval+dcgan_eval"}
   assert all(0 <= v <= 1 for v in eers.values())
@@ -149,9 +146,7 @@ def test_logistic_regression_learns_a_separable_problem():
 
 
 def test_custom_resolution_and_split_sizes(tmp_path):
-  cfg = ml_collections.ConfigDict({"synthetic_config": "s16_t4_d2_e2",
-                                   "tfds_data_dir": str(tmp_path)})
-  builder = sf.prepare(cfg)
+  builder = sf.prepare("s16_t4_d2_e2", str(tmp_path))
   assert builder.info.splits["progan_train"].num_examples == 4
   assert builder.info.splits["real2_eval"].num_examples == 2
   assert builder.as_data_source(split="real_dev")[0]["image"].shape == (16, 16, 3)
