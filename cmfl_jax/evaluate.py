@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import checkpointing, input_pipeline, metrics, score_files, train
+from cmfl_jax import checkpointing, input_pipeline, metrics, report, score_files, train
 
 
 def split_metrics(labels: np.ndarray, scores: np.ndarray,
@@ -38,49 +38,78 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
   return state, eval_fn, mesh, meta, f"{kind}_{step}"
 
 
+def condition_tag(condition: str) -> str:
+  """File-name form of a condition: "jpeg:70" -> "jpeg70"."""
+  return condition.replace(":", "")
+
+
+def _robustness_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  names = tuple(config.eval.robustness_splits) or tuple(config.data.eval_splits)
+  unknown = sorted(set(names) - set(config.data.eval_splits))
+  if unknown:
+    raise ValueError(f"eval.robustness_splits {unknown} are not in data.eval_splits")
+  return names if config.eval.conditions else ()
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         which: str | int | None = None) -> dict[str, Any]:
-  """Scores every `config.data.eval_splits` split with a saved model.
+  """Scores every `config.data.eval_splits` split with a saved model, and the
+  robustness splits under every `config.eval.conditions` post-processing.
 
-  Writes `<workdir>/eval/<kind>_<step>/{<split>_scores.csv, metrics.json}`
-  (process 0 only) and returns the metrics.
+  Writes to `<workdir>/eval/<kind>_<step>/` (process 0 only): official score
+  files per split and head (`<split>_scores[_<head>].csv`, and
+  `<split>@<condition>_scores.csv`), `metrics.json`, `report.md` with its
+  plots; the same scalars go to TensorBoard under `eval/`. Returns the metrics.
   """
   which = config.eval.checkpoint if which is None else which
+  for condition in config.eval.conditions:
+    input_pipeline.parse_condition(condition)  # fail before any work
+  robustness_splits = _robustness_splits(config)
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
   splits, skipped = input_pipeline.load_splits(config.data, config.data.eval_splits)
   input_pipeline.report_skipped(skipped, workdir, "eval_data_report.json")
   out_dir = os.path.join(workdir, "eval", name)
   results: dict[str, Any] = {"checkpoint": name, "step": meta["step"],
-                             "val_loss": meta.get("val_loss"), "splits": {}}
+                             "val_loss": meta.get("val_loss"),
+                             "dev_threshold": meta.get("dev_threshold"),
+                             "model": {k: config.model[k] for k in ("arch", "input", "backbone")},
+                             "objective": config.loss.objective,
+                             "train_split": config.data.train_split,
+                             "splits": {}, "robustness": {}}
   main = jax.process_index() == 0
   if main:
     tf.io.gfile.makedirs(out_dir)
-  for split_name in config.data.eval_splits:
+  joint_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+  def run(split_name: str, condition: str) -> dict[str, Any]:
     split = splits[split_name]
-    res = train.evaluate_split(eval_fn, state, split, config, mesh)
+    res = train.evaluate_split(eval_fn, state, split, config, mesh, condition)
     entry = {k: v for k, v in res.items() if k != "scores"}
     for head, scores in res["scores"].items():
       entry[f"metrics_{head}"] = split_metrics(split.labels, scores, meta.get("dev_threshold"))
-      if main:
+      if main and (condition == "none" or head == "joint"):
         suffix = "" if head == "joint" else f"_{head}"
-        score_files.write_scores(os.path.join(out_dir, f"{split_name}_scores{suffix}.csv"),
+        where = split_name if condition == "none" else f"{split_name}@{condition_tag(condition)}"
+        score_files.write_scores(os.path.join(out_dir, f"{where}_scores{suffix}.csv"),
                                  split, scores)
-    results["splits"][split_name] = entry
-    logging.info("eval %s on %s: loss=%.5f accuracy=%.4f", name, split_name, entry["loss"],
-                 entry["metrics_joint"]["accuracy"])
+    if condition == "none":
+      joint_scores[split_name] = (split.labels, res["scores"]["joint"])
+    logging.info("eval %s on %s [%s]: loss=%.5f D-EER=%.4f", name, split_name, condition,
+                 entry["loss"], entry["metrics_joint"]["d_eer"])
+    return entry
+
+  for split_name in config.data.eval_splits:
+    results["splits"][split_name] = run(split_name, "none")
+  for split_name in robustness_splits:
+    results["robustness"][split_name] = {"none": results["splits"][split_name]}
+    for condition in config.eval.conditions:
+      results["robustness"][split_name][condition] = run(split_name, condition)
   if main:
     with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
+    report.write_eval_report(results, joint_scores, out_dir)
+    writer = train.summary_writer(workdir)
+    train.write_scalars(writer, int(meta["step"]), report.eval_scalars(results))
+    writer.close()
   results["out_dir"] = out_dir
   return results
-
-
-def format_summary(results: dict[str, Any]) -> str:
-  """The cross-model table (joint head): one row per evaluation split."""
-  lines = [f"checkpoint {results['checkpoint']} (val_loss={results['val_loss']:.5f})",
-           f"{'eval split':<30}{'n':>6}{'D-EER':>8}{'AUC':>8}{'APCER':>8}{'BPCER':>8}{'loss':>9}"]
-  for name, r in results["splits"].items():
-    m = r["metrics_joint"]
-    lines.append(f"{name:<30}{r['count']:>6}{100 * m['d_eer']:>7.1f}%{m['auc']:>8.3f}"
-                 f"{m['apcer@0.5']:>8.3f}{m['bpcer@0.5']:>8.3f}{r['loss']:>9.4f}")
-  return "\n".join(lines)

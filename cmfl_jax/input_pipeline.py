@@ -400,6 +400,49 @@ def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(x[0]), 0, 255), tf.uint8)
 
 
+# Test-time post-processing (robustness conditions): "none", "jpeg:Q",
+# "blur:SIGMA", "resize:FACTOR" (down then back up) or "noise:STD" (0-255 scale).
+CONDITION_KINDS = ("none", "jpeg", "blur", "resize", "noise")
+
+
+def parse_condition(condition: str) -> tuple[str, float]:
+  """"jpeg:70" -> ("jpeg", 70.0), with the value's range checked."""
+  kind, _, value = condition.partition(":")
+  if kind not in CONDITION_KINDS or (kind == "none") != (value == ""):
+    raise ValueError(f"bad condition {condition!r}: use 'none', 'jpeg:Q', 'blur:SIGMA', "
+                     "'resize:FACTOR' or 'noise:STD'")
+  if kind == "none":
+    return kind, 0.0
+  try:
+    v = float(value)
+  except ValueError:
+    raise ValueError(f"bad condition {condition!r}: {value!r} is not a number") from None
+  ok = {"jpeg": 1 <= v <= 100 and v == int(v), "blur": 0 < v <= MAX_BLUR_SIGMA,
+        "resize": 0 < v < 1, "noise": v > 0}[kind]
+  if not ok:
+    raise ValueError(f"condition {condition!r} out of range (jpeg: integer quality 1-100; "
+                     f"blur: 0 < sigma <= {MAX_BLUR_SIGMA}; resize: 0 < factor < 1; noise: > 0)")
+  return kind, v
+
+
+def postprocess(img: tf.Tensor, condition: str, seed: tf.Tensor) -> tf.Tensor:
+  """Applies one robustness condition to a uint8 image, deterministically."""
+  kind, value = parse_condition(condition)
+  if kind == "jpeg":
+    return tf.image.adjust_jpeg_quality(img, int(value))
+  if kind == "blur":
+    return gaussian_blur(img, tf.constant(value, tf.float32))
+  if kind == "resize":
+    hw = tf.shape(img)[:2]
+    small = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * value), tf.int32), 1)
+    down = tf.image.resize(img, small, antialias=True)
+    return _to_uint8(tf.image.resize(down, hw, method="bicubic"))
+  if kind == "noise":
+    noise = tf.random.stateless_normal(tf.shape(img), seed, stddev=value)
+    return _to_uint8(tf.cast(img, tf.float32) + noise)
+  return img
+
+
 def augment_params(seed: tf.Tensor, prob: float) -> dict[str, tf.Tensor]:
   """Random choices of the paper's train augmentation, from a stateless seed."""
   seeds = tf.random.experimental.stateless_split(seed, 5)
@@ -435,8 +478,13 @@ def augment(img: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
 # Datasets
 # ----------------------------------------------------------------------------
 def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_config: Any,
-                     train: bool, seed: int, epoch: int) -> tf.data.Dataset:
-  """Per-example dataset over `indices` of `split`, yielding image/label/mask."""
+                     train: bool, seed: int, epoch: int, condition: str = "none"
+                     ) -> tf.data.Dataset:
+  """Per-example dataset over `indices` of `split`, yielding image/label/mask.
+
+  `condition` post-processes each stored image first (robustness evaluation).
+  """
+  parse_condition(condition)  # fail before building the pipeline
   size = data_config.image_size
   aligned = bool(data_config.aligned)
   prob = float(data_config.augment_prob)
@@ -467,6 +515,8 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
     seed_pair = tf.stack([tf.constant(seed, tf.int64) * 100003 + epoch, ex["index"]])
     img = load(ex["index"])
     aug_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+    if condition != "none":
+      img = tf.ensure_shape(postprocess(img, condition, seed_pair), [None, None, 3])
     # Official order: [resize 256] -> blur/JPEG -> [random-resized | centre crop] -> flip.
     if not aligned:
       img = resize_shorter_side(img, size)
@@ -496,15 +546,17 @@ def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, 
       tf.data.AUTOTUNE)
 
 
-def eval_dataset(split: Split, data_config: Any, global_batch: int) -> tf.data.Dataset:
-  """Every example exactly once across hosts; the last batch padded, mask=False."""
+def eval_dataset(split: Split, data_config: Any, global_batch: int,
+                 condition: str = "none") -> tf.data.Dataset:
+  """Every example exactly once across hosts; the last batch padded, mask=False.
+  `condition`: test-time post-processing (see `postprocess`)."""
   n = len(split)
   padded = math.ceil(n / global_batch) * global_batch
   indices = np.concatenate([np.arange(n), np.zeros(padded - n, np.int64)])
   mask = np.arange(padded) < n
   local_idx = process_slice(indices, global_batch)
   local_mask = process_slice(mask, global_batch)
-  ds = _example_dataset(split, local_idx, local_mask, data_config, False, 0, 0)
+  ds = _example_dataset(split, local_idx, local_mask, data_config, False, 0, 0, condition)
   return ds.batch(global_batch // jax.process_count()).prefetch(tf.data.AUTOTUNE)
 
 

@@ -2,6 +2,9 @@
 
   python -m cmfl_jax.main --config=configs/cross_model.py [--workdir=DIR]
       [--mode=train|eval|train_and_eval] [--config.train.batch_size=64 ...]
+
+A config with a `sweep` field (configs/paper_table.py) runs every cell of the
+sweep and writes one combined report (cmfl_jax/sweep.py).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def main(argv) -> int:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _init_distributed()
   import jax
-  from cmfl_jax import evaluate, train
+  from cmfl_jax import evaluate, report, sweep, train
 
   config = _CONFIG.value
   config_name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
@@ -73,13 +76,18 @@ def main(argv) -> int:
                jax.local_device_count(), jax.device_count(), jax.devices())
   logging.info("workdir %s\n%s", workdir, config)
   try:
+    if "sweep" in config:
+      sweep.run_sweep(config, workdir, _MODE.value)
+      if _MODE.value != "train":
+        print(f"sweep report: {os.path.join(workdir, 'report.md')}")
+      return 0
     if _MODE.value in ("train", "train_and_eval"):
       summary = train.train_and_evaluate(config, workdir)
       logging.info("training done: %d steps, best val loss %.5f", summary["steps"],
                    summary["best_val_loss"])
     if _MODE.value in ("eval", "train_and_eval"):
       results = evaluate.evaluate_checkpoint(config, workdir, _CHECKPOINT.value)
-      print(evaluate.format_summary(results))
+      print("\n".join(report.summary_lines(results)))
   except train.Interrupted as e:
     logging.warning("%s", e)
     return 143

@@ -195,9 +195,11 @@ def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: M
 # Evaluation over a split
 # ----------------------------------------------------------------------------
 def evaluate_split(eval_fn: Callable, state: TrainState, split: input_pipeline.Split,
-                   config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
-  """Mean loss terms and per-example scores (in split order) over one split."""
-  ds = input_pipeline.eval_dataset(split, config.data, config.train.eval_batch_size)
+                   config: ml_collections.ConfigDict, mesh: Mesh,
+                   condition: str = "none") -> dict[str, Any]:
+  """Mean loss terms and per-example scores (in split order) over one split,
+  optionally post-processed by a robustness `condition`."""
+  ds = input_pipeline.eval_dataset(split, config.data, config.train.eval_batch_size, condition)
   totals: dict[str, float] = {}
   scores: dict[str, list] = {}
   indices, masks = [], []
@@ -253,14 +255,14 @@ def _is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def _summary_writer(workdir: str):
+def summary_writer(workdir: str):
   """TensorBoard writer (TensorFlow's, already a dependency); process 0 only."""
   if not _is_main_process():
     return None
   return tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
 
-def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
+def write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
   if writer is None:
     return
   with writer.as_default(step=step):
@@ -323,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                state.batch_stats))
   logging.info("model %s/%s: %d parameters; %d steps/epoch, %d total", config.model.arch,
                config.loss.objective, params_count, steps_per_epoch, total_steps)
-  writer = _summary_writer(workdir)
+  writer = summary_writer(workdir)
   log_path = os.path.join(workdir, "train_log.jsonl") if _is_main_process() else None
 
   def meta_for(step_now: int, val_loss: float | None = None,
@@ -372,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           elapsed = time.perf_counter() - window_start
           means["train/images_per_sec"] = window_steps * global_batch / max(elapsed, 1e-9)
           means["train/learning_rate"] = config.optim.learning_rate
-          _write_scalars(writer, step, means)
+          write_scalars(writer, step, means)
           bar.set_postfix(loss=f"{means['train/loss']:.4f}",
                           img_s=f"{means['train/images_per_sec']:.1f}")
           logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in means.items()))
@@ -402,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if improved and _is_main_process():
         score_files.write_scores(os.path.join(workdir, "best_val_scores.csv"), val_split,
                               val["scores"]["joint"])
-      _write_scalars(writer, step, {f"val/{k}": v for k, v in val.items()
+      write_scalars(writer, step, {f"val/{k}": v for k, v in val.items()
                                     if k not in ("scores", "count")})
       logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / steps_per_epoch, step, val_loss,
                    " (best)" if improved else "")

@@ -29,6 +29,8 @@ def get_config(known: str = "stylegan2"):
   data.eval_splits = tuple(f"real_eval+{f}_eval" for f in FAMILIES) + (
       f"real2_eval+{known}_eval",)
   data.verify = "none"  # generated in-process, nothing to check
+  # Robustness table on the known family (all conditions of default.py).
+  config.eval.robustness_splits = (f"real_eval+{known}_eval",)
   train = config.train
   train.num_epochs = 2                 # ~13 min end to end on 2 CPU cores
   train.batch_size = 32

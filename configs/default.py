@@ -75,4 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.checkpoint = "best"               # "best" | "latest" | a step number
+  # Robustness: test-time post-processing, one report row per condition
+  # ("jpeg:Q", "blur:SIGMA", "resize:FACTOR" down-up, "noise:STD" on 0-255).
+  ev.conditions = ("jpeg:90", "jpeg:70", "jpeg:50", "blur:0.5", "blur:1", "blur:2",
+                   "resize:0.5", "resize:0.75", "noise:2", "noise:5")
+  ev.robustness_splits = ()            # subset of data.eval_splits; () = all of them
   return config

@@ -28,4 +28,5 @@ def get_config():
   train.log_every_steps = 2
   train.checkpoint_every_steps = 3
   train.progress_bar = False
+  config.eval.conditions = ("jpeg:50", "noise:5")
   return config

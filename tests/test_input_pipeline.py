@@ -380,3 +380,45 @@ def test_cache_decodes_once_and_gives_identical_batches(tmp_path):
   a = next(iter(ip.train_dataset(files["train"], cfg, 4, seed=0, epoch=0)))
   b = next(iter(ip.train_dataset(cached["train"], cfg, 4, seed=0, epoch=0)))
   np.testing.assert_array_equal(a["image"], b["image"])
+
+
+# ---- test-time post-processing (robustness) ------------------------------------
+@pytest.mark.parametrize("bad", ["jpeg", "jpeg:0", "jpeg:70.5", "blur:3", "blur:-1",
+                                 "resize:1", "noise:0", "noise:x", "sharpen:1", "none:1"])
+def test_bad_conditions_are_rejected(bad):
+  with pytest.raises(ValueError, match="condition"):
+    ip.parse_condition(bad)
+
+
+def test_postprocess_conditions():
+  rng = np.random.default_rng(5)
+  img = tf.constant(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+  seed = tf.constant([0, 7], tf.int64)
+  np.testing.assert_array_equal(ip.postprocess(img, "none", seed), img)
+  np.testing.assert_array_equal(ip.postprocess(img, "jpeg:50", seed),
+                                tf.image.adjust_jpeg_quality(img, 50))
+  np.testing.assert_array_equal(ip.postprocess(img, "blur:1", seed),
+                                ip.gaussian_blur(img, tf.constant(1.0)))
+  # Down-up resizing keeps the shape and removes detail (white noise loses power).
+  down_up = ip.postprocess(img, "resize:0.5", seed).numpy().astype(float)
+  assert down_up.shape == (40, 40, 3)
+  assert np.std(down_up) < 0.8 * np.std(img.numpy())
+  # Noise: deterministic per seed, different across seeds, right size.
+  flat = tf.fill([64, 64, 3], tf.constant(128, tf.uint8))
+  a = ip.postprocess(flat, "noise:5", seed).numpy().astype(float)
+  np.testing.assert_array_equal(a, ip.postprocess(flat, "noise:5", seed))
+  assert not np.array_equal(a, ip.postprocess(flat, "noise:5", tf.constant([0, 8], tf.int64)))
+  assert 4.5 < np.std(a) < 5.5 and abs(np.mean(a) - 128) < 0.5
+
+
+def test_eval_dataset_applies_the_condition_to_every_example():
+  split = ip.toy_split("eval", 6, 16, seed=0)
+  cfg = data_config(image_size=16)
+  clean = np.concatenate([b["image"].numpy() for b in ip.eval_dataset(split, cfg, 4)])
+  noisy = [b for b in ip.eval_dataset(split, cfg, 4, "jpeg:50")]
+  images = np.concatenate([b["image"].numpy() for b in noisy])
+  np.testing.assert_array_equal(clean[:6], split.images)
+  for i in range(6):
+    np.testing.assert_array_equal(images[i], tf.image.adjust_jpeg_quality(split.images[i], 50))
+  with pytest.raises(ValueError, match="condition"):
+    ip.eval_dataset(split, cfg, 4, "jpeg:500")

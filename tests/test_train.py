@@ -86,6 +86,27 @@ def test_train_and_eval_outputs(reference_run):
   assert metrics["step"] == best["step"]
   assert metrics["splits"]["eval"]["count"] == 16
   assert "eval" in proc.stdout and "best_" in proc.stdout
+  # Report, plots, robustness rows and TensorBoard scalars of the evaluation.
+  out_dir = os.path.join(workdir, "eval", f"best_{best['step']}")
+  report_md = open(os.path.join(out_dir, "report.md")).read()
+  d_eer = metrics["splits"]["eval"]["metrics_joint"]["d_eer"]
+  assert f"| eval | 16 | {100 * d_eer:.1f} |" in report_md
+  for condition in ("jpeg:50", "noise:5"):
+    m = metrics["robustness"]["eval"][condition]["metrics_joint"]
+    assert f"| {condition} | {100 * m['d_eer']:.1f} |" in report_md
+    tag = condition.replace(":", "")
+    assert os.path.exists(os.path.join(out_dir, f"eval@{tag}_scores.csv"))
+  for png in ("det.png", "hist.png"):
+    assert open(os.path.join(out_dir, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  from tensorboard.backend.event_processing import event_accumulator
+  import tensorflow as tf
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"),
+                                           size_guidance={"tensors": 0})
+  acc.Reload()
+  logged = acc.Tensors("eval/eval/joint/d_eer")[-1]
+  assert logged.step == best["step"]
+  assert float(tf.make_ndarray(logged.tensor_proto)) == pytest.approx(d_eer, abs=1e-6)
+  assert "robustness/eval/jpeg:50/d_eer" in acc.Tags()["tensors"]
 
 
 def test_eval_in_new_process_reproduces_training_scores(reference_run, cache_dir):

@@ -1,0 +1,43 @@
+"""The paper's comparison: rgb/bce, fft/bce, two_stream/bce and two_stream/cmfl,
+each trained on one of three known families and evaluated on all six families
+of the embedded benchmark (and on the unseen camera), in one combined report:
+
+  python -m cmfl_jax.main --config=configs/paper_table.py --workdir=runs/paper_table
+
+12 runs. To fit 2 CPU cores the streams are a reduced DenseNet (growth 12,
+blocks (4, 4)) at 64x64; the paper's DenseNet-161 streams come back with
+  --config.model.growth_rate=48 --config.model.block_config='(6,12)'
+  --config.model.num_init_features=96
+(or start from configs/default.py with real data and the same `sweep` field).
+"""
+
+import os
+import runpy
+
+import ml_collections
+
+_cross_model = runpy.run_path(os.path.join(os.path.dirname(__file__), "cross_model.py"))
+FAMILIES = _cross_model["FAMILIES"]
+
+
+def get_config():
+  config = _cross_model["get_config"]()
+  config.sweep = sweep = ml_collections.ConfigDict()
+  sweep.known = ("stylegan2", "stylegan3", "swagan")   # the paper's three
+  sweep.variants = ("rgb/bce", "fft/bce", "two_stream/bce", "two_stream/cmfl")
+  sweep.templates = (
+      ("data.train_split", "real_train+{known}_train"),
+      ("data.val_split", "real_dev+{known}_dev"),
+      ("data.eval_splits", tuple(f"real_eval+{f}_eval" for f in FAMILIES)
+       + ("real2_eval+{known}_eval",)),
+      ("eval.robustness_splits", ("real_eval+{known}_eval",)),
+  )
+  model = config.model
+  model.growth_rate = 12
+  model.block_config = (4, 4)
+  model.num_init_features = 24
+  config.train.num_epochs = 3
+  config.train.log_every_steps = 16
+  config.train.checkpoint_every_steps = 64
+  config.eval.conditions = ("jpeg:70", "blur:1", "resize:0.5", "noise:5")
+  return config

@@ -1,0 +1,142 @@
+"""Reports: Markdown tables carry the measured numbers, plots are written,
+sweep configs and the combined cross-model report."""
+
+import os
+import runpy
+
+import numpy as np
+import pytest
+
+from cmfl_jax import evaluate, report, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _scores(seed, separation, n=60):
+  rng = np.random.default_rng(seed)
+  labels = np.repeat([1, 0], n // 2)
+  scores = 1 / (1 + np.exp(-(rng.normal(size=n) + separation * (2 * labels - 1))))
+  return labels, scores
+
+
+def _results(curves, dev_threshold=0.5, conditions=("jpeg:70",), heads=("joint", "rgb")):
+  splits = {}
+  for name, (labels, scores) in curves.items():
+    entry = {"count": len(labels), "loss": 0.3}
+    for h in heads:
+      entry[f"metrics_{h}"] = evaluate.split_metrics(labels, scores ** (1 if h == "joint" else 2),
+                                                     dev_threshold)
+    splits[name] = entry
+  first = next(iter(curves))
+  labels, scores = curves[first]
+  robust = {first: {"none": splits[first]}}
+  for c in conditions:
+    robust[first][c] = {"count": len(labels), "loss": 0.5, "metrics_joint": evaluate.split_metrics(
+        labels, np.clip(scores + 0.3 * (labels - 0.5), 0, 1), dev_threshold)}
+  return {"checkpoint": "best_7", "step": 7, "val_loss": 0.25, "dev_threshold": dev_threshold,
+          "model": {"arch": "two_stream", "input": "rgb", "backbone": "densenet161"},
+          "objective": "cmfl", "train_split": "train", "splits": splits, "robustness": robust}
+
+
+def test_eval_report_contains_the_measured_numbers(tmp_path):
+  curves = {"real+a": _scores(0, 2.0), "real+b": _scores(1, 0.5)}
+  results = _results(curves)
+  path = report.write_eval_report(results, curves, str(tmp_path))
+  text = open(path).read()
+  for name, entry in results["splits"].items():
+    m = entry["metrics_joint"]
+    assert (f"| {name} | 60 | {100 * m['d_eer']:.1f} | {m['auc']:.3f} | "
+            f"{m['average_precision']:.3f} | {100 * m['bpcer@apcer=0.01']:.1f} |") in text
+    assert f"{100 * entry['metrics_rgb']['d_eer']:.1f}" in text
+  jpeg = results["robustness"]["real+a"]["jpeg:70"]["metrics_joint"]
+  assert (f"| jpeg:70 | {100 * jpeg['d_eer']:.1f} | {100 * jpeg['apcer@dev']:.1f} | "
+          f"{100 * jpeg['bpcer@dev']:.1f} |") in text
+  assert "Dev-EER threshold: 0.5000" in text
+  for png in ("det.png", "hist.png"):
+    data = open(tmp_path / png, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+  # The better-separated split has the lower D-EER, in the report's own numbers.
+  assert (results["splits"]["real+a"]["metrics_joint"]["d_eer"]
+          < results["splits"]["real+b"]["metrics_joint"]["d_eer"])
+
+
+def test_eval_scalars_cover_heads_and_conditions():
+  curves = {"s": _scores(2, 1.0)}
+  scalars = report.eval_scalars(_results(curves))
+  assert scalars["eval/s/joint/d_eer"] == _results(curves)["splits"]["s"]["metrics_joint"]["d_eer"]
+  assert "eval/s/rgb/auc" in scalars and "robustness/s/jpeg:70/apcer@dev" in scalars
+
+
+def test_report_without_threshold_or_robustness(tmp_path):
+  curves = {"only": _scores(3, 1.0)}
+  results = _results(curves, dev_threshold=None, conditions=(), heads=("joint",))
+  results["robustness"] = {}
+  text = "\n".join(report.summary_lines(results))
+  assert "not stored (0.5 used)" in text and "Robustness" not in text and "Per head" not in text
+
+
+def paper_table_config():
+  return runpy.run_path(os.path.join(ROOT, "configs", "paper_table.py"))["get_config"]()
+
+
+def test_sweep_cells_substitute_the_known_family_and_variant():
+  config = paper_table_config()
+  cell = sweep.run_config(config, "swagan", "fft/bce")
+  assert "sweep" not in cell
+  assert cell.data.train_split == "real_train+swagan_train"
+  assert cell.data.val_split == "real_dev+swagan_dev"
+  assert cell.data.eval_splits[-1] == "real2_eval+swagan_eval"
+  assert len(cell.data.eval_splits) == 7
+  assert tuple(cell.eval.robustness_splits) == ("real_eval+swagan_eval",)
+  assert (cell.model.arch, cell.model.input, cell.loss.objective) == ("one_stream", "freq", "bce")
+  assert config.data.train_split == "real_train+stylegan2_train"  # the base is untouched
+  with pytest.raises(ValueError, match="unknown sweep variant"):
+    sweep.run_config(config, "swagan", "vit/bce")
+
+
+def test_sweep_report_matrix(tmp_path):
+  config = paper_table_config()
+  config.sweep.known = ("stylegan2", "swagan")
+  config.sweep.variants = ("rgb/bce", "two_stream/cmfl")
+  results, expected = {}, {}
+  for v_i, variant in enumerate(config.sweep.variants):
+    for k_i, known in enumerate(config.sweep.known):
+      cell = sweep.run_config(config, known, variant)
+      curves = {s: _scores(10 * v_i + k_i + j, 0.5 + j / 3) for j, s in
+                enumerate(cell.data.eval_splits)}
+      results[f"{variant}|{known}"] = _results(curves)
+      expected[(variant, known)] = [100 * results[f"{variant}|{known}"]["splits"][s][
+          "metrics_joint"]["d_eer"] for s in cell.data.eval_splits]
+  path = sweep.write_sweep_report(config, results, str(tmp_path))
+  text = open(path).read()
+  assert "| model | known | progan | dcgan | stylegan2 | stylegan3 | swagan | diffusion |" in text
+  for (variant, known), row in expected.items():
+    assert f"| {variant} | {known} | " + " | ".join(f"{v:.1f}" for v in row) + " |" in text
+  assert open(tmp_path / "heatmap.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.exists(tmp_path / "sweep.json")
+
+
+def test_sweep_runs_every_cell_in_its_own_workdir(tmp_path, monkeypatch):
+  """Orchestration only (training and evaluation themselves are covered by the
+  engine tests): every cell gets its config and workdir, then one report."""
+  config = paper_table_config()
+  config.sweep.known = ("stylegan2", "swagan")
+  trained, evaluated = [], []
+  monkeypatch.setattr(sweep.train, "train_and_evaluate",
+                      lambda cfg, wd: trained.append((cfg.model.arch, cfg.loss.objective,
+                                                      cfg.data.train_split, wd)))
+
+  def fake_eval(cfg, wd):
+    evaluated.append(wd)
+    curves = {s: _scores(len(evaluated) + j, 1.0) for j, s in enumerate(cfg.data.eval_splits)}
+    return _results(curves)
+
+  monkeypatch.setattr(sweep.evaluate, "evaluate_checkpoint", fake_eval)
+  results = sweep.run_sweep(config, str(tmp_path), "train_and_eval")
+  assert len(trained) == len(evaluated) == len(results) == 8
+  assert ("one_stream", "bce", "real_train+swagan_train",
+          str(tmp_path / "swagan" / "fft_bce")) in trained
+  assert len(set(evaluated)) == 8
+  assert (tmp_path / "report.md").exists()
+  trained.clear()
+  assert sweep.run_sweep(config, str(tmp_path), "train") == {} and len(trained) == 8
