@@ -9,6 +9,7 @@ PyTorch's default `nn.Linear` init for the heads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -78,6 +79,97 @@ def _conv(cin: int, cout: int, kernel: int, stride: int, pad: int, dtype: Any,
                   kernel_init=_conv_init, dtype=dtype, rngs=rngs)
 
 
+def _patches(x: jax.Array, kh: int, kw: int, stride: int, pad: int) -> jax.Array:
+  """im2col: (B, Ho, Wo, kh * kw * C) in HWIO-flattened order."""
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho = (x.shape[1] + 2 * pad - kh) // stride + 1
+  wo = (x.shape[2] + 2 * pad - kw) // stride + 1
+  return jnp.concatenate([xp[:, i:i + stride * (ho - 1) + 1:stride,
+                             j:j + stride * (wo - 1) + 1:stride]
+                          for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def stem_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """A convolution whose kernel gradient is an im2col matmul.
+
+  For the 3-channel 7x7 stem, XLA:CPU's convolution-shaped kernel gradient
+  is ~4x slower than `patches^T @ dy` (BENCHMARKS.md); the forward pass (and
+  so evaluation) keeps the convolution, which is faster there.
+  """
+  return _conv_nhwc(x, kernel, stride, pad)
+
+
+def _stem_conv_fwd(x, kernel, stride, pad):
+  return _conv_nhwc(x, kernel, stride, pad), (x, kernel)
+
+
+def _stem_conv_bwd(stride, pad, residuals, dy):
+  x, kernel = residuals
+  kh, kw, cin, cout = kernel.shape
+  cols = _patches(x, kh, kw, stride, pad).reshape(-1, kh * kw * cin)
+  dkernel = (cols.T @ dy.reshape(-1, cout)).reshape(kernel.shape).astype(kernel.dtype)
+  # Unused (and removed by XLA) when x is the input image, as in training.
+  dx = jax.vjp(lambda v: _conv_nhwc(v, kernel, stride, pad), x)[1](dy)[0]
+  return dx, dkernel
+
+
+stem_conv.defvjp(_stem_conv_fwd, _stem_conv_bwd)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """3x3 / stride 2 / pad 1 max pooling as a maximum of 9 strided slices.
+
+  Same values as `nnx.max_pool`; its gradient is elementwise instead of
+  XLA:CPU's select-and-scatter, ~4x faster (BENCHMARKS.md). On exact ties
+  the gradient is shared instead of routed to one element (both are valid
+  subgradients).
+  """
+  ho, wo = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  out = None
+  for i in range(3):
+    for j in range(3):
+      s = xp[:, i:i + 2 * (ho - 1) + 1:2, j:j + 2 * (wo - 1) + 1:2]
+      out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
+class StemConv(nnx.Module):
+  """The 7x7 / stride 2 stem convolution (parameter as `nnx.Conv`'s `kernel`)."""
+
+  def __init__(self, cin: int, cout: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_conv_init(rngs.params(), (7, 7, cin, cout), jnp.float32))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return stem_conv(x.astype(self.dtype), self.kernel[...].astype(self.dtype), 2, 3)
+
+
+class PointwiseConv(nnx.Module):
+  """1x1 convolution computed as a 2-D matmul.
+
+  Same parameter as `nnx.Conv` (`kernel` of shape (1, 1, in, out), same
+  initialisation), so checkpoints and weight conversion do not change; but
+  XLA:CPU differentiates a dot about 10x faster than a 1x1 convolution
+  (BENCHMARKS.md), and most of a DenseNet's FLOPs are 1x1 convolutions.
+  """
+
+  def __init__(self, cin: int, cout: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_conv_init(rngs.params(), (1, 1, cin, cout), jnp.float32))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cin, cout = self.kernel.shape[2:]
+    y = x.astype(self.dtype).reshape(-1, cin) @ self.kernel[0, 0].astype(self.dtype)
+    return y.reshape(*x.shape[:-1], cout)
+
+
 class DenseLayer(nnx.Module):
   """BN-ReLU-Conv1x1 (bottleneck) -> BN-ReLU-Conv3x3 producing `growth_rate` maps."""
 
@@ -85,7 +177,7 @@ class DenseLayer(nnx.Module):
                dtype: Any, rngs: nnx.Rngs):
     width = bn_size * growth_rate
     self.norm1 = _bn(in_features, dtype, rngs)
-    self.conv1 = _conv(in_features, width, 1, 1, 0, dtype, rngs)
+    self.conv1 = PointwiseConv(in_features, width, dtype=dtype, rngs=rngs)
     self.norm2 = _bn(width, dtype, rngs)
     self.conv2 = _conv(width, growth_rate, 3, 1, 1, dtype, rngs)
 
@@ -99,7 +191,7 @@ class Transition(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *, dtype: Any, rngs: nnx.Rngs):
     self.norm = _bn(in_features, dtype, rngs)
-    self.conv = _conv(in_features, out_features, 1, 1, 0, dtype, rngs)
+    self.conv = PointwiseConv(in_features, out_features, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.conv(nnx.relu(self.norm(x)))
@@ -140,7 +232,7 @@ class DenseNet(nnx.Module):
     self.spec = spec
     self.num_blocks = num_blocks
     c = spec.num_init_features
-    self.conv0 = _conv(3, c, 7, 2, 3, dtype, rngs)
+    self.conv0 = StemConv(3, c, dtype=dtype, rngs=rngs)
     self.norm0 = _bn(c, dtype, rngs)
     blocks, transitions = [], []
     for i in range(num_blocks):
@@ -157,7 +249,7 @@ class DenseNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nnx.relu(self.norm0(self.conv0(x)))
-    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3_s2(x)
     for i, block in enumerate(self.blocks):
       x = block(x)
       if i < len(self.transitions):

@@ -174,3 +174,37 @@ def test_bfloat16_compute_keeps_float32_params():
   model.eval()
   out = run(model, np.zeros((2, 32, 32, 3), np.uint8))
   assert all(v.dtype == jnp.float32 for v in out.values())
+
+
+# ---- fast CPU forms of the stem and 1x1 convolutions: same maths as the layers --
+@pytest.mark.parametrize("size", [32, 33])
+def test_stem_conv_and_its_im2col_kernel_gradient(size):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k1, (2, size, size, 3))
+  w = jax.random.normal(k2, (7, 7, 3, 5)) * 0.1
+  dy = jax.random.normal(k3, (2, (size + 1) // 2, (size + 1) // 2, 5))
+  conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+      x, w, (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(models.stem_conv(x, w, 2, 3), conv(x, w), atol=1e-5)
+  got = jax.vjp(lambda x, w: models.stem_conv(x, w, 2, 3), x, w)[1](dy)
+  want = jax.vjp(conv, x, w)[1](dy)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [16, 17])
+def test_max_pool_slices_match_reduce_window(size):
+  x = jax.random.normal(jax.random.key(1), (2, size, size, 4))  # no ties
+  ref = lambda x: nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # noqa
+  np.testing.assert_array_equal(models.max_pool_3x3_s2(x), ref(x))
+  loss = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 3))(x)  # noqa: E731
+  np.testing.assert_allclose(loss(models.max_pool_3x3_s2), loss(ref), rtol=1e-6)
+
+
+def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
+  layer = models.PointwiseConv(6, 4, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  conv = nnx.Conv(6, 4, (1, 1), use_bias=False, rngs=nnx.Rngs(1))
+  conv.kernel.value = layer.kernel.value
+  x = jax.random.normal(jax.random.key(2), (2, 5, 5, 6))
+  np.testing.assert_allclose(layer(x), conv(x), atol=1e-6)
+  assert layer.kernel.shape == (1, 1, 6, 4)
