@@ -26,6 +26,8 @@ import os
 import sys
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -38,6 +40,25 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                "configs", "default.py")
 
 
+def converted_state(config: ml_collections.ConfigDict, torch_checkpoint: str) -> train.TrainState:
+  """The train state a fresh run would start from (step 0, zero Adam moments),
+  holding the file's weights; no random initialisation is computed."""
+  mesh = train.make_mesh()
+  abstract, programs = train.create_train_state(config, mesh, abstract=True)
+  params, batch_stats = weights.load_state(
+      programs.train_graphdef, abstract.params, abstract.batch_stats,
+      weights.read_state_dict(torch_checkpoint), weights.OFFICIAL, source=torch_checkpoint)
+
+  def fresh(params, batch_stats):
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                            opt_state=programs.tx.init(params),
+                            rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+                            nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  return jax.jit(fresh, out_shardings=shardings)(params, batch_stats)
+
+
 def convert(config: ml_collections.ConfigDict, torch_checkpoint: str, output: str) -> str:
   """Writes `torch_checkpoint` as the step-0 "best" checkpoint of workdir `output`.
 
@@ -47,9 +68,10 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str, output: st
   best_dir = checkpointing.checkpoint_dir(output, checkpointing.BEST)
   if os.path.isdir(best_dir) and os.listdir(best_dir):
     raise FileExistsError(f"{best_dir} already holds checkpoints; choose a new --output")
-  state, programs = train.create_train_state(config, train.make_mesh())
-  state = weights.init_from_file(state, programs.train_graphdef, torch_checkpoint,
-                                 weights.OFFICIAL)
+  if config.model.arch == "one_stream" and config.loss.objective != "bce":
+    config = config.copy_and_resolve_references()
+    config.loss.objective = "bce"  # the official one-stream baselines; CMFL needs two heads
+  state = converted_state(config, torch_checkpoint)
   meta = {"step": 0, "epoch": 0, "step_in_epoch": 0, "steps_per_epoch": None, "val_loss": None,
           "best_val_loss": None, "dev_threshold": None,
           "converted_from": os.path.abspath(torch_checkpoint),

@@ -204,9 +204,14 @@ def torch_slots(model: nnx.Module, fmt: str) -> dict[str, list[_Slot]]:
 # Loading
 # ----------------------------------------------------------------------------
 def _listing(keys: list[str]) -> str:
-  shown = "\n  ".join(keys[:_MAX_LISTED])
-  more = f"\n  ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
-  return f"\n  {shown}{more}"
+  """Every key, one a line; long lists grouped by top-level module."""
+  if len(keys) <= _MAX_LISTED:
+    return "".join(f"\n  {k}" for k in keys)
+  groups: dict[str, list[str]] = {}
+  for k in keys:
+    groups.setdefault(k.split(".")[0], []).append(k)
+  return "".join(f"\n  {top}.* ({len(g)}): {', '.join(g[:3])}{', ...' if len(g) > 3 else ''}"
+                 for top, g in groups.items())
 
 
 def _ignored(key: str, model_parts: set[str]) -> bool:
@@ -261,18 +266,30 @@ def load_into(model: nnx.Module, tensors: Mapping[str, Any], fmt: str | None = N
   return len(slots)
 
 
+def load_state(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
+               tensors: Mapping[str, Any], fmt: str | None = None,
+               source: str = "weights") -> tuple[nnx.State, nnx.State]:
+  """`(params, batch_stats)` (as in `train.TrainState`) with `tensors` loaded.
+
+  The given states may be concrete or abstract (`jax.ShapeDtypeStruct`s with
+  shardings, when every variable comes from the file); the result is placed
+  with their shardings.
+  """
+  model = nnx.merge(graphdef, params, batch_stats, copy=True)
+  count = load_into(model, tensors, fmt, source)
+  logging.info("loaded %d tensors from %s", count, source)
+  _, new_params, new_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  shardings = jax.tree.map(lambda x: x.sharding, (params, batch_stats))
+  return jax.device_put((new_params, new_stats), shardings)
+
+
 def init_from_file(state: Any, graphdef: nnx.GraphDef, path: str, fmt: str | None = None) -> Any:
-  """`state` (a `train.TrainState`) with params and BatchNorm statistics from `path`.
+  """`state` (a fresh `train.TrainState`) with params and BatchNorm statistics from `path`.
 
   ImageNet files fill the streams only; official checkpoints fill everything
   (fine-tuning). The optimizer state is kept: Adam's zero moments do not
-  depend on the parameter values. Arrays keep the shardings of `state`.
+  depend on the parameter values.
   """
-  model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
-  count = load_into(model, read_state_dict(path), fmt, source=path)
-  _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  new = (params, batch_stats)
-  shardings = jax.tree.map(lambda x: x.sharding, (state.params, state.batch_stats))
-  params, batch_stats = jax.device_put(new, shardings)
-  logging.info("initialised %d tensors from %s", count, path)
+  params, batch_stats = load_state(graphdef, state.params, state.batch_stats,
+                                   read_state_dict(path), fmt, source=path)
   return state.replace(params=params, batch_stats=batch_stats)
