@@ -110,28 +110,41 @@ class OneStream(nn.Module):
     return torch.sigmoid(self.linear_rgb(_embed(self.enc_rgb, x)))[:, 0]
 
 
-def randomize(model, calibration_inputs, seed=0):
+def randomize(model, calibration_inputs, seed=0, head_scale=30.0):
   """Random weights and non-trivial BatchNorm running statistics, then eval mode.
 
   BN affine parameters are random; running stats are the statistics of one
   train-mode pass over `calibration_inputs` (so eval-mode BN keeps activations
-  in range through deep streams). Head weights are scaled up so the
-  probabilities spread over (0, 1) and the comparison is sensitive.
+  in range through deep streams). Head weights are large and their biases
+  centre the logits on the calibration images, so probabilities spread over
+  (0, 1) without saturating and the comparison is sensitive.
   """
   torch.manual_seed(seed)
+  heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
   for m in model.modules():
-    if isinstance(m, nn.BatchNorm2d):
+    if isinstance(m, nn.Conv2d):
+      nn.init.kaiming_normal_(m.weight)
+    elif isinstance(m, nn.BatchNorm2d):
       nn.init.uniform_(m.weight, 0.5, 1.5)
       nn.init.normal_(m.bias, 0.0, 0.2)
       m.reset_running_stats()
       m.momentum = None  # cumulative average: one pass -> that batch's statistics
-    elif isinstance(m, nn.Linear):
-      nn.init.normal_(m.weight, 0.0, 10.0 / m.in_features ** 0.5)
-      nn.init.normal_(m.bias, 0.0, 0.5)
+  for m in heads:
+    nn.init.normal_(m.weight, 0.0, head_scale / m.in_features ** 0.5)
   model.train()
   with torch.no_grad():
     model(*calibration_inputs)
-  return model.eval()
+  model.eval()
+  mean_inputs = {}
+  hooks = [m.register_forward_pre_hook(
+      lambda m, args: mean_inputs.__setitem__(m, args[0].mean(0))) for m in heads]
+  with torch.no_grad():
+    model(*calibration_inputs)
+    for m in heads:
+      m.bias.copy_(-m.weight[0] @ mean_inputs[m] + 0.3 * torch.randn(1))
+  for h in hooks:
+    h.remove()
+  return model
 
 
 def official_spectrum(image: np.ndarray) -> np.ndarray:
