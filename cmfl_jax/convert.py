@@ -83,36 +83,37 @@ def convert(config: ml_collections.ConfigDict, torch_checkpoint: str, output: st
   return best_dir
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
-  config = FLAGS.config
-  config.model.arch = FLAGS.arch
+  fv = flag_values
+  config = fv.config
+  config.model.arch = fv.arch
   if config.model.arch == "one_stream":
     logging.info("one_stream input: %s (official --spectra fft needs --config.model.input=freq)",
                  config.model.input)
   try:
-    path = convert(config, FLAGS.torch_checkpoint, FLAGS.output)
+    path = convert(config, fv.torch_checkpoint, fv.output)
   except (weights.WeightsError, ImportError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {path}/0 ({config.model.arch}, {config.data.image_size}px, "
-        f"aligned={config.data.aligned}); use it with --workdir={FLAGS.output}")
+        f"aligned={config.data.aligned}); use it with --workdir={fv.output}")
   return 0
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  fv = flag_values
   config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
                                   "Python config file describing the saved model.",
-                                  lock_config=True)
+                                  flag_values=fv, lock_config=True)
   flags.DEFINE_string("torch_checkpoint", None, "Checkpoint saved by the official PyTorch code.",
-                      required=True)
+                      required=True, flag_values=fv)
   flags.DEFINE_enum("arch", None, list(models.ARCHS),
                     "two_stream (MultiStreamDenseNet) | one_stream (OneStreamDenseNet).",
-                    required=True)
-  flags.DEFINE_string("output", None, "New workdir for the Orbax checkpoint.", required=True)
+                    required=True, flag_values=fv)
+  flags.DEFINE_string("output", None, "New workdir for the Orbax checkpoint.", required=True,
+                      flag_values=fv)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,8 @@ def load_into(model: nnx.Module, tensors: Mapping[str, Any], fmt: str | None = N
   """Copies `tensors` (torch names and layouts) into `model`'s variables in place.
 
   Args:
-    model: a `TwoStreamDetector` or `OneStreamDetector` with concrete variables.
+    model: a `TwoStreamDetector` or `OneStreamDetector`; its variables may be
+      abstract (`nnx.eval_shape`), those filled become arrays.
     tensors: torch state dict as NumPy arrays (see `read_state_dict`).
     fmt: `IMAGENET` or `OFFICIAL`; detected from the keys if None.
     source: file name for error messages.
@@ -251,7 +252,8 @@ def load_into(model: nnx.Module, tensors: Mapping[str, Any], fmt: str | None = N
       for k in slots.keys() & tensors.keys()
       if tuple(np.shape(tensors[k])) != slots[k][0].torch_shape)
   if missing or unexpected or mismatched:
-    lines = [f"{source} does not fit the {type(model).__name__} ({fmt} key layout):"]
+    lines = [f"{source} does not fit the {type(model).__name__} ({fmt} key layout; keys "
+             "shown without module./features. prefixes):"]
     if detected != fmt:
       lines.append(f"(its keys look like the {detected} layout)")
     for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),

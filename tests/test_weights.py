@@ -5,19 +5,20 @@ State dicts in torchvision's layout are written here from torchvision's layer
 definitions (NumPy only), independently of `cmfl_jax.weights`, so the file
 tests need no PyTorch. Parity tests build the official detectors in PyTorch
 (`torch_reference.py`; random weights, never downloaded) and skip without it.
-The full DenseNet-161 parity run takes ~45 s on 2 cores and runs only with
+The full DenseNet-161 parity run takes ~1 min on 2 cores and runs only with
 CMFL_FULL_PARITY=1 (see README).
 """
 
 import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
 import pytest
+from absl import flags
 from flax import nnx
 from PIL import Image
 
@@ -367,20 +368,27 @@ def nhwc(x: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
+def run_convert_cli(args: list[str]) -> int:
+  """`python -m cmfl_jax.convert ARGS`, in this process (own flag registry;
+  config overrides are read from sys.argv)."""
+  argv = ["convert", *args]
+  flag_values = flags.FlagValues()
+  with mock.patch.object(sys, "argv", argv):
+    convert.define_flags(flag_values)
+    return convert.main(flag_values(argv), flag_values)
+
+
 @pytest.fixture(scope="module")
 def converted_two_stream(tmp_path_factory):
-  """An official two_stream checkpoint converted with `python -m cmfl_jax.convert`."""
+  """An official two_stream checkpoint converted by the `cmfl_jax.convert` CLI."""
   ref = torch_reference()
   tmp = tmp_path_factory.mktemp("official")
   checkpoint, out = str(tmp / "model_0_0.pth"), str(tmp / "converted")
   torch_model = save_official_checkpoint(ref, "two_stream", checkpoint, 0)
-  overrides = [f"--config.model.{k}={v}" for k, v in TINY.items()]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run(
-      [sys.executable, "-m", "cmfl_jax.convert", f"--torch_checkpoint={checkpoint}",
-       "--arch=two_stream", f"--output={out}", "--config.train.eval_batch_size=4", *overrides],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  args = [f"--torch_checkpoint={checkpoint}", "--arch=two_stream", f"--output={out}",
+          "--config.train.eval_batch_size=4", *(f"--config.model.{k}={v}" for k, v in TINY.items())]
+  assert run_convert_cli(args) == 0
+  assert run_convert_cli(args) == 1  # refuses to overwrite
   return ref, torch_model, out
 
 
@@ -436,7 +444,7 @@ def test_convert_one_stream_spectrum_model(tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("CMFL_FULL_PARITY") != "1",
-                    reason="paper-size parity (~1.5 min on 2 cores): set CMFL_FULL_PARITY=1")
+                    reason="paper-size parity (~1 min on 2 cores): set CMFL_FULL_PARITY=1")
 def test_full_densenet161_parity_at_224(tmp_path):
   """The paper's model (densenet161 through transition2, 224x224): official
   checkpoint -> convert -> restore, heads vs PyTorch."""
