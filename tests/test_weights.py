@@ -4,7 +4,8 @@ converted to Orbax, and score parity with the PyTorch model.
 State dicts in torchvision's layout are written here from torchvision's layer
 definitions (NumPy only), independently of `cmfl_jax.weights`, so the file
 tests need no PyTorch. Parity tests build the official detectors in PyTorch
-(`torch_reference.py`; random weights, never downloaded) and skip without it.
+(`cmfl_jax.torch_reference`; random weights, never downloaded) and skip
+without it.
 The full DenseNet-161 parity run takes ~1 min on 2 cores and runs only with
 CMFL_FULL_PARITY=1 (see README).
 """
@@ -38,9 +39,61 @@ OFFICIAL_INDEX = {"conv0": 0, "norm0": 1, "denseblock1": 4, "transition1": 5,
 
 
 def torch_reference():
+  """`cmfl_jax.torch_reference` (the official detectors in PyTorch), or skip."""
   pytest.importorskip("torch")
-  import torch_reference as ref
+  from cmfl_jax import torch_reference as ref
   return ref
+
+
+def randomize(model, calibration_inputs, seed: int = 0, head_scale: float = 30.0):
+  """Random weights and non-trivial BatchNorm running statistics, then eval mode.
+
+  BN affine parameters are random; running stats are the statistics of one
+  train-mode pass over `calibration_inputs` (so eval-mode BN keeps activations
+  in range through deep streams). Head weights are large and their biases
+  centre the logits on the calibration images, so probabilities spread over
+  (0, 1) without saturating and the comparison is sensitive.
+  """
+  import torch
+  from torch import nn
+  torch.manual_seed(seed)
+  heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+  for m in model.modules():
+    if isinstance(m, nn.Conv2d):
+      nn.init.kaiming_normal_(m.weight)
+    elif isinstance(m, nn.BatchNorm2d):
+      nn.init.uniform_(m.weight, 0.5, 1.5)
+      nn.init.normal_(m.bias, 0.0, 0.2)
+      m.reset_running_stats()
+      m.momentum = None  # cumulative average: one pass -> that batch's statistics
+  for m in heads:
+    nn.init.normal_(m.weight, 0.0, head_scale / m.in_features ** 0.5)
+  model.train()
+  with torch.no_grad():
+    model(*calibration_inputs)
+  model.eval()
+  mean_inputs = {}
+  hooks = [m.register_forward_pre_hook(
+      lambda m, args: mean_inputs.__setitem__(m, args[0].mean(0))) for m in heads]
+  with torch.no_grad():
+    model(*calibration_inputs)
+    for m in heads:
+      m.bias.copy_(-m.weight[0] @ mean_inputs[m] + 0.3 * torch.randn(1))
+  for h in hooks:
+    h.remove()
+  return model
+
+
+def official_inputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(rgb, spectrum) NCHW float32 inputs of the official test script (aligned
+  mode) for uint8 NHWC images: ToTensor + ImageNet Normalize, and
+  `rgb_to_fft_tensor_filter_with_percentile` (NumPy, float64)."""
+  from test_spectrum import reference_spectrum
+  mean = np.array([0.485, 0.456, 0.406], np.float32)
+  std = np.array([0.229, 0.224, 0.225], np.float32)
+  rgb = (images.astype(np.float32) / 255.0 - mean) / std
+  freq = np.stack([reference_spectrum(im) for im in images]).astype(np.float32)
+  return tuple(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) for x in (rgb, freq))
 
 
 # ----------------------------------------------------------------------------
@@ -180,17 +233,23 @@ def test_imagenet_init_from_safetensors_needs_no_torch(tmp_path, monkeypatch, la
   assert_streams_hold(model, tensors)
 
 
-def test_torchvision_shapes_match_the_torch_module_tree():
+def test_torchvision_shapes_match_the_torch_module_trees():
   ref = torch_reference()
-  module = ref.densenet_features(TINY_SPEC)
-  got = {f"features.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
   want = {k: v for k, v in torchvision_shapes(TINY_SPEC).items() if k.startswith("features.")}
-  assert got == want
+  modules = [ref.densenet_features(TINY_SPEC)]
+  try:
+    import torchvision
+    modules.append(torchvision.models.DenseNet(TINY_SPEC.growth_rate, TINY_SPEC.block_config,
+                                               TINY_SPEC.num_init_features,
+                                               TINY_SPEC.bn_size).features)
+  except ImportError:
+    pass
+  for module in modules:
+    assert {f"features.{k}": tuple(v.shape) for k, v in module.state_dict().items()} == want
 
 
 def test_imagenet_init_from_pth(tmp_path):
-  torch_reference()
-  import torch
+  torch = pytest.importorskip("torch")
   tensors = random_tensors(torchvision_shapes(TINY_SPEC))
   path = str(tmp_path / "densenet161.pth")
   torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path)
@@ -216,8 +275,7 @@ class _RunsCode:
 
 
 def test_pickle_that_would_execute_code_is_refused(tmp_path):
-  torch_reference()
-  import torch
+  torch = pytest.importorskip("torch")
   marker = tmp_path / "executed"
   path = str(tmp_path / "evil.pth")
   torch.save({"state_dict": {"features.conv0.weight": torch.zeros(1),
@@ -309,9 +367,11 @@ def test_official_keys_with_dataparallel_prefix_load_the_same():
   np.testing.assert_array_equal(a.joint_head.linear.kernel[...], tensors["linear.weight"].T)
 
 
-def test_converted_checkpoint_summary_has_no_val_loss():
-  out = evaluate.format_summary({"checkpoint": "best_0", "val_loss": None, "splits": {}})
-  assert "val_loss=n/a" in out
+def test_eval_report_of_a_converted_checkpoint_has_no_val_loss():
+  from cmfl_jax import report
+  lines = report.summary_lines({"checkpoint": "best_0", "step": 0, "val_loss": None,
+                                "splits": {}})
+  assert "validation loss n/a" in lines[0]
 
 
 # ----------------------------------------------------------------------------
@@ -332,20 +392,22 @@ def varied_images(n: int, seed: int) -> np.ndarray:
 
 
 def torch_probs(model, *inputs) -> list[np.ndarray]:
+  """P(real) of every head: (joint, rgb, freq) or (joint,)."""
   import torch
   with torch.no_grad():
-    out = model(*(torch.from_numpy(x) for x in inputs))
-  return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+    return [o.numpy().reshape(-1) for o in model(*(torch.from_numpy(x) for x in inputs))]
 
 
-def save_official_checkpoint(ref, arch: str, path: str, seed: int, spec=TINY_SPEC,
+def save_official_checkpoint(arch: str, path: str, seed: int, spec=TINY_SPEC,
                              head_scale: float = 30.0):
-  """A randomly initialised official model, saved as the official train.py does."""
+  """A randomly initialised official model, saved as the official train.py does
+  (skips without PyTorch)."""
+  ref = torch_reference()
   import torch
-  cls = ref.TwoStream if arch == "two_stream" else ref.OneStream
-  model = cls(spec, 2, spec.channels_after(2))
-  calibration = [torch.from_numpy(x) for x in ref.official_inputs(varied_images(4, seed + 100))]
-  ref.randomize(model, calibration if arch == "two_stream" else calibration[1:], seed, head_scale)
+  cls = ref.MultiStreamDenseNet if arch == "two_stream" else ref.OneStreamDenseNet
+  model = cls(spec, 2)
+  calibration = [torch.from_numpy(x) for x in official_inputs(varied_images(4, seed + 100))]
+  randomize(model, calibration if arch == "two_stream" else calibration[1:], seed, head_scale)
   torch.save({"epoch": 0, "iteration": 0, "loss": [0.69, 0.5],
               "state_dict": model.state_dict()}, path)
   return model
@@ -381,25 +443,24 @@ def run_convert_cli(args: list[str]) -> int:
 @pytest.fixture(scope="module")
 def converted_two_stream(tmp_path_factory):
   """An official two_stream checkpoint converted by the `cmfl_jax.convert` CLI."""
-  ref = torch_reference()
   tmp = tmp_path_factory.mktemp("official")
   checkpoint, out = str(tmp / "model_0_0.pth"), str(tmp / "converted")
-  torch_model = save_official_checkpoint(ref, "two_stream", checkpoint, 0)
+  torch_model = save_official_checkpoint("two_stream", checkpoint, 0)
   args = [f"--torch_checkpoint={checkpoint}", "--arch=two_stream", f"--output={out}",
           "--config.train.eval_batch_size=4", *(f"--config.model.{k}={v}" for k, v in TINY.items())]
   assert run_convert_cli(args) == 0
   assert run_convert_cli(args) == 1  # refuses to overwrite
-  return ref, torch_model, out
+  return torch_model, out
 
 
 def test_converted_two_stream_matches_pytorch_heads(converted_two_stream):
-  ref, torch_model, workdir = converted_two_stream
+  torch_model, workdir = converted_two_stream
   config = predict.config_from_checkpoint(workdir, "best")
   assert config.model.arch == "two_stream" and config.model.growth_rate == 4
   model, state, eval_fn, meta = restored_model(config, workdir)
   assert meta["step"] == 0 and meta["dev_threshold"] is None and meta["val_loss"] is None
   images = varied_images(4, 1)
-  rgb, freq = ref.official_inputs(images)
+  rgb, freq = official_inputs(images)
   want = torch_probs(torch_model, rgb, freq)  # joint, rgb, freq
   assert min(np.ptp(w) for w in want) > 0.01  # spread out: a sensitive comparison
   logits = nnx.jit(lambda m, a, b: m.forward_streams(a, b))(model, nhwc(rgb), nhwc(freq))
@@ -412,7 +473,7 @@ def test_converted_two_stream_matches_pytorch_heads(converted_two_stream):
 
 
 def test_predict_on_aligned_files_matches_official_test_script(converted_two_stream, tmp_path):
-  ref, torch_model, workdir = converted_two_stream
+  torch_model, workdir = converted_two_stream
   images = varied_images(3, 2)
   paths = []
   for i, img in enumerate(images):
@@ -421,22 +482,21 @@ def test_predict_on_aligned_files_matches_official_test_script(converted_two_str
   rows, threshold = predict.predict(workdir, paths)
   assert threshold is None
   got = np.array([r["score"] for r in rows])
-  want = torch_probs(torch_model, *ref.official_inputs(images))[0]
+  want = torch_probs(torch_model, *official_inputs(images))[0]
   np.testing.assert_allclose(got, want, atol=1e-4)
   assert [r["verdict"] for r in rows] == ["bona fide" if s >= 0.5 else "synthetic" for s in got]
 
 
 def test_convert_one_stream_spectrum_model(tmp_path):
   """A OneStreamDenseNet trained on spectra (official `--spectra fft`)."""
-  ref = torch_reference()
   checkpoint, out = str(tmp_path / "fft.pth"), str(tmp_path / "converted")
-  torch_model = save_official_checkpoint(ref, "one_stream", checkpoint, 3)
+  torch_model = save_official_checkpoint("one_stream", checkpoint, 3)
   convert.convert(tiny_config("one_stream", "freq"), checkpoint, out)
   config = predict.config_from_checkpoint(out, "best")
   assert config.model.input == "freq" and config.loss.objective == "bce"
   _, state, eval_fn, _ = restored_model(config, out)
   images = varied_images(4, 4)
-  want = torch_probs(torch_model, ref.official_inputs(images)[1])[0]
+  want = torch_probs(torch_model, official_inputs(images)[1])[0]
   _, probs = eval_fn(state, eval_batch(images))
   np.testing.assert_allclose(probs["joint"], want, atol=1e-4)
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
@@ -448,16 +508,15 @@ def test_convert_one_stream_spectrum_model(tmp_path):
 def test_full_densenet161_parity_at_224(tmp_path):
   """The paper's model (densenet161 through transition2, 224x224): official
   checkpoint -> convert -> restore, heads vs PyTorch."""
-  ref = torch_reference()
   checkpoint, out = str(tmp_path / "model_0_0.pth"), str(tmp_path / "converted")
-  torch_model = save_official_checkpoint(ref, "two_stream", checkpoint, 0,
+  torch_model = save_official_checkpoint("two_stream", checkpoint, 0,
                                          models.DENSENET_PRESETS["densenet161"], head_scale=10.0)
   config = runpy.run_path(DEFAULT)["get_config"]()
   config.train.eval_batch_size = 2
   convert.convert(config, checkpoint, out)
   model, state, eval_fn, _ = restored_model(config, out)
   images = varied_images(2, 1)
-  rgb, freq = ref.official_inputs(images)
+  rgb, freq = official_inputs(images)
   want = torch_probs(torch_model, rgb, freq)
   print("PyTorch probabilities (joint, rgb, freq):", want)
   assert all(np.all((w > 1e-3) & (w < 1 - 1e-3)) for w in want)  # not saturated
