@@ -188,8 +188,9 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
   """The Markdown body: model, cross-model table, per-head and robustness tables."""
   dev = results.get("dev_threshold")
   model = results.get("model", {})
+  val_loss = results["val_loss"]  # None for checkpoints converted from PyTorch
   lines = [f"Checkpoint `{results['checkpoint']}` (step {results['step']}, validation loss "
-           f"{results['val_loss']:.5f}); model {model.get('arch', '?')}"
+           f"{'n/a' if val_loss is None else f'{val_loss:.5f}'}); model {model.get('arch', '?')}"
            f"{'/' + model['input'] if model.get('arch') == 'one_stream' else ''}, objective "
            f"{results.get('objective', '?')}, trained on `{results.get('train_split', '?')}`.",
            f"Dev-EER threshold: {'not stored (0.5 used)' if dev is None else f'{dev:.4f}'}. "

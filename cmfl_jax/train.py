@@ -29,7 +29,7 @@ from flax import nnx, struct
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cmfl_jax import checkpointing, input_pipeline, losses, metrics, models, score_files
+from cmfl_jax import checkpointing, input_pipeline, losses, metrics, models, score_files, weights
 
 DATA_AXIS = "data"
 
@@ -320,6 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best_val = meta.get("best_val_loss", math.inf)
     logging.info("resumed from %s step %d (epoch %d)", checkpointing.LATEST, latest_step,
                  latest_step // steps_per_epoch)
+  elif config.model.get("pretrained"):  # a fresh run: ImageNet / official weights from a file
+    state = weights.init_from_file(state, programs.train_graphdef, config.model.pretrained)
   step = int(jax.device_get(state.step))
   params_count = models.count_params(nnx.merge(programs.train_graphdef, state.params,
                                                state.batch_stats))
