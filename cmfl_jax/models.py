@@ -72,13 +72,6 @@ def _bn(features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
                        dtype=dtype, rngs=rngs)
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int, pad: int, dtype: Any,
-          rngs: nnx.Rngs) -> nnx.Conv:
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
-                  padding=((pad, pad), (pad, pad)), use_bias=False,
-                  kernel_init=_conv_init, dtype=dtype, rngs=rngs)
-
-
 def _patches(x: jax.Array, kh: int, kw: int, stride: int, pad: int) -> jax.Array:
   """im2col: (B, Ho, Wo, kh * kw * C) in HWIO-flattened order."""
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -120,6 +113,75 @@ def _stem_conv_bwd(stride, pad, residuals, dy):
 
 
 stem_conv.defvjp(_stem_conv_fwd, _stem_conv_bwd)
+
+
+# Below this many pixels per feature map the 3x3 forward runs as one GEMM plus a
+# shift-and-add (its (N, 9 * out) intermediate stays in cache); above, XLA's
+# convolution is faster (measured crossover, BENCHMARKS.md).
+_TAPS_MAX_PIXELS = 32 * 32
+_TAPS = [(i, j) for i in range(3) for j in range(3)]
+
+
+def _kernel_as_matrix(kernel: jax.Array) -> jax.Array:
+  """(3, 3, in, out) -> (in, 9 * out), taps in `_TAPS` order."""
+  cin, cout = kernel.shape[2:]
+  return kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout)
+
+
+def _conv3x3_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  b, h, w, cin = x.shape
+  if h * w > _TAPS_MAX_PIXELS:
+    return _conv_nhwc(x, kernel, 1, 1)
+  cout = kernel.shape[-1]
+  # Z[p, (i, j)] = X[p] @ W[i, j]; Y[p] = sum over taps of Z[p + (i, j) - 1, (i, j)].
+  z = (x.reshape(-1, cin) @ _kernel_as_matrix(kernel)).reshape(b, h, w, 9, cout)
+  zp = jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
+  return sum(zp[:, i:i + h, j:j + w, t] for t, (i, j) in enumerate(_TAPS))
+
+
+@jax.custom_vjp
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """3x3 / stride 1 / pad 1 convolution (NHWC, HWIO) built from GEMMs.
+
+  XLA:CPU's own convolution runs at about half the matmul peak here and its
+  gradients at about a third. Backward: dY's 9 shifted copies form
+  dZ (N, 9 * out); dX = dZ @ Wc^T and dWc = X^T @ dZ are two large GEMMs
+  (Wc: the kernel as (in, 9 * out)). Forward: the same GEMM form on small
+  feature maps, XLA's convolution on large ones. See BENCHMARKS.md.
+  """
+  return _conv3x3_forward(x, kernel)
+
+
+def _conv3x3_fwd(x, kernel):
+  return _conv3x3_forward(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(residuals, dy):
+  x, kernel = residuals
+  b, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  dyp = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # dZ[p, (i, j)] = dY[p - (i, j) + 1]: what tap (i, j) of pixel p contributed to.
+  dz = jnp.stack([dyp[:, 2 - i:2 - i + h, 2 - j:2 - j + w] for i, j in _TAPS],
+                 axis=3).reshape(b * h * w, 9 * cout)
+  dx = (dz @ _kernel_as_matrix(kernel).T.astype(dz.dtype)).reshape(x.shape).astype(x.dtype)
+  dwc = x.reshape(-1, cin).T @ dz.astype(x.dtype)
+  dkernel = dwc.reshape(cin, 3, 3, cout).transpose(1, 2, 0, 3).astype(kernel.dtype)
+  return dx, dkernel
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+class Conv3x3(nnx.Module):
+  """The dense layers' 3x3 convolution (parameter as `nnx.Conv`'s `kernel`)."""
+
+  def __init__(self, cin: int, cout: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_conv_init(rngs.params(), (3, 3, cin, cout), jnp.float32))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return conv3x3(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -179,7 +241,7 @@ class DenseLayer(nnx.Module):
     self.norm1 = _bn(in_features, dtype, rngs)
     self.conv1 = PointwiseConv(in_features, width, dtype=dtype, rngs=rngs)
     self.norm2 = _bn(width, dtype, rngs)
-    self.conv2 = _conv(width, growth_rate, 3, 1, 1, dtype, rngs)
+    self.conv2 = Conv3x3(width, growth_rate, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.conv1(nnx.relu(self.norm1(x)))

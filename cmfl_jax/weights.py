@@ -74,10 +74,10 @@ class _Slot:
 _IDENTITY = (0,)
 # torch parameter/buffer name -> (NNX attribute, permutation torch -> NNX layout).
 _LEAVES: tuple[tuple[type, dict[str, tuple[str, tuple[int, ...]]]], ...] = (
-    # OIHW -> HWIO (the stem and 1x1 layers keep nnx.Conv's kernel layout).
-    (nnx.Conv, {"weight": ("kernel", (2, 3, 1, 0)), "bias": ("bias", _IDENTITY)}),
+    # Convolutions: torch OIHW -> HWIO.
     (models.StemConv, {"weight": ("kernel", (2, 3, 1, 0))}),
     (models.PointwiseConv, {"weight": ("kernel", (2, 3, 1, 0))}),
+    (models.Conv3x3, {"weight": ("kernel", (2, 3, 1, 0))}),
     (nnx.BatchNorm, {"weight": ("scale", _IDENTITY), "bias": ("bias", _IDENTITY),
                      "running_mean": ("mean", _IDENTITY), "running_var": ("var", _IDENTITY)}),
     (nnx.Linear, {"weight": ("kernel", (1, 0)), "bias": ("bias", _IDENTITY)}),  # (out,in)->(in,out)

@@ -208,3 +208,19 @@ def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
   x = jax.random.normal(jax.random.key(2), (2, 5, 5, 6))
   np.testing.assert_allclose(layer(x), conv(x), atol=1e-6)
   assert layer.kernel.shape == (1, 1, 6, 4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 6, 4), (1, 5, 7, 3, 2), (1, 33, 33, 3, 2)])
+def test_conv3x3_matmul_gradients_equal_the_convolution_gradients(shape):
+  b, h, w, cin, cout = shape
+  k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(k1, (b, h, w, cin))
+  kernel = jax.random.normal(k2, (3, 3, cin, cout))
+  dy = jax.random.normal(k3, (b, h, w, cout))
+  conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(models.conv3x3(x, kernel), conv(x, kernel), atol=1e-5)
+  got = jax.vjp(models.conv3x3, x, kernel)[1](dy)
+  want = jax.vjp(conv, x, kernel)[1](dy)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
