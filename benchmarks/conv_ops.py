@@ -7,8 +7,6 @@ Shapes are the paper model's at 64x64 (batch 32) and 224x224 (batch 8).
 """
 
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,16 +14,11 @@ import torch
 from flax import nnx
 
 from cmfl_jax import models
+from cmfl_jax.benchmark import timed
 
 
-def timed(fn, repeats=7):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
+def timed_ms(fn) -> float:
+  return 1000 * timed(fn, 7)
 
 
 def xla_conv(stride, pad):
@@ -43,8 +36,8 @@ def compare(name, shape_x, shape_w, ours, xla, torch_fn, wrt=(0, 1)):
   for label, fn in (("cmfl_jax", ours), ("xla", xla)):
     fwd = jax.jit(fn)
     grad = jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a) ** 2), argnums=argnums))
-    out[f"{label}_fwd_ms"] = round(timed(lambda: jax.block_until_ready(fwd(*args))), 1)
-    out[f"{label}_fwd_bwd_ms"] = round(timed(lambda: jax.block_until_ready(grad(*args))), 1)
+    out[f"{label}_fwd_ms"] = round(timed_ms(lambda: jax.block_until_ready(fwd(*args))), 1)
+    out[f"{label}_fwd_bwd_ms"] = round(timed_ms(lambda: jax.block_until_ready(grad(*args))), 1)
   tx = torch.randn(shape_x[0], shape_x[3], shape_x[1], shape_x[2], requires_grad=0 in wrt)
   tw = (torch.randn(shape_w[3], shape_w[2], shape_w[0], shape_w[1]) * 0.05).requires_grad_() \
       if shape_w else None
@@ -57,8 +50,8 @@ def compare(name, shape_x, shape_w, ours, xla, torch_fn, wrt=(0, 1)):
   def t_bwd():
     (torch_fn(*targs) ** 2).sum().backward()
 
-  out["torch_fwd_ms"] = round(timed(t_fwd), 1)
-  out["torch_fwd_bwd_ms"] = round(timed(t_bwd), 1)
+  out["torch_fwd_ms"] = round(timed_ms(t_fwd), 1)
+  out["torch_fwd_bwd_ms"] = round(timed_ms(t_bwd), 1)
   print(json.dumps(out), flush=True)
 
 

@@ -27,7 +27,6 @@ import sys
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -50,10 +49,7 @@ def converted_state(config: ml_collections.ConfigDict, torch_checkpoint: str) ->
       weights.read_state_dict(torch_checkpoint), weights.OFFICIAL, source=torch_checkpoint)
 
   def fresh(params, batch_stats):
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                            opt_state=programs.tx.init(params),
-                            rng=jax.random.key_data(jax.random.key(config.seed + 1)),
-                            nonfinite_step=jnp.full((), -1, jnp.int32))
+    return train.fresh_state(params, batch_stats, programs.tx, config.seed)
 
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
   return jax.jit(fresh, out_shardings=shardings)(params, batch_stats)

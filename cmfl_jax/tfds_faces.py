@@ -13,7 +13,6 @@ usable with `tfds.load("cmfl_faces", ...)` or `--config.data.source=tfds`.
 
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any
 

@@ -92,11 +92,16 @@ def _init_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Programs
   model.train()
   train_graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx = make_optimizer(config.optim)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=tx.init(params),
-                     rng=jax.random.key_data(jax.random.key(config.seed + 1)),
-                     nonfinite_step=jnp.full((), -1, jnp.int32))
-  return state, Programs(train_graphdef, eval_graphdef, tx)
+  return fresh_state(params, batch_stats, tx, config.seed), Programs(train_graphdef,
+                                                                     eval_graphdef, tx)
+
+
+def fresh_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
+                seed: int) -> TrainState:
+  """A state at step 0 around given weights (random init, pretrained, converted)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed + 1)),
+                    nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
