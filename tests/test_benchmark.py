@@ -35,7 +35,7 @@ def test_step_benchmark_against_pytorch():
 
 def test_e2e_benchmark():
   (rec,) = run_benchmark("--what=e2e", "--batch_size=8", "--num_images=16",
-                         "--config.model.arch=one_stream")
+                         "--config.model.arch=one_stream", "--config.loss.objective=bce")
   assert rec["e2e_images_per_sec"] > 0 and rec["step_alone_images_per_sec"] > 0
   assert rec["e2e_over_step"] == pytest.approx(
-      rec["e2e_images_per_sec"] / rec["step_alone_images_per_sec"], rel=1e-2)
+      rec["e2e_images_per_sec"] / rec["step_alone_images_per_sec"], rel=1e-2, abs=1e-3)
