@@ -40,7 +40,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image
 
-from cmfl_jax import input_pipeline, models, train
+from cmfl_jax import host_memory, input_pipeline, models, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -375,4 +375,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tuned_malloc()
   app.run(main)

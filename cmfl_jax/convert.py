@@ -31,7 +31,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cmfl_jax import checkpointing, models, train, weights
+from cmfl_jax import checkpointing, host_memory, models, train, weights
 
 FLAGS = flags.FLAGS
 
@@ -113,5 +113,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tuned_malloc()
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -115,10 +115,6 @@ def _stem_conv_bwd(stride, pad, residuals, dy):
 stem_conv.defvjp(_stem_conv_fwd, _stem_conv_bwd)
 
 
-# Below this many pixels per feature map the 3x3 forward runs as one GEMM plus a
-# shift-and-add (its (N, 9 * out) intermediate stays in cache); above, XLA's
-# convolution is faster (measured crossover, BENCHMARKS.md).
-_TAPS_MAX_PIXELS = 32 * 32
 _TAPS = [(i, j) for i in range(3) for j in range(3)]
 
 
@@ -130,8 +126,6 @@ def _kernel_as_matrix(kernel: jax.Array) -> jax.Array:
 
 def _conv3x3_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
   b, h, w, cin = x.shape
-  if h * w > _TAPS_MAX_PIXELS:
-    return _conv_nhwc(x, kernel, 1, 1)
   cout = kernel.shape[-1]
   # Z[p, (i, j)] = X[p] @ W[i, j]; Y[p] = sum over taps of Z[p + (i, j) - 1, (i, j)].
   z = (x.reshape(-1, cin) @ _kernel_as_matrix(kernel)).reshape(b, h, w, 9, cout)
@@ -144,10 +138,10 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """3x3 / stride 1 / pad 1 convolution (NHWC, HWIO) built from GEMMs.
 
   XLA:CPU's own convolution runs at about half the matmul peak here and its
-  gradients at about a third. Backward: dY's 9 shifted copies form
-  dZ (N, 9 * out); dX = dZ @ Wc^T and dWc = X^T @ dZ are two large GEMMs
-  (Wc: the kernel as (in, 9 * out)). Forward: the same GEMM form on small
-  feature maps, XLA's convolution on large ones. See BENCHMARKS.md.
+  gradients at about a third. Forward: one GEMM Z = X @ Wc to (N, 9 * out)
+  (Wc: the kernel as (in, 9 * out)), then a shift-and-add of Z's 9 taps.
+  Backward: dY's 9 shifted copies form dZ; dX = dZ @ Wc^T and dWc = X^T @ dZ
+  are two large GEMMs. See BENCHMARKS.md.
   """
   return _conv3x3_forward(x, kernel)
 
@@ -160,6 +154,9 @@ def _conv3x3_bwd(residuals, dy):
   x, kernel = residuals
   b, h, w, cin = x.shape
   cout = kernel.shape[-1]
+  # dY is read 9 times below: materialise it once, or XLA fuses its producer
+  # (the next layer's BatchNorm backward) into every read and recomputes it.
+  dy = jax.lax.optimization_barrier(dy)
   dyp = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
   # dZ[p, (i, j)] = dY[p - (i, j) + 1]: what tap (i, j) of pixel p contributed to.
   dz = jnp.stack([dyp[:, 2 - i:2 - i + h, 2 - j:2 - j + w] for i, j in _TAPS],
@@ -184,22 +181,71 @@ class Conv3x3(nnx.Module):
     return conv3x3(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
+def _max_pool_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Window maxima and the index of each window's first maximal tap (row-major
+  scan, as PyTorch's kernel)."""
+  ho, wo = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  out = idx = None
+  for t, (i, j) in enumerate(_TAPS):
+    s = xp[:, i:i + 2 * (ho - 1) + 1:2, j:j + 2 * (wo - 1) + 1:2]
+    if out is None:
+      out, idx = s, jnp.zeros(s.shape, jnp.int8)
+    else:
+      idx = jnp.where(s > out, jnp.int8(t), idx)
+      out = jnp.maximum(out, s)
+  return out, idx
+
+
+@jax.custom_vjp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """3x3 / stride 2 / pad 1 max pooling as a maximum of 9 strided slices.
 
-  Same values as `nnx.max_pool`; its gradient is elementwise instead of
-  XLA:CPU's select-and-scatter, ~4x faster (BENCHMARKS.md). On exact ties
-  the gradient is shared instead of routed to one element (both are valid
-  subgradients).
+  Same values as `nnx.max_pool`. The gradient goes to the first maximal
+  element of each window, as in PyTorch, and is computed from dY by selects,
+  pads and one interleave, all elementwise (XLA:CPU's select-and-scatter is
+  several times slower, BENCHMARKS.md).
   """
-  ho, wo = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  out = None
-  for i in range(3):
-    for j in range(3):
-      s = xp[:, i:i + 2 * (ho - 1) + 1:2, j:j + 2 * (wo - 1) + 1:2]
-      out = s if out is None else jnp.maximum(out, s)
-  return out
+  return _max_pool_forward(x)[0]
+
+
+def _max_pool_fwd(x):
+  out, idx = _max_pool_forward(x)
+  return out, (idx, x.shape)
+
+
+def _interleave_taps(a0: jax.Array, a1: jax.Array, a2: jax.Array, axis: int) -> jax.Array:
+  """Transpose of taking taps 0, 1, 2 of a stride-2 window along `axis`.
+
+  Tap k of window r reads padded position 2r + k: even positions 2m collect
+  a0[m] + a2[m - 1], odd positions 2m + 1 collect a1[m]. Returns length
+  2 * (n + 1) along `axis` (n = windows).
+  """
+  def pad(x, before, after):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return jnp.pad(x, widths)
+
+  even = pad(a0, 0, 1) + pad(a2, 1, 0)
+  odd = pad(a1, 0, 1)
+  both = jnp.stack([even, odd], axis=axis + 1)
+  return both.reshape(*both.shape[:axis], -1, *both.shape[axis + 2:])
+
+
+def _max_pool_bwd(residuals, dy):
+  idx, (_, h, w, _) = residuals
+  # Materialise dY and the tap index once: otherwise XLA fuses their producers
+  # (the whole dense block's gradient sum, the forward maxima) into each of
+  # the reads below and recomputes them (measured ~5x slower).
+  dy, idx = jax.lax.optimization_barrier((dy, idx))
+  zero = jnp.zeros((), dy.dtype)
+  taps = [[jnp.where(idx == 3 * i + j, dy, zero) for j in range(3)] for i in range(3)]
+  rows = [_interleave_taps(taps[0][j], taps[1][j], taps[2][j], axis=1) for j in range(3)]
+  dxp = _interleave_taps(*rows, axis=2)
+  return (dxp[:, 1:h + 1, 1:w + 1],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class StemConv(nnx.Module):

@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from cmfl_jax import checkpointing, evaluate, input_pipeline, train
+from cmfl_jax import checkpointing, evaluate, host_memory, input_pipeline, train
 
 FLAGS = flags.FLAGS
 
@@ -126,5 +126,6 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tuned_malloc()
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

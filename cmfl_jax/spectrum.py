@@ -35,12 +35,23 @@ def normalize_rgb(images: jax.Array) -> jax.Array:
   return (x - mean) / std
 
 
-def _percentile_linear(values: jax.Array, q: float) -> jax.Array:
-  """Percentile over the last axis with linear interpolation (numpy's default).
+def _order_key(values: jax.Array) -> jax.Array:
+  """float32 -> int32 with the same order (an involution: applying it twice
+  gives the bits back). XLA:CPU sorts int32 about 4x faster than float32,
+  whose sort goes through a generic comparator."""
+  bits = jax.lax.bitcast_convert_type(values, jnp.int32)
+  return bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))
 
-  Written out (sort + gather) rather than `jnp.percentile` so the two needed
-  percentiles share one sort.
-  """
+
+def _sorted_values(values: jax.Array) -> jax.Array:
+  """`jnp.sort(values, axis=-1)` for finite float32, via the integer keys."""
+  keys = jnp.sort(_order_key(values), axis=-1, stable=False)
+  return jax.lax.bitcast_convert_type(_order_key(keys), jnp.float32)
+
+
+def _percentile_linear(values: jax.Array, q: float) -> jax.Array:
+  """Percentile over the (sorted) last axis with linear interpolation (numpy's
+  default); written out so the two needed percentiles share one sort."""
   n = values.shape[-1]
   pos = (q / 100.0) * (n - 1)
   lo_idx = int(pos // 1)
@@ -70,7 +81,7 @@ def log_spectrum(images: jax.Array) -> jax.Array:
   x = jnp.moveaxis(x, -1, -3)  # [..., C, H, W]
   magnitude = jnp.abs(jnp.fft.fft2(x))
   f = jnp.log(magnitude + LOG_EPS)
-  flat = jnp.sort(f.reshape(f.shape[:-2] + (-1,)), axis=-1)
+  flat = _sorted_values(f.reshape(f.shape[:-2] + (-1,)))
   lo = _percentile_linear(flat, LOW_PERCENTILE)[..., None, None]
   hi = _percentile_linear(flat, HIGH_PERCENTILE)[..., None, None]
   # A (near) constant channel gives hi == lo, where numpy's 0/0 yields NaN. We

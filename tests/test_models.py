@@ -192,13 +192,37 @@ def test_stem_conv_and_its_im2col_kernel_gradient(size):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("size", [16, 17])
+@pytest.mark.parametrize("size", [(16, 16), (17, 14)])
 def test_max_pool_slices_match_reduce_window(size):
-  x = jax.random.normal(jax.random.key(1), (2, size, size, 4))  # no ties
+  x = jax.random.normal(jax.random.key(1), (2, *size, 4))  # no ties
   ref = lambda x: nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # noqa
   np.testing.assert_array_equal(models.max_pool_3x3_s2(x), ref(x))
   loss = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 3))(x)  # noqa: E731
   np.testing.assert_allclose(loss(models.max_pool_3x3_s2), loss(ref), rtol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_like_pytorch():
+  # Overlapping windows and ties (ReLU zeros): PyTorch routes each window's
+  # gradient to its first maximal element in row-major order.
+  x = np.maximum(np.random.default_rng(0).normal(size=(2, 9, 8, 3)), 0).astype(np.float32)
+  x[0, :3, :3, 0] = 1.0
+  dy = np.random.default_rng(1).normal(size=(2, 5, 4, 3)).astype(np.float32)
+  out, vjp = jax.vjp(models.max_pool_3x3_s2, jnp.asarray(x))
+  got = np.asarray(vjp(jnp.asarray(dy))[0])
+  want = np.zeros_like(x)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  for b, r, c, ch in np.ndindex(dy.shape):
+    window = xp[b, 2 * r:2 * r + 3, 2 * c:2 * c + 3, ch]
+    i, j = np.unravel_index(np.argmax(window), (3, 3))  # first maximum
+    want[b, 2 * r + i - 1, 2 * c + j - 1, ch] += dy[b, r, c, ch]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  torch = pytest.importorskip("torch")
+  tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  torch.nn.functional.max_pool2d(tx, 3, 2, 1).backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
+  np.testing.assert_allclose(got, tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out, np.asarray(
+      torch.nn.functional.max_pool2d(torch.tensor(x.transpose(0, 3, 1, 2)), 3, 2, 1)
+  ).transpose(0, 2, 3, 1))
 
 
 def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():

@@ -102,3 +102,13 @@ def test_normalize_rgb():
   want = (images / 255.0 - mean) / std
   np.testing.assert_allclose(got, want, atol=1e-5)
   np.testing.assert_allclose(spectrum.normalize_rgb(jnp.asarray(images / 255.0)), want, atol=1e-5)
+
+
+def test_integer_key_sort_equals_float_sort_exactly():
+  rng = np.random.default_rng(3)
+  values = np.concatenate([rng.normal(size=(4, 500)) * 10.0 ** rng.integers(-8, 8, (4, 500)),
+                           np.zeros((4, 3)), -np.zeros((4, 3)),
+                           np.full((4, 2), np.finfo(np.float32).max),
+                           np.full((4, 2), -np.finfo(np.float32).tiny)], -1).astype(np.float32)
+  got = np.asarray(jax.jit(spectrum._sorted_values)(values))
+  np.testing.assert_array_equal(got, np.sort(values, -1))
