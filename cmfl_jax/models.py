@@ -67,9 +67,77 @@ def _linear_bias_init(fan_in: int):
   return init
 
 
-def _bn(features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                       dtype=dtype, rngs=rngs)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                     epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode BatchNorm over all axes but the last: (y, batch mean, biased
+  batch variance).
+
+  The hand-written backward (the textbook formula, x-hat recomputed from x)
+  reads x and dY once for the two reductions and once for dX; autodiff of the
+  forward instead stores x - mean and makes more full-size passes, which on
+  CPU costs more than the arithmetic. The returned statistics are for the
+  running averages only: gradients do not flow back through them.
+  """
+  return _batch_norm_forward(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_forward(x, scale, bias, epsilon):
+  axes = tuple(range(x.ndim - 1))
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axes)
+  var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+  inv = jax.lax.rsqrt(var + epsilon)
+  y = ((xf - mean) * (inv * scale) + bias).astype(x.dtype)
+  return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+  return _batch_norm_forward(x, scale, bias, epsilon)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv, scale = residuals
+  dy = cotangents[0].astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  x_hat = (x.astype(jnp.float32) - mean) * inv
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * x_hat, axes)
+  dx = (scale * inv / n) * (n * dy - dbias - x_hat * dscale)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """`nnx.BatchNorm` (same variables) with PyTorch's training semantics and a
+  faster training-mode gradient (`batch_norm_train`).
+
+  Running variance is updated with the unbiased batch variance, as
+  `torch.nn.BatchNorm2d` does; normalisation uses the biased one (both as in
+  PyTorch). Eval mode is `nnx.BatchNorm`'s.
+  """
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None) -> jax.Array:
+    use_running_average = (self.use_running_average if use_running_average is None
+                           else use_running_average)
+    if use_running_average is None or use_running_average or mask is not None:
+      return super().__call__(x, use_running_average, mask=mask)
+    y, mean, var = batch_norm_train(x.astype(self.dtype or x.dtype), self.scale[...],
+                                    self.bias[...], self.epsilon)
+    n = x.size // x.shape[-1]
+    m = self.momentum
+    self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+    self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var * n / max(n - 1, 1))
+    return y
+
+
+def _bn(features: int, dtype: Any, rngs: nnx.Rngs) -> BatchNorm:
+  return BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
 def _patches(x: jax.Array, kh: int, kw: int, stride: int, pad: int) -> jax.Array:
@@ -118,6 +186,18 @@ stem_conv.defvjp(_stem_conv_fwd, _stem_conv_bwd)
 _TAPS = [(i, j) for i in range(3) for j in range(3)]
 
 
+def _materialize(x: jax.Array) -> jax.Array:
+  """`x`, computed once into memory before its consumers.
+
+  XLA:CPU fuses cheap producers into every consumer and recomputes them per
+  read (`optimization_barrier` is removed before fusion on CPU). A product
+  with the identity matrix is exact for finite values and is never fused
+  into a consumer, at the cost of one small GEMM over the last axis.
+  """
+  eye = jnp.eye(x.shape[-1], dtype=jnp.float32)
+  return (x.astype(jnp.float32) @ eye).astype(x.dtype)
+
+
 def _kernel_as_matrix(kernel: jax.Array) -> jax.Array:
   """(3, 3, in, out) -> (in, 9 * out), taps in `_TAPS` order."""
   cin, cout = kernel.shape[2:]
@@ -156,7 +236,7 @@ def _conv3x3_bwd(residuals, dy):
   cout = kernel.shape[-1]
   # dY is read 9 times below: materialise it once, or XLA fuses its producer
   # (the next layer's BatchNorm backward) into every read and recomputes it.
-  dy = jax.lax.optimization_barrier(dy)
+  dy = _materialize(dy)
   dyp = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
   # dZ[p, (i, j)] = dY[p - (i, j) + 1]: what tap (i, j) of pixel p contributed to.
   dz = jnp.stack([dyp[:, 2 - i:2 - i + h, 2 - j:2 - j + w] for i, j in _TAPS],
@@ -236,8 +316,8 @@ def _max_pool_bwd(residuals, dy):
   idx, (_, h, w, _) = residuals
   # Materialise dY and the tap index once: otherwise XLA fuses their producers
   # (the whole dense block's gradient sum, the forward maxima) into each of
-  # the reads below and recomputes them (measured ~5x slower).
-  dy, idx = jax.lax.optimization_barrier((dy, idx))
+  # the reads below and recomputes them.
+  dy, idx = _materialize(dy), _materialize(idx)
   zero = jnp.zeros((), dy.dtype)
   taps = [[jnp.where(idx == 3 * i + j, dy, zero) for j in range(3)] for i in range(3)]
   rows = [_interleave_taps(taps[0][j], taps[1][j], taps[2][j], axis=1) for j in range(3)]

@@ -248,3 +248,37 @@ def test_conv3x3_matmul_gradients_equal_the_convolution_gradients(shape):
   want = jax.vjp(conv, x, kernel)[1](dy)
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_train_matches_autodiff_and_pytorch():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 2.0, (4, 5, 6, 3)).astype(np.float32))
+  dy = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+  scale = jnp.asarray([0.5, 1.0, 2.0])
+  bias = jnp.asarray([0.1, -0.2, 0.3])
+
+  def reference(x, scale, bias):  # the textbook formula, differentiated by JAX
+    mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+  (y, mean, var), vjp = jax.vjp(lambda *a: models.batch_norm_train(*a, 1e-5), x, scale, bias)
+  want_y, want_vjp = jax.vjp(reference, x, scale, bias)
+  np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+  for got, want in zip(vjp((dy, jnp.zeros_like(mean), jnp.zeros_like(var))), want_vjp(dy)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+  # Module: output and running statistics as torch.nn.BatchNorm2d in training mode.
+  bn = models.BatchNorm(3, momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON,
+                        rngs=nnx.Rngs(0))
+  bn.scale[...], bn.bias[...] = scale, bias
+  bn.train()
+  out = bn(x)
+  torch = pytest.importorskip("torch")
+  tbn = torch.nn.BatchNorm2d(3)
+  with torch.no_grad():
+    tbn.weight.copy_(torch.tensor(np.asarray(scale)))
+    tbn.bias.copy_(torch.tensor(np.asarray(bias)))
+  tout = tbn.train()(torch.tensor(np.asarray(x).transpose(0, 3, 1, 2)))
+  np.testing.assert_allclose(out, tout.detach().numpy().transpose(0, 2, 3, 1), atol=1e-5)
+  np.testing.assert_allclose(bn.mean[...], tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(bn.var[...], tbn.running_var.numpy(), rtol=1e-5, atol=1e-6)
