@@ -92,10 +92,6 @@ def _batch_norm_forward(x, scale, bias, epsilon):
   return (y, mean, var), (x, mean, inv, scale)
 
 
-def _batch_norm_fwd(x, scale, bias, epsilon):
-  return _batch_norm_forward(x, scale, bias, epsilon)
-
-
 def _batch_norm_bwd(epsilon, residuals, cotangents):
   del epsilon
   x, mean, inv, scale = residuals
@@ -109,7 +105,7 @@ def _batch_norm_bwd(epsilon, residuals, cotangents):
   return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
-batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_bwd)
 
 
 class BatchNorm(nnx.BatchNorm):
