@@ -144,7 +144,7 @@ def jax_step_speed(config: ml_collections.ConfigDict, steps: int, repeats: int,
   return {
       "impl": "cmfl_jax", "arch": config.model.arch, "objective": config.loss.objective,
       "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
-      "params": models.count_params(nnx_model(programs, state)),
+      "params": train.param_count(state),
       "train_images_per_sec": round(batch_size / t_train, 2),
       "eval_images_per_sec": round(batch_size / t_eval, 2),
       "train_step_ms": round(1000 * t_train, 1), "compile_s": round(compile_s, 1),
@@ -157,11 +157,6 @@ def jax_step_speed(config: ml_collections.ConfigDict, steps: int, repeats: int,
       "peak_rss_mib": round(peak_rss_mib(), 1),
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
   }
-
-
-def nnx_model(programs: train.Programs, state: train.TrainState):
-  from flax import nnx
-  return nnx.merge(programs.train_graphdef, state.params, state.batch_stats)
 
 
 def torch_step_speed(config: ml_collections.ConfigDict, steps: int,

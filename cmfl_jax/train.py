@@ -96,6 +96,11 @@ def _init_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Programs
                                                                      eval_graphdef, tx)
 
 
+def param_count(state: TrainState) -> int:
+  """Number of trainable parameters, like PyTorch's `parameters()`."""
+  return sum(int(x.size) for x in jax.tree.leaves(state.params))
+
+
 def fresh_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
                 seed: int) -> TrainState:
   """A state at step 0 around given weights (random init, pretrained, converted)."""
@@ -328,8 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.model.get("pretrained"):  # a fresh run: ImageNet / official weights from a file
     state = weights.init_from_file(state, programs.train_graphdef, config.model.pretrained)
   step = int(jax.device_get(state.step))
-  params_count = models.count_params(nnx.merge(programs.train_graphdef, state.params,
-                                               state.batch_stats))
+  params_count = param_count(state)
   logging.info("model %s/%s: %d parameters; %d steps/epoch, %d total", config.model.arch,
                config.loss.objective, params_count, steps_per_epoch, total_steps)
   writer = summary_writer(workdir)

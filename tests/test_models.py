@@ -228,7 +228,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_like_pytorch():
 def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
   layer = models.PointwiseConv(6, 4, dtype=jnp.float32, rngs=nnx.Rngs(0))
   conv = nnx.Conv(6, 4, (1, 1), use_bias=False, rngs=nnx.Rngs(1))
-  conv.kernel.value = layer.kernel.value
+  conv.kernel[...] = layer.kernel[...]
   x = jax.random.normal(jax.random.key(2), (2, 5, 5, 6))
   np.testing.assert_allclose(layer(x), conv(x), atol=1e-6)
   assert layer.kernel.shape == (1, 1, 6, 4)

@@ -261,3 +261,17 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
   assert 0.0 <= thr <= 1.0
   assert [r["verdict"] for r in rows[:16]] == [
       "bona fide" if s >= thr else "synthetic" for s in np.asarray(got)]
+
+
+def test_param_count_counts_the_trainable_parameters():
+  import importlib.util
+
+  from flax import nnx
+
+  from cmfl_jax import models, train
+  spec = importlib.util.spec_from_file_location("smoke", SMOKE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  state, programs = train.create_train_state(module.get_config(), train.make_mesh())
+  model = nnx.merge(programs.train_graphdef, state.params, state.batch_stats)
+  assert train.param_count(state) == models.count_params(model) > 0
