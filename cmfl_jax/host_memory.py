@@ -3,8 +3,9 @@
 XLA:CPU allocates each executable's temporary buffer (hundreds of MiB to GiB
 for a DenseNet step) with `malloc` at every run and frees it afterwards. With
 glibc's defaults these large blocks are fresh `mmap`s, so every step
-page-faults its whole working set again: on the 2-core benchmark machine that
-was ~25% of the paper model's train step (BENCHMARKS.md). Serving all threads
+page-faults its whole working set again: on the 2-core benchmark machine,
+undoing that raised the paper model's train throughput by 21% at 64x64
+(BENCHMARKS.md has the A/B command). Serving all threads
 from the main heap, never unmapping it and backing it with transparent huge
 pages makes the next step reuse the same, already-mapped pages.
 
