@@ -8,9 +8,12 @@
 `step`: the compiled train step and eval step of the configured model (default:
 the paper's two_stream DenseNet-161 + CMFL) on random uint8 images: images/s,
 compile time, XLA's FLOP count per step and the achieved GFLOP/s next to a
-measured fp32 matmul peak, XLA's buffer sizes and the process's peak RSS. With
-`--torch`, the official architecture in PyTorch (cmfl_jax.torch_reference) on
-identical shapes in the same run, and the ratios.
+measured matmul peak in the compute dtype (their ratio is the MFU), XLA's
+buffer sizes, the process's peak RSS and, on accelerators, peak device memory.
+With `--torch`, the official architecture in PyTorch (cmfl_jax.torch_reference)
+on identical shapes in the same run (on the GPU if JAX runs on one; autocast
+for bfloat16), timed in alternation with cmfl_jax so that slow drifts of the
+machine hit both alike, and the ratios. Needs neither TensorFlow nor data.
 `e2e`: the training loop as `train.py` runs it (tf.data decode + augmentation of
 PNG files in memory -> global batches -> compiled step) against the step alone.
 `pipeline`: the tf.data input pipeline alone (decode + geometry + train
@@ -22,12 +25,11 @@ Warm-up excluded everywhere; medians of repeats.
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 import os
 import resource
 import statistics
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -35,12 +37,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
-from PIL import Image
 
-from cmfl_jax import host_memory, input_pipeline, models, train
+from cmfl_jax import host_memory, models, steps
+from cmfl_jax.timing import interleaved_times, timed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -67,22 +68,24 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-  """Median seconds of `fn()` (which must block) after one warm-up call."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def matmul_peak_gflops(n: int = 2048, dtype: Any = jnp.float32) -> float:
-  """Achieved GFLOP/s of one large matmul: the machine's practical peak."""
-  a = jnp.ones((n, n), dtype)
+def matmul_peak_gflops(dtype: Any = jnp.float32) -> float:
+  """Achieved GFLOP/s of one large matmul (random data, default precision):
+  the machine's practical peak in `dtype`."""
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x, y: x @ y)
   return 2 * n ** 3 / timed(lambda: f(a, a).block_until_ready(), 5) / 1e9
+
+
+def device_peak_mib() -> float | None:
+  """Peak bytes in use on the first device (accelerators; None on CPU)."""
+  stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+  return round(stats["peak_bytes_in_use"] / 2 ** 20, 1) if stats else None
+
+
+def _sig(x: float, digits: int = 4) -> float:
+  """`x` rounded to significant digits (rates span 1e-2 to 1e6 across machines)."""
+  return float(f"{x:.{digits}g}")
 
 
 def _flops(compiled) -> float | None:
@@ -110,18 +113,29 @@ def bench_config(base: ml_collections.ConfigDict, image_size: int, batch_size: i
   return config
 
 
-def jax_step_speed(config: ml_collections.ConfigDict, steps: int, repeats: int,
-                   peak: float) -> dict[str, Any]:
-  """Compiled train/eval step throughput of `config`'s model, one record."""
+@dataclasses.dataclass
+class StepRunner:
+  """One framework's prepared steps: `train()` / `eval()` each run `steps`
+  steps on a fixed batch and block; `record` holds what is known up front."""
+
+  record: dict[str, Any]
+  train: Callable[[], None]
+  eval: Callable[[], None]
+  batch_size: int
+  steps: int
+
+
+def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> StepRunner:
+  """The compiled train/eval steps of `config`'s model on random images."""
   size, batch_size = config.data.image_size, config.train.batch_size
-  mesh = train.make_mesh()
-  state, programs = train.create_train_state(config, mesh)
-  train_fn, eval_fn = train.compile_steps(programs, config, mesh, state)
+  mesh = steps.make_mesh()
+  state, programs = steps.create_train_state(config, mesh)
+  train_fn, eval_fn = steps.compile_steps(programs, config, mesh, state)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
            "label": (np.arange(batch_size) % 2).astype(np.int32),
            "mask": np.ones(batch_size, bool)}
-  batch = {k: jax.device_put(v, train.batch_sharding(mesh)) for k, v in batch.items()}
+  batch = {k: jax.device_put(v, steps.batch_sharding(mesh)) for k, v in batch.items()}
   start = time.perf_counter()
   train_compiled = train_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -129,42 +143,39 @@ def jax_step_speed(config: ml_collections.ConfigDict, steps: int, repeats: int,
   holder = [state]
 
   def run_train():
-    for _ in range(steps):
+    for _ in range(steps_per_repeat):
       holder[0], m = train_compiled(holder[0], batch)
     jax.block_until_ready(m)
 
   def run_eval():
-    for _ in range(steps):
+    for _ in range(steps_per_repeat):
       out = eval_compiled(holder[0], batch)
     jax.block_until_ready(out)
 
-  t_train = timed(run_train, repeats) / steps
-  t_eval = timed(run_eval, repeats) / steps
-  train_flops, eval_flops = _flops(train_compiled), _flops(eval_compiled)
-  return {
+  record = {
       "impl": "cmfl_jax", "arch": config.model.arch, "objective": config.loss.objective,
       "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
-      "params": train.param_count(state),
-      "train_images_per_sec": round(batch_size / t_train, 2),
-      "eval_images_per_sec": round(batch_size / t_eval, 2),
-      "train_step_ms": round(1000 * t_train, 1), "compile_s": round(compile_s, 1),
-      "train_gflop_per_step": train_flops and float(f"{train_flops / 1e9:.4g}"),
-      "eval_gflop_per_step": eval_flops and float(f"{eval_flops / 1e9:.4g}"),
-      "train_gflops_per_sec": train_flops and round(train_flops / t_train / 1e9, 1),
-      "eval_gflops_per_sec": eval_flops and round(eval_flops / t_eval / 1e9, 1),
-      "matmul_peak_gflops_per_sec": round(peak, 1),
+      "ops": models.resolve_ops(config.model.get("ops", "auto")),
+      "params": steps.param_count(state), "compile_s": round(compile_s, 1),
+      "train_flops": _flops(train_compiled), "eval_flops": _flops(eval_compiled),
       "xla_train_buffers_mib": _buffers_mib(train_compiled),
-      "peak_rss_mib": round(peak_rss_mib(), 1),
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
   }
+  return StepRunner(record, run_train, run_eval, batch_size, steps_per_repeat)
 
 
-def torch_step_speed(config: ml_collections.ConfigDict, steps: int,
-                     repeats: int) -> dict[str, Any]:
-  """The official model's train/eval speed in PyTorch on the same shapes."""
+def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> StepRunner:
+  """The official model's train/eval steps in PyTorch on the same shapes: on
+  the GPU when JAX runs on one (TF32 allowed, as JAX's default precision
+  does), under bfloat16 autocast when the config's dtype is bfloat16."""
   import torch
   from cmfl_jax import torch_reference
-  torch.set_num_threads(os.cpu_count() or 1)
+  device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available()
+                        else "cpu")
+  if device.type == "cpu":
+    torch.set_num_threads(os.cpu_count() or 1)
+  else:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   torch.manual_seed(0)
   size, batch_size = config.data.image_size, config.train.batch_size
   spec = models.densenet_spec(config.model.backbone, growth_rate=config.model.growth_rate,
@@ -173,200 +184,104 @@ def torch_step_speed(config: ml_collections.ConfigDict, steps: int,
                               bn_size=config.model.bn_size)
   two = config.model.arch == "two_stream"
   model = (torch_reference.MultiStreamDenseNet if two else torch_reference.OneStreamDenseNet)(
-      spec, config.model.num_blocks)
-  inputs = [torch.randn(batch_size, 3, size, size) for _ in range(2 if two else 1)]
-  y = (torch.arange(batch_size) % 2).float()
+      spec, config.model.num_blocks).to(device)
+  inputs = [torch.randn(batch_size, 3, size, size, device=device) for _ in range(2 if two else 1)]
+  y = (torch.arange(batch_size, device=device) % 2).float()
+  bf16 = config.model.dtype == "bfloat16"
   step = torch_reference.train_step_fn(model, config.optim.learning_rate,
-                                       config.optim.weight_decay)
+                                       config.optim.weight_decay,
+                                       torch.bfloat16 if bf16 else None)
+
+  def sync():
+    if device.type == "cuda":
+      torch.cuda.synchronize()
 
   def run_train():
-    for _ in range(steps):
+    for _ in range(steps_per_repeat):
       step(inputs, y)
+    sync()
 
   def run_eval():
     model.eval()
-    with torch.inference_mode():
-      for _ in range(steps):
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+      for _ in range(steps_per_repeat):
         model(*inputs)
+    sync()
 
-  t_train = timed(run_train, repeats) / steps
-  t_eval = timed(run_eval, repeats) / steps
-  return {"impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-          "arch": config.model.arch, "image_size": size, "batch_size": batch_size,
-          "train_images_per_sec": round(batch_size / t_train, 2),
-          "eval_images_per_sec": round(batch_size / t_eval, 2),
-          "train_step_ms": round(1000 * t_train, 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
-
-
-def encoded_split(n: int, size: int) -> input_pipeline.Split:
-  """`n` textured PNGs in memory (decoded by tf.data like the embedded benchmark)."""
-  images = input_pipeline.toy_split("bench", n, size, 0).images
-  encoded = []
-  for img in images:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    encoded.append(buf.getvalue())
-  labels = (np.arange(n) % 2).astype(np.int32)
-  return input_pipeline.Split("bench", labels, np.where(labels == 1, "real", "fake"),
-                              encoded=np.asarray(encoded, dtype=object))
+  record = {"impl": "pytorch", "torch": torch.__version__, "arch": config.model.arch,
+            "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
+            "device": (torch.cuda.get_device_name() if device.type == "cuda"
+                       else f"cpu, {torch.get_num_threads()} threads")}
+  if device.type == "cuda":
+    record["device_peak_fn"] = lambda: round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+  return StepRunner(record, run_train, run_eval, batch_size, steps_per_repeat)
 
 
-def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) -> dict[str, Any]:
-  """Training loop with the input pipeline vs the compiled step alone."""
-  size, batch_size = config.data.image_size, config.train.batch_size
-  config.data.balance = "none"
-  split = encoded_split(num_images, size)
-  mesh = train.make_mesh()
-  state, programs = train.create_train_state(config, mesh)
-  train_fn, _ = train.compile_steps(programs, config, mesh, state)
-  sharding = train.batch_sharding(mesh)
-  holder = [state]
-
-  def epoch():
-    m = None
-    ds = input_pipeline.train_dataset(split, config.data, batch_size, seed=0, epoch=0)
-    for batch in input_pipeline.global_batches(ds, sharding):
-      holder[0], m = train_fn(holder[0], batch)
-    jax.block_until_ready(m)
-
-  fixed = next(input_pipeline.global_batches(
-      input_pipeline.train_dataset(split, config.data, batch_size, 0, 0), sharding))
-  n_steps = num_images // batch_size
-
-  def steps_alone():
-    m = None
-    for _ in range(n_steps):
-      holder[0], m = train_fn(holder[0], fixed)
-    jax.block_until_ready(m)
-
-  e2e = n_steps * batch_size / timed(epoch, repeats)
-  alone = n_steps * batch_size / timed(steps_alone, repeats)
-  return {"what": "e2e", "arch": config.model.arch, "image_size": size,
-          "batch_size": batch_size, "dtype": config.model.dtype,
-          "e2e_images_per_sec": round(e2e, 2), "step_alone_images_per_sec": round(alone, 2),
-          "e2e_over_step": round(e2e / alone, 3)}
-
-
-
-def _face_like_images(n: int, size: int, seed: int = 0) -> np.ndarray:
-  """1/f textured images: compress like photos (random noise would not)."""
-  return input_pipeline.toy_split("bench", n, size, seed).images
-
-
-def write_image_split(root: str, fmt: str, n: int, size: int) -> input_pipeline.Split:
-  os.makedirs(root, exist_ok=True)
-  images = _face_like_images(n, size)
-  paths = []
-  for i, img in enumerate(images):
-    path = os.path.join(root, f"{i}.{fmt}")
-    Image.fromarray(img).save(path, quality=95) if fmt == "jpg" else Image.fromarray(img).save(path)
-    paths.append(path)
-  labels = (np.arange(n) % 2).astype(np.int32)
-  return input_pipeline.Split("bench", labels, np.where(labels == 1, "real", "fake"),
-                              paths=np.asarray(paths))
-
-
-def pipeline_throughput(split: input_pipeline.Split, data_config, train: bool, batch: int,
-                        threads: int | None, repeats: int) -> float:
-  """Median images/s of a full pass over `split` (after one warm-up pass)."""
-  def make():
-    if train:
-      ds = input_pipeline.train_dataset(split, data_config, batch, seed=0, epoch=0)
-    else:
-      ds = input_pipeline.eval_dataset(split, data_config, batch)
-    opts = tf.data.Options()
-    if threads:
-      opts.threading.private_threadpool_size = threads
-    return ds.with_options(opts)
-
-  times = []
-  for i in range(repeats + 1):
-    start = time.perf_counter()
-    n = sum(int(b["image"].shape[0]) for b in make().as_numpy_iterator())
-    if i:  # first pass is warm-up (graph tracing, file cache)
-      times.append(time.perf_counter() - start)
-  return n / statistics.median(times)
-
-
-def official_loader_throughput(repo: str, split: input_pipeline.Split, train: bool,
-                               repeats: int) -> float:
-  """Images/s of the official per-sample work (aligned mode) in this process.
-
-  Imports the official helpers from `repo` at run time (nothing is copied);
-  ToTensor + Normalize are done with NumPy, which is what they compute.
-  """
-  import random
-  import sys
-  sys.path.insert(0, repo)
-  from helpers.data_augmentation import DataAugmenter  # noqa: E402 (official code)
-  from helpers.util import rgb_to_fft_tensor_filter_with_percentile  # noqa: E402
-  augmenter = DataAugmenter()
-  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-  def one(path):
-    img = Image.open(path).convert("RGB")
-    if train:
-      img = augmenter.data_augment(img, augment_chance=0.5)
-      if random.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    rgb = ((np.asarray(img, np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
-    return rgb, rgb_to_fft_tensor_filter_with_percentile(img)
-
-  times = []
-  for i in range(repeats + 1):
-    start = time.perf_counter()
-    for p in split.paths:
-      one(p)
-    if i:
-      times.append(time.perf_counter() - start)
-  return len(split) / statistics.median(times)
-
-
-def pipeline_config(image_size: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(image_size=image_size, aligned=True, balance="none",
-                                        augment_prob=0.5))
-
-
-def pipeline_main() -> None:
-  size = _IMAGE_SIZE.value
-  with tempfile.TemporaryDirectory() as tmp:
-    for fmt in ("jpg", "png"):
-      split = write_image_split(os.path.join(tmp, fmt), fmt, _NUM_IMAGES.value, size)
-      for mode in ("train", "eval"):
-        for threads in (1, None):
-          ips = pipeline_throughput(split, pipeline_config(size), mode == "train", _BATCH.value,
-                                    threads, _REPEATS.value)
-          emit({"what": "pipeline", "mode": mode, "format": fmt, "image_size": size,
-                "threads": threads or os.cpu_count(), "images_per_sec": round(ips, 1),
-                "images_per_sec_per_core": round(ips / (threads or os.cpu_count()), 1)})
-        if _OFFICIAL_REPO.value:
-          ips = official_loader_throughput(_OFFICIAL_REPO.value, split, mode == "train",
-                                           _REPEATS.value)
-          emit({"what": "official_loader_per_sample", "mode": mode, "format": fmt,
-                "image_size": size, "threads": 1, "images_per_sec": round(ips, 1),
-                "images_per_sec_per_core": round(ips, 1)})
+def step_records(runners: list[StepRunner], repeats: int, peak: float) -> list[dict[str, Any]]:
+  """Times every runner's train and eval in alternation; one record each."""
+  fns = [fn for r in runners for fn in (r.train, r.eval)]
+  times = interleaved_times(fns, repeats)
+  records = []
+  for i, runner in enumerate(runners):
+    t_train, t_eval = (statistics.median(t) / runner.steps for t in times[2 * i:2 * i + 2])
+    rec = dict(runner.record)
+    train_flops, eval_flops = rec.pop("train_flops", None), rec.pop("eval_flops", None)
+    device_peak = rec.pop("device_peak_fn", device_peak_mib)()
+    rec.update({
+        "train_images_per_sec": round(runner.batch_size / t_train, 2),
+        "eval_images_per_sec": round(runner.batch_size / t_eval, 2),
+        "train_step_ms": round(1000 * t_train, 2),
+        "train_s_per_repeat": [_sig(t) for t in times[2 * i]],
+        "eval_s_per_repeat": [_sig(t) for t in times[2 * i + 1]],
+    })
+    if train_flops:
+      rec.update({
+          "train_gflop_per_step": _sig(train_flops / 1e9),
+          "eval_gflop_per_step": _sig(eval_flops / 1e9),
+          "train_gflops_per_sec": _sig(train_flops / t_train / 1e9),
+          "eval_gflops_per_sec": _sig(eval_flops / t_eval / 1e9),
+          "matmul_peak_gflops_per_sec": _sig(peak),
+          "train_mfu": _sig(train_flops / t_train / 1e9 / peak),
+          "eval_mfu": _sig(eval_flops / t_eval / 1e9 / peak),
+      })
+    rec.update({"peak_rss_mib": round(peak_rss_mib(), 1), "device_peak_mib": device_peak})
+    records.append(rec)
+  return records
 
 
 def main(argv) -> None:
   del argv
-  if _WHAT.value == "pipeline":
-    pipeline_main()
-    return
   config = bench_config(_CONFIG.value, _IMAGE_SIZE.value, _BATCH.value, _DTYPE.value)
-  if _WHAT.value == "e2e":
-    emit(e2e_speed(config, _NUM_IMAGES.value, _REPEATS.value))
+  if _WHAT.value in ("pipeline", "e2e"):
+    from cmfl_jax import benchmark_input  # TensorFlow and PIL: only for these modes
+    if _WHAT.value == "e2e":
+      emit(benchmark_input.e2e_speed(config, _NUM_IMAGES.value, _REPEATS.value))
+    for rec in (benchmark_input.pipeline_records(
+        _IMAGE_SIZE.value, _NUM_IMAGES.value, _BATCH.value, _REPEATS.value, _OFFICIAL_REPO.value)
+                if _WHAT.value == "pipeline" else []):
+      emit(rec)
     return
-  mine = jax_step_speed(config, _STEPS.value, _REPEATS.value, matmul_peak_gflops())
-  emit({"what": "step", **mine})
+  peak = matmul_peak_gflops(jnp.dtype(config.model.dtype))
+  runners = [jax_runner(config, _STEPS.value)]
   if _TORCH.value:
-    ref = torch_step_speed(config, _STEPS.value, _REPEATS.value)
-    emit({"what": "step", **ref})
+    runners.append(torch_runner(config, _STEPS.value))
+  records = step_records(runners, _REPEATS.value, peak)
+  for rec in records:
+    emit({"what": "step", **rec})
+  if _TORCH.value:
+    mine, ref = records
     emit({"what": "ratio", "image_size": config.data.image_size,
           "batch_size": config.train.batch_size, "dtype": config.model.dtype,
           "train_speedup_vs_pytorch": round(mine["train_images_per_sec"]
                                             / ref["train_images_per_sec"], 3),
           "eval_speedup_vs_pytorch": round(mine["eval_images_per_sec"]
-                                           / ref["eval_images_per_sec"], 3)})
+                                           / ref["eval_images_per_sec"], 3),
+          # Same-round ratios (the rounds alternate frameworks): their spread
+          # shows how much of the ratio is noise.
+          "train_speedup_per_repeat": [round(t / m, 3) for m, t in zip(
+              mine["train_s_per_repeat"], ref["train_s_per_repeat"])],
+          "eval_speedup_per_repeat": [round(t / m, 3) for m, t in zip(
+              mine["eval_s_per_repeat"], ref["eval_s_per_repeat"])]})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cmfl_jax import checkpointing, host_memory, models, train, weights
+from cmfl_jax import checkpointing, host_memory, models, steps, weights
 
 FLAGS = flags.FLAGS
 
@@ -39,17 +39,17 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                "configs", "default.py")
 
 
-def converted_state(config: ml_collections.ConfigDict, torch_checkpoint: str) -> train.TrainState:
+def converted_state(config: ml_collections.ConfigDict, torch_checkpoint: str) -> steps.TrainState:
   """The train state a fresh run would start from (step 0, zero Adam moments),
   holding the file's weights; no random initialisation is computed."""
-  mesh = train.make_mesh()
-  abstract, programs = train.create_train_state(config, mesh, abstract=True)
+  mesh = steps.make_mesh()
+  abstract, programs = steps.create_train_state(config, mesh, abstract=True)
   params, batch_stats = weights.load_state(
       programs.train_graphdef, abstract.params, abstract.batch_stats,
       weights.read_state_dict(torch_checkpoint), weights.OFFICIAL, source=torch_checkpoint)
 
   def fresh(params, batch_stats):
-    return train.fresh_state(params, batch_stats, programs.tx, config.seed)
+    return steps.fresh_state(params, batch_stats, programs.tx, config.seed)
 
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
   return jax.jit(fresh, out_shardings=shardings)(params, batch_stats)

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import checkpointing, input_pipeline, metrics, report, score_files, train
+from cmfl_jax import checkpointing, input_pipeline, metrics, report, score_files, steps, train
 
 
 def split_metrics(labels: np.ndarray, scores: np.ndarray,
@@ -28,12 +28,12 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray,
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str | int
                      ) -> tuple[Any, Any, Any, dict, str]:
   """(state, eval_fn, mesh, meta, name) for checkpoint `which` of `workdir`."""
-  mesh = train.make_mesh()
-  abstract, programs = train.create_train_state(config, mesh, abstract=True)
+  mesh = steps.make_mesh()
+  abstract, programs = steps.create_train_state(config, mesh, abstract=True)
   kind, step = checkpointing.select_step(workdir, which)
   manager = checkpointing.make_managers(workdir)[kind]
   state, meta = checkpointing.restore(manager, step, abstract)
-  _, eval_fn = train.compile_steps(programs, config, mesh, state)
+  _, eval_fn = steps.compile_steps(programs, config, mesh, state)
   logging.info("restored %s checkpoint at step %d (val_loss=%s)", kind, step, meta.get("val_loss"))
   return state, eval_fn, mesh, meta, f"{kind}_{step}"
 

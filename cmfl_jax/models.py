@@ -24,6 +24,20 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 ARCHS = ("two_stream", "one_stream")
 ONE_STREAM_INPUTS = ("rgb", "freq")
+# How the stem, 3x3 convolutions and max pool are computed (same parameters
+# and values either way): "gemm" = this module's GEMM-built kernels (XLA:CPU's
+# convolutions and select-and-scatter are slow), "xla" = XLA's own (cuDNN on
+# GPU), "auto" = "gemm" on CPU, "xla" elsewhere.
+OPS = ("auto", "gemm", "xla")
+
+
+def resolve_ops(ops: str = "auto") -> str:
+  """The kernel family `ops` stands for on the default backend."""
+  if ops not in OPS:
+    raise ValueError(f"model ops must be one of {OPS}, got {ops!r}")
+  if ops == "auto":
+    return "gemm" if jax.default_backend() == "cpu" else "xla"
+  return ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,12 +263,14 @@ conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 class Conv3x3(nnx.Module):
   """The dense layers' 3x3 convolution (parameter as `nnx.Conv`'s `kernel`)."""
 
-  def __init__(self, cin: int, cout: int, *, dtype: Any, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, *, dtype: Any, ops: str = "auto", rngs: nnx.Rngs):
     self.kernel = nnx.Param(_conv_init(rngs.params(), (3, 3, cin, cout), jnp.float32))
     self.dtype = dtype
+    self.ops = resolve_ops(ops)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return conv3x3(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+    return conv3x3(x, kernel) if self.ops == "gemm" else _conv_nhwc(x, kernel, 1, 1)
 
 
 def _max_pool_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -324,15 +340,24 @@ def _max_pool_bwd(residuals, dy):
 max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def max_pool(x: jax.Array, ops: str) -> jax.Array:
+  """The stem's 3x3 / stride 2 / pad 1 max pool in the given kernel family."""
+  if ops == "gemm":
+    return max_pool_3x3_s2(x)
+  return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
 class StemConv(nnx.Module):
   """The 7x7 / stride 2 stem convolution (parameter as `nnx.Conv`'s `kernel`)."""
 
-  def __init__(self, cin: int, cout: int, *, dtype: Any, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, *, dtype: Any, ops: str = "auto", rngs: nnx.Rngs):
     self.kernel = nnx.Param(_conv_init(rngs.params(), (7, 7, cin, cout), jnp.float32))
     self.dtype = dtype
+    self.ops = resolve_ops(ops)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return stem_conv(x.astype(self.dtype), self.kernel[...].astype(self.dtype), 2, 3)
+    x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+    return stem_conv(x, kernel, 2, 3) if self.ops == "gemm" else _conv_nhwc(x, kernel, 2, 3)
 
 
 class PointwiseConv(nnx.Module):
@@ -358,12 +383,12 @@ class DenseLayer(nnx.Module):
   """BN-ReLU-Conv1x1 (bottleneck) -> BN-ReLU-Conv3x3 producing `growth_rate` maps."""
 
   def __init__(self, in_features: int, growth_rate: int, bn_size: int, *,
-               dtype: Any, rngs: nnx.Rngs):
+               dtype: Any, ops: str = "auto", rngs: nnx.Rngs):
     width = bn_size * growth_rate
     self.norm1 = _bn(in_features, dtype, rngs)
     self.conv1 = PointwiseConv(in_features, width, dtype=dtype, rngs=rngs)
     self.norm2 = _bn(width, dtype, rngs)
-    self.conv2 = Conv3x3(width, growth_rate, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv3x3(width, growth_rate, dtype=dtype, ops=ops, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.conv1(nnx.relu(self.norm1(x)))
@@ -386,9 +411,10 @@ class DenseBlock(nnx.Module):
   """`num_layers` dense layers, each seeing the concatenation of all before it."""
 
   def __init__(self, num_layers: int, in_features: int, growth_rate: int, bn_size: int, *,
-               dtype: Any, rngs: nnx.Rngs):
+               dtype: Any, ops: str = "auto", rngs: nnx.Rngs):
     self.layers = nnx.List([
-        DenseLayer(in_features + i * growth_rate, growth_rate, bn_size, dtype=dtype, rngs=rngs)
+        DenseLayer(in_features + i * growth_rate, growth_rate, bn_size, dtype=dtype, ops=ops,
+                   rngs=rngs)
         for i in range(num_layers)
     ])
 
@@ -408,7 +434,7 @@ class DenseNet(nnx.Module):
   """
 
   def __init__(self, spec: DenseNetSpec, num_blocks: int | None = None, *,
-               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               dtype: Any = jnp.float32, ops: str = "auto", rngs: nnx.Rngs):
     total = len(spec.block_config)
     num_blocks = total if num_blocks is None else num_blocks
     if not 1 <= num_blocks <= total:
@@ -416,12 +442,13 @@ class DenseNet(nnx.Module):
     self.spec = spec
     self.num_blocks = num_blocks
     c = spec.num_init_features
-    self.conv0 = StemConv(3, c, dtype=dtype, rngs=rngs)
+    self.ops = resolve_ops(ops)
+    self.conv0 = StemConv(3, c, dtype=dtype, ops=self.ops, rngs=rngs)
     self.norm0 = _bn(c, dtype, rngs)
     blocks, transitions = [], []
     for i in range(num_blocks):
       blocks.append(DenseBlock(spec.block_config[i], c, spec.growth_rate, spec.bn_size,
-                               dtype=dtype, rngs=rngs))
+                               dtype=dtype, ops=self.ops, rngs=rngs))
       c += spec.block_config[i] * spec.growth_rate
       if i != total - 1:
         transitions.append(Transition(c, c // 2, dtype=dtype, rngs=rngs))
@@ -433,7 +460,7 @@ class DenseNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nnx.relu(self.norm0(self.conv0(x)))
-    x = max_pool_3x3_s2(x)
+    x = max_pool(x, self.ops)
     for i, block in enumerate(self.blocks):
       x = block(x)
       if i < len(self.transitions):
@@ -468,9 +495,9 @@ class TwoStreamDetector(nnx.Module):
   """
 
   def __init__(self, spec: DenseNetSpec, num_blocks: int, *, dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
-    self.rgb_stream = DenseNet(spec, num_blocks, dtype=dtype, rngs=rngs)
-    self.freq_stream = DenseNet(spec, num_blocks, dtype=dtype, rngs=rngs)
+               ops: str = "auto", rngs: nnx.Rngs):
+    self.rgb_stream = DenseNet(spec, num_blocks, dtype=dtype, ops=ops, rngs=rngs)
+    self.freq_stream = DenseNet(spec, num_blocks, dtype=dtype, ops=ops, rngs=rngs)
     c = self.rgb_stream.out_features
     self.rgb_head = Head(c, rngs=rngs)
     self.freq_head = Head(c, rngs=rngs)
@@ -494,11 +521,11 @@ class OneStreamDetector(nnx.Module):
   """Baseline: one stream fed the RGB image or its spectrum; one head ("joint")."""
 
   def __init__(self, spec: DenseNetSpec, num_blocks: int, input_kind: str = "rgb", *,
-               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               dtype: Any = jnp.float32, ops: str = "auto", rngs: nnx.Rngs):
     if input_kind not in ONE_STREAM_INPUTS:
       raise ValueError(f"one_stream input must be one of {ONE_STREAM_INPUTS}, got {input_kind!r}")
     self.input_kind = input_kind
-    self.stream = DenseNet(spec, num_blocks, dtype=dtype, rngs=rngs)
+    self.stream = DenseNet(spec, num_blocks, dtype=dtype, ops=ops, rngs=rngs)
     self.head = Head(self.stream.out_features, rngs=rngs)
     self.dtype = dtype
 
@@ -529,7 +556,7 @@ def densenet_spec(name_or_spec: str | DenseNetSpec | dict | None = None, **overr
 
 def create_model(model_config: Any, *, rngs: nnx.Rngs) -> TwoStreamDetector | OneStreamDetector:
   """Builds a detector from a config with fields arch, backbone, num_blocks, input,
-  dtype and optional DenseNet overrides (growth_rate, block_config, ...)."""
+  dtype, ops and optional DenseNet overrides (growth_rate, block_config, ...)."""
   cfg = dict(model_config)
   spec = densenet_spec(cfg.get("backbone", "densenet161"),
                        growth_rate=cfg.get("growth_rate"),
@@ -538,11 +565,13 @@ def create_model(model_config: Any, *, rngs: nnx.Rngs) -> TwoStreamDetector | On
                        bn_size=cfg.get("bn_size"))
   num_blocks = cfg.get("num_blocks", 2)
   dtype = jnp.dtype(cfg.get("dtype", "float32"))
+  ops = cfg.get("ops", "auto")
   arch = cfg.get("arch", "two_stream")
   if arch == "two_stream":
-    return TwoStreamDetector(spec, num_blocks, dtype=dtype, rngs=rngs)
+    return TwoStreamDetector(spec, num_blocks, dtype=dtype, ops=ops, rngs=rngs)
   if arch == "one_stream":
-    return OneStreamDetector(spec, num_blocks, cfg.get("input", "rgb"), dtype=dtype, rngs=rngs)
+    return OneStreamDetector(spec, num_blocks, cfg.get("input", "rgb"), dtype=dtype, ops=ops,
+                             rngs=rngs)
   raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
 
 

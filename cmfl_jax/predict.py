@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from cmfl_jax import checkpointing, evaluate, host_memory, input_pipeline, train
+from cmfl_jax import checkpointing, evaluate, host_memory, input_pipeline, steps
 
 FLAGS = flags.FLAGS
 
@@ -78,7 +78,7 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best",
     except Exception as e:  # noqa: BLE001 - report every unreadable file, keep going
       rows.append({"path": path, "error": f"error: {e}"})
   batch_size = config.train.eval_batch_size
-  sharding = train.batch_sharding(mesh)
+  sharding = steps.batch_sharding(mesh)
   scores = []
   for start in range(0, len(images), batch_size):
     chunk = np.stack(images[start:start + batch_size])

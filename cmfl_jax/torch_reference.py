@@ -122,8 +122,13 @@ def cmfl(p_a: torch.Tensor, p_b: torch.Tensor, y: torch.Tensor, alpha: float = 1
           + 0.5 * torch.mean(alpha * (1 - w_b) ** gamma * bce_b))
 
 
-def train_step_fn(model: nn.Module, lr: float = 1e-4, weight_decay: float = 1e-5):
-  """One official training step (forward, loss, backward, Adam with coupled L2)."""
+def train_step_fn(model: nn.Module, lr: float = 1e-4, weight_decay: float = 1e-5,
+                  autocast_dtype: torch.dtype | None = None):
+  """One official training step (forward, loss, backward, Adam with coupled L2).
+
+  With `autocast_dtype` the forward runs under `torch.autocast` (mixed
+  precision; the loss stays float32, as autocast requires for BCE).
+  """
   opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
   bce = nn.functional.binary_cross_entropy
   two_stream = isinstance(model, MultiStreamDenseNet)
@@ -131,10 +136,12 @@ def train_step_fn(model: nn.Module, lr: float = 1e-4, weight_decay: float = 1e-5
   def step(inputs: Sequence[torch.Tensor], y: torch.Tensor) -> float:
     model.train()
     opt.zero_grad(set_to_none=True)
-    out = [o.view(-1) for o in model(*inputs)]
+    with torch.autocast(y.device.type, autocast_dtype, enabled=autocast_dtype is not None):
+      out = model(*inputs)
+    out = [o.float().view(-1) for o in out]
     loss = 0.5 * cmfl(out[1], out[2], y) + 0.5 * bce(out[0], y) if two_stream else bce(out[0], y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   return step

@@ -274,7 +274,7 @@ def load_into(model: nnx.Module, tensors: Mapping[str, Any], fmt: str | None = N
 def load_state(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
                tensors: Mapping[str, Any], fmt: str | None = None,
                source: str = "weights") -> tuple[nnx.State, nnx.State]:
-  """`(params, batch_stats)` (as in `train.TrainState`) with `tensors` loaded.
+  """`(params, batch_stats)` (as in `steps.TrainState`) with `tensors` loaded.
 
   The given states may be concrete or abstract (`jax.ShapeDtypeStruct`s with
   shardings, when every variable comes from the file); the result is placed
@@ -289,7 +289,7 @@ def load_state(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
 
 
 def init_from_file(state: Any, graphdef: nnx.GraphDef, path: str, fmt: str | None = None) -> Any:
-  """`state` (a fresh `train.TrainState`) with params and BatchNorm statistics from `path`.
+  """`state` (a fresh `steps.TrainState`) with params and BatchNorm statistics from `path`.
 
   ImageNet files fill the streams only; official checkpoints fill everything
   (fine-tuning). The optimizer state is kept: Adam's zero moments do not

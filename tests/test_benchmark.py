@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,7 +15,7 @@ def run_benchmark(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run([sys.executable, "-m", "cmfl_jax.benchmark",
                          f"--config={ROOT}/configs/smoke.py", "--image_size=32", "--steps=1",
-                         "--repeats=1", *args], cwd=ROOT, env=env, capture_output=True,
+                         *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -22,19 +23,30 @@ def run_benchmark(*args):
 
 def test_step_benchmark_against_pytorch():
   pytest.importorskip("torch")
-  jax_rec, torch_rec, ratio = run_benchmark("--what=step", "--batch_size=4", "--torch")
+  jax_rec, torch_rec, ratio = run_benchmark("--what=step", "--batch_size=4", "--repeats=3",
+                                            "--torch")
   assert jax_rec["impl"] == "cmfl_jax" and torch_rec["impl"] == "pytorch"
   assert jax_rec["batch_size"] == torch_rec["batch_size"] == 4
+  assert jax_rec["ops"] == "gemm" and jax_rec["device_peak_mib"] is None  # CPU
   for rec in (jax_rec, torch_rec):
     assert rec["train_images_per_sec"] > 0 and rec["eval_images_per_sec"] > 0
+    # Reported throughput is the median of the alternating repeats.
+    assert len(rec["train_s_per_repeat"]) == len(rec["eval_s_per_repeat"]) == 3
+    assert rec["train_images_per_sec"] == pytest.approx(
+        4 / np.median(rec["train_s_per_repeat"]), rel=2e-2)
   assert jax_rec["train_gflop_per_step"] > jax_rec["eval_gflop_per_step"] > 0
   assert jax_rec["matmul_peak_gflops_per_sec"] > 0 and jax_rec["compile_s"] > 0
+  assert jax_rec["train_mfu"] == pytest.approx(
+      jax_rec["train_gflops_per_sec"] / jax_rec["matmul_peak_gflops_per_sec"], rel=2e-2)
   assert ratio["train_speedup_vs_pytorch"] == pytest.approx(
       jax_rec["train_images_per_sec"] / torch_rec["train_images_per_sec"], rel=1e-2)
+  assert len(ratio["train_speedup_per_repeat"]) == 3
+  assert ratio["eval_speedup_per_repeat"][0] == pytest.approx(
+      torch_rec["eval_s_per_repeat"][0] / jax_rec["eval_s_per_repeat"][0], rel=2e-2)
 
 
 def test_e2e_benchmark():
-  (rec,) = run_benchmark("--what=e2e", "--batch_size=8", "--num_images=16",
+  (rec,) = run_benchmark("--what=e2e", "--repeats=1", "--batch_size=8", "--num_images=16",
                          "--config.model.arch=one_stream", "--config.loss.objective=bce")
   assert rec["e2e_images_per_sec"] > 0 and rec["step_alone_images_per_sec"] > 0
   assert rec["e2e_over_step"] == pytest.approx(

@@ -328,7 +328,7 @@ def test_unaligned_geometry():
 
 
 def test_pipeline_benchmark_runs(tmp_path):
-  from cmfl_jax import benchmark
+  from cmfl_jax import benchmark_input as benchmark
   split = benchmark.write_image_split(str(tmp_path), "png", 8, 32)
   assert len(split) == 8 and all(os.path.exists(p) for p in split.paths)
   ips = benchmark.pipeline_throughput(split, benchmark.pipeline_config(32), True, 4, 1, 1)

@@ -282,3 +282,36 @@ def test_batch_norm_train_matches_autodiff_and_pytorch():
   np.testing.assert_allclose(out, tout.detach().numpy().transpose(0, 2, 3, 1), atol=1e-5)
   np.testing.assert_allclose(bn.mean[...], tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(bn.var[...], tbn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gemm_and_xla_kernels_compute_the_same_function():
+  """ops="gemm" (CPU-tuned) and ops="xla" (accelerators) differ only in speed:
+  same logits, gradients and BatchNorm updates from the same weights."""
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  labels = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+  results = {}
+  for ops in ("gemm", "xla"):
+    model = models.create_model(tiny_config(ops=ops), rngs=nnx.Rngs(0))
+    assert model.rgb_stream.ops == model.rgb_stream.conv0.ops == ops
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p, rest=rest, graphdef=graphdef):
+      m = nnx.merge(graphdef, p, rest, copy=True)
+      logits = m(images)["joint"]
+      return jnp.mean(bce_with_logits(logits, labels)), nnx.state(m, nnx.BatchStat)
+
+    (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    results[ops] = (value, grads, stats)
+  (v_g, g_g, s_g), (v_x, g_x, s_x) = results["gemm"], results["xla"]
+  np.testing.assert_allclose(v_g, v_x, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_g) + jax.tree.leaves(s_g),
+                  jax.tree.leaves(g_x) + jax.tree.leaves(s_x)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+  with pytest.raises(ValueError, match="ops"):
+    models.resolve_ops("cudnn")
+  assert models.resolve_ops("auto") == ("gemm" if jax.default_backend() == "cpu" else "xla")
+
+
+def bce_with_logits(logits, labels):
+  return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))

@@ -268,10 +268,10 @@ def test_param_count_counts_the_trainable_parameters():
 
   from flax import nnx
 
-  from cmfl_jax import models, train
+  from cmfl_jax import models, steps
   spec = importlib.util.spec_from_file_location("smoke", SMOKE)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  state, programs = train.create_train_state(module.get_config(), train.make_mesh())
+  state, programs = steps.create_train_state(module.get_config(), steps.make_mesh())
   model = nnx.merge(programs.train_graphdef, state.params, state.batch_stats)
-  assert train.param_count(state) == models.count_params(model) > 0
+  assert steps.param_count(state) == models.count_params(model) > 0

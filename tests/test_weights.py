@@ -23,7 +23,7 @@ from absl import flags
 from flax import nnx
 from PIL import Image
 
-from cmfl_jax import checkpointing, convert, evaluate, models, predict, train, weights
+from cmfl_jax import checkpointing, convert, evaluate, models, predict, steps, train, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "configs" / "default.py")
@@ -416,14 +416,14 @@ def save_official_checkpoint(arch: str, path: str, seed: int, spec=TINY_SPEC,
 def restored_model(config, workdir):
   """As `--mode=eval` restores it, plus the eval-mode model for `forward_streams`."""
   state, eval_fn, _, meta, _ = evaluate.restore_for_eval(config, workdir, "best")
-  programs = train.create_train_state(config, train.make_mesh(), abstract=True)[1]
+  programs = steps.create_train_state(config, steps.make_mesh(), abstract=True)[1]
   return nnx.merge(programs.eval_graphdef, state.params, state.batch_stats), state, eval_fn, meta
 
 
 def eval_batch(images: np.ndarray) -> dict:
   batch = {"image": images, "label": np.zeros(len(images), np.int32),
            "mask": np.ones(len(images), bool)}
-  return jax.device_put(batch, train.batch_sharding(train.make_mesh()))
+  return jax.device_put(batch, steps.batch_sharding(steps.make_mesh()))
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,175 @@
+"""Input-side benchmarks behind `python -m cmfl_jax.benchmark --what=pipeline|e2e`:
+the tf.data pipeline alone, the official loader's per-image work, and the
+training loop (pipeline + compiled step) against the step alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from cmfl_jax import input_pipeline, steps
+from cmfl_jax.timing import timed
+
+
+def encoded_split(n: int, size: int) -> input_pipeline.Split:
+  """`n` textured PNGs in memory (decoded by tf.data like the embedded benchmark)."""
+  images = input_pipeline.toy_split("bench", n, size, 0).images
+  encoded = []
+  for img in images:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    encoded.append(buf.getvalue())
+  labels = (np.arange(n) % 2).astype(np.int32)
+  return input_pipeline.Split("bench", labels, np.where(labels == 1, "real", "fake"),
+                              encoded=np.asarray(encoded, dtype=object))
+
+
+def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) -> dict[str, Any]:
+  """Training loop with the input pipeline vs the compiled step alone."""
+  size, batch_size = config.data.image_size, config.train.batch_size
+  config.data.balance = "none"
+  split = encoded_split(num_images, size)
+  mesh = steps.make_mesh()
+  state, programs = steps.create_train_state(config, mesh)
+  train_fn, _ = steps.compile_steps(programs, config, mesh, state)
+  sharding = steps.batch_sharding(mesh)
+  holder = [state]
+
+  def epoch():
+    m = None
+    ds = input_pipeline.train_dataset(split, config.data, batch_size, seed=0, epoch=0)
+    for batch in input_pipeline.global_batches(ds, sharding):
+      holder[0], m = train_fn(holder[0], batch)
+    jax.block_until_ready(m)
+
+  fixed = next(input_pipeline.global_batches(
+      input_pipeline.train_dataset(split, config.data, batch_size, 0, 0), sharding))
+  n_steps = num_images // batch_size
+
+  def steps_alone():
+    m = None
+    for _ in range(n_steps):
+      holder[0], m = train_fn(holder[0], fixed)
+    jax.block_until_ready(m)
+
+  e2e = n_steps * batch_size / timed(epoch, repeats)
+  alone = n_steps * batch_size / timed(steps_alone, repeats)
+  return {"what": "e2e", "arch": config.model.arch, "image_size": size,
+          "batch_size": batch_size, "dtype": config.model.dtype,
+          "e2e_images_per_sec": round(e2e, 2), "step_alone_images_per_sec": round(alone, 2),
+          "e2e_over_step": round(e2e / alone, 3)}
+
+
+
+def _face_like_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+  """1/f textured images: compress like photos (random noise would not)."""
+  return input_pipeline.toy_split("bench", n, size, seed).images
+
+
+def write_image_split(root: str, fmt: str, n: int, size: int) -> input_pipeline.Split:
+  os.makedirs(root, exist_ok=True)
+  images = _face_like_images(n, size)
+  paths = []
+  for i, img in enumerate(images):
+    path = os.path.join(root, f"{i}.{fmt}")
+    Image.fromarray(img).save(path, quality=95) if fmt == "jpg" else Image.fromarray(img).save(path)
+    paths.append(path)
+  labels = (np.arange(n) % 2).astype(np.int32)
+  return input_pipeline.Split("bench", labels, np.where(labels == 1, "real", "fake"),
+                              paths=np.asarray(paths))
+
+
+def pipeline_throughput(split: input_pipeline.Split, data_config, train: bool, batch: int,
+                        threads: int | None, repeats: int) -> float:
+  """Median images/s of a full pass over `split` (after one warm-up pass)."""
+  def make():
+    if train:
+      ds = input_pipeline.train_dataset(split, data_config, batch, seed=0, epoch=0)
+    else:
+      ds = input_pipeline.eval_dataset(split, data_config, batch)
+    opts = tf.data.Options()
+    if threads:
+      opts.threading.private_threadpool_size = threads
+    return ds.with_options(opts)
+
+  times = []
+  for i in range(repeats + 1):
+    start = time.perf_counter()
+    n = sum(int(b["image"].shape[0]) for b in make().as_numpy_iterator())
+    if i:  # first pass is warm-up (graph tracing, file cache)
+      times.append(time.perf_counter() - start)
+  return n / statistics.median(times)
+
+
+def official_loader_throughput(repo: str, split: input_pipeline.Split, train: bool,
+                               repeats: int) -> float:
+  """Images/s of the official per-sample work (aligned mode) in this process.
+
+  Imports the official helpers from `repo` at run time (nothing is copied);
+  ToTensor + Normalize are done with NumPy, which is what they compute.
+  """
+  import random
+  import sys
+  sys.path.insert(0, repo)
+  from helpers.data_augmentation import DataAugmenter  # noqa: E402 (official code)
+  from helpers.util import rgb_to_fft_tensor_filter_with_percentile  # noqa: E402
+  augmenter = DataAugmenter()
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+  def one(path):
+    img = Image.open(path).convert("RGB")
+    if train:
+      img = augmenter.data_augment(img, augment_chance=0.5)
+      if random.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    rgb = ((np.asarray(img, np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+    return rgb, rgb_to_fft_tensor_filter_with_percentile(img)
+
+  times = []
+  for i in range(repeats + 1):
+    start = time.perf_counter()
+    for p in split.paths:
+      one(p)
+    if i:
+      times.append(time.perf_counter() - start)
+  return len(split) / statistics.median(times)
+
+
+def pipeline_config(image_size: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(image_size=image_size, aligned=True, balance="none",
+                                        augment_prob=0.5))
+
+
+def pipeline_records(size: int, num_images: int, batch: int, repeats: int,
+                     official_repo: str | None = None) -> list[dict[str, Any]]:
+  """Pipeline throughput on generated JPEGs and PNGs, train and eval paths, one
+  tf.data thread and all cores (and the official per-image work if a checkout
+  of the official code is given)."""
+  records = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for fmt in ("jpg", "png"):
+      split = write_image_split(os.path.join(tmp, fmt), fmt, num_images, size)
+      for mode in ("train", "eval"):
+        for threads in (1, None):
+          ips = pipeline_throughput(split, pipeline_config(size), mode == "train", batch,
+                                    threads, repeats)
+          records.append({"what": "pipeline", "mode": mode, "format": fmt, "image_size": size,
+                          "threads": threads or os.cpu_count(), "images_per_sec": round(ips, 1),
+                          "images_per_sec_per_core": round(ips / (threads or os.cpu_count()), 1)})
+        if official_repo:
+          ips = official_loader_throughput(official_repo, split, mode == "train", repeats)
+          records.append({"what": "official_loader_per_sample", "mode": mode, "format": fmt,
+                          "image_size": size, "threads": 1, "images_per_sec": round(ips, 1),
+                          "images_per_sec_per_core": round(ips, 1)})
+  return records
