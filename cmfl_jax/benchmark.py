@@ -2,6 +2,7 @@
 
   python -m cmfl_jax.benchmark --what=step [--config=configs/default.py]
       [--image_size=224 --batch_size=8] [--dtype=bfloat16] [--torch]
+  python -m cmfl_jax.benchmark --what=flops --image_size=224 --batch_size=64 [--config.model.ops=xla]
   python -m cmfl_jax.benchmark --what=e2e --image_size=64 --batch_size=32
   python -m cmfl_jax.benchmark --what=pipeline [--image_size=224] [--num_images=256]
 
@@ -14,6 +15,8 @@ With `--torch`, the official architecture in PyTorch (cmfl_jax.torch_reference)
 on identical shapes in the same run (on the GPU if JAX runs on one; autocast
 for bfloat16), timed in alternation with cmfl_jax so that slow drifts of the
 machine hit both alike, and the ratios. Needs neither TensorFlow nor data.
+`flops`: the un-optimised steps' FLOP count at any shape without compiling or
+running them (for MFU on a machine other than this one).
 `e2e`: the training loop as `train.py` runs it (tf.data decode + augmentation of
 PNG files in memory -> global batches -> compiled step) against the step alone.
 `pipeline`: the tf.data input pipeline alone (decode + geometry + train
@@ -46,7 +49,7 @@ from cmfl_jax.timing import interleaved_times, timed
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "configs", "default.py"), "Model/loss/optimizer config.")
-_WHAT = flags.DEFINE_enum("what", "step", ["step", "e2e", "pipeline"], "What to measure.")
+_WHAT = flags.DEFINE_enum("what", "step", ["step", "flops", "e2e", "pipeline"], "What to measure.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input image size.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
@@ -126,6 +129,23 @@ class StepRunner:
   steps: int
 
 
+def step_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """FLOPs of the train and eval steps as written (XLA's cost analysis of the
+  un-optimised step): lowering only, from abstract state, so any shape can be
+  counted on any machine, e.g. an accelerator's batch on a laptop."""
+  size, batch_size = config.data.image_size, config.train.batch_size
+  mesh = steps.make_mesh()
+  state, programs = steps.create_train_state(config, mesh, abstract=True)
+  train_fn, eval_fn = steps.compile_steps(programs, config, mesh, state)
+  batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+           "mask": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
+  return {"arch": config.model.arch, "image_size": size, "batch_size": batch_size,
+          "dtype": config.model.dtype, "ops": models.resolve_ops(config.model.ops),
+          "train_gflop_per_step": _sig(_flops(train_fn.lower(state, batch)) / 1e9),
+          "eval_gflop_per_step": _sig(_flops(eval_fn.lower(state, batch)) / 1e9)}
+
+
 def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> StepRunner:
   """The compiled train/eval steps of `config`'s model on random images."""
   size, batch_size = config.data.image_size, config.train.batch_size
@@ -158,7 +178,7 @@ def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> Step
   record = {
       "impl": "cmfl_jax", "arch": config.model.arch, "objective": config.loss.objective,
       "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
-      "ops": models.resolve_ops(config.model.get("ops", "auto")),
+      "ops": models.resolve_ops(config.model.ops),
       "params": steps.param_count(state), "compile_s": round(compile_s, 1),
       # FLOPs of the steps as written, before backend optimisation: the same
       # count on every backend (a compiled GPU executable's count omits the
@@ -258,6 +278,9 @@ def step_records(runners: list[StepRunner], repeats: int, peak: float) -> list[d
 def main(argv) -> None:
   del argv
   config = bench_config(_CONFIG.value, _IMAGE_SIZE.value, _BATCH.value, _DTYPE.value)
+  if _WHAT.value == "flops":
+    emit({"what": "flops", **step_flops(config)})
+    return
   if _WHAT.value in ("pipeline", "e2e"):
     from cmfl_jax import benchmark_input  # TensorFlow and PIL: only for these modes
     if _WHAT.value == "e2e":

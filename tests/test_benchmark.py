@@ -51,3 +51,11 @@ def test_e2e_benchmark():
   assert rec["e2e_images_per_sec"] > 0 and rec["step_alone_images_per_sec"] > 0
   assert rec["e2e_over_step"] == pytest.approx(
       rec["e2e_images_per_sec"] / rec["step_alone_images_per_sec"], rel=1e-2, abs=1e-3)
+
+
+def test_flops_count_without_compiling():
+  (rec,) = run_benchmark("--what=flops", "--batch_size=4", "--config.model.ops=xla")
+  (rec8,) = run_benchmark("--what=flops", "--batch_size=8", "--config.model.ops=xla")
+  assert rec["ops"] == "xla" and rec["train_gflop_per_step"] > rec["eval_gflop_per_step"] > 0
+  # Work scales with the batch (the optimizer update does not, hence approx).
+  assert rec8["eval_gflop_per_step"] == pytest.approx(2 * rec["eval_gflop_per_step"], rel=0.05)
