@@ -127,6 +127,9 @@ class StepRunner:
   eval: Callable[[], None]
   batch_size: int
   steps: int
+  device_peak_mib: Callable[[], float | None] = lambda: None
+  train_flops: float | None = None   # per step, for GFLOP/s and MFU
+  eval_flops: float | None = None
 
 
 def step_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -180,14 +183,13 @@ def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> Step
       "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
       "ops": models.resolve_ops(config.model.ops),
       "params": steps.param_count(state), "compile_s": round(compile_s, 1),
-      # FLOPs of the steps as written, before backend optimisation: the same
-      # count on every backend (a compiled GPU executable's count omits the
-      # convolutions that run in cuDNN).
-      "train_flops": _flops(train_lowered), "eval_flops": _flops(eval_lowered),
       "xla_train_buffers_mib": _buffers_mib(train_compiled),
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
   }
-  return StepRunner(record, run_train, run_eval, batch_size, steps_per_repeat)
+  # FLOPs of the steps as written, before backend optimisation: the same count
+  # on every backend (a compiled GPU executable's omits cuDNN's convolutions).
+  return StepRunner(record, run_train, run_eval, batch_size, steps_per_repeat,
+                    device_peak_mib, _flops(train_lowered), _flops(eval_lowered))
 
 
 def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> StepRunner:
@@ -238,9 +240,12 @@ def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> St
             "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
             "device": (torch.cuda.get_device_name() if device.type == "cuda"
                        else f"cpu, {torch.get_num_threads()} threads")}
-  if device.type == "cuda":
-    record["device_peak_fn"] = lambda: round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
-  return StepRunner(record, run_train, run_eval, batch_size, steps_per_repeat)
+  def device_peak():
+    if device.type == "cuda":
+      return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    return None
+
+  return StepRunner(record, run_train, run_eval, batch_size, steps_per_repeat, device_peak)
 
 
 def step_records(runners: list[StepRunner], repeats: int, peak: float) -> list[dict[str, Any]]:
@@ -251,8 +256,7 @@ def step_records(runners: list[StepRunner], repeats: int, peak: float) -> list[d
   for i, runner in enumerate(runners):
     t_train, t_eval = (statistics.median(t) / runner.steps for t in times[2 * i:2 * i + 2])
     rec = dict(runner.record)
-    train_flops, eval_flops = rec.pop("train_flops", None), rec.pop("eval_flops", None)
-    device_peak = rec.pop("device_peak_fn", device_peak_mib)()
+    train_flops, eval_flops = runner.train_flops, runner.eval_flops
     rec.update({
         "train_images_per_sec": round(runner.batch_size / t_train, 2),
         "eval_images_per_sec": round(runner.batch_size / t_eval, 2),
@@ -270,7 +274,8 @@ def step_records(runners: list[StepRunner], repeats: int, peak: float) -> list[d
           "train_mfu": _sig(train_flops / t_train / 1e9 / peak),
           "eval_mfu": _sig(eval_flops / t_eval / 1e9 / peak),
       })
-    rec.update({"peak_rss_mib": round(peak_rss_mib(), 1), "device_peak_mib": device_peak})
+    rec.update({"peak_rss_mib": round(peak_rss_mib(), 1),
+                "device_peak_mib": runner.device_peak_mib()})
     records.append(rec)
   return records
 
