@@ -1,8 +1,6 @@
 """The embedded benchmark: determinism, balance, no brightness shortcut, the
 intended trace of each family, TFDS splits, export round trip, Durall baseline."""
 
-import os
-
 import numpy as np
 import pytest
 

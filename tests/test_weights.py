@@ -23,7 +23,7 @@ from absl import flags
 from flax import nnx
 from PIL import Image
 
-from cmfl_jax import checkpointing, convert, evaluate, models, predict, steps, train, weights
+from cmfl_jax import convert, evaluate, models, predict, steps, train, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "configs" / "default.py")
