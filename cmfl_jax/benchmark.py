@@ -206,10 +206,7 @@ def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> St
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   torch.manual_seed(0)
   size, batch_size = config.data.image_size, config.train.batch_size
-  spec = models.densenet_spec(config.model.backbone, growth_rate=config.model.growth_rate,
-                              block_config=config.model.block_config,
-                              num_init_features=config.model.num_init_features,
-                              bn_size=config.model.bn_size)
+  spec = models.spec_from_config(config.model)
   two = config.model.arch == "two_stream"
   model = (torch_reference.MultiStreamDenseNet if two else torch_reference.OneStreamDenseNet)(
       spec, config.model.num_blocks).to(device)
@@ -240,6 +237,7 @@ def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> St
             "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
             "device": (torch.cuda.get_device_name() if device.type == "cuda"
                        else f"cpu, {torch.get_num_threads()} threads")}
+
   def device_peak():
     if device.type == "cuda":
       return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)

@@ -24,9 +24,8 @@ from cmfl_jax.timing import timed
 
 def encoded_split(n: int, size: int) -> input_pipeline.Split:
   """`n` textured PNGs in memory (decoded by tf.data like the embedded benchmark)."""
-  images = input_pipeline.toy_split("bench", n, size, 0).images
   encoded = []
-  for img in images:
+  for img in _face_like_images(n, size):
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     encoded.append(buf.getvalue())
@@ -69,7 +68,6 @@ def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) 
           "batch_size": batch_size, "dtype": config.model.dtype,
           "e2e_images_per_sec": round(e2e, 2), "step_alone_images_per_sec": round(alone, 2),
           "e2e_over_step": round(e2e / alone, 3)}
-
 
 
 def _face_like_images(n: int, size: int, seed: int = 0) -> np.ndarray:

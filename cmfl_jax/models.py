@@ -554,15 +554,21 @@ def densenet_spec(name_or_spec: str | DenseNetSpec | dict | None = None, **overr
   return dataclasses.replace(base, **overrides)
 
 
-def create_model(model_config: Any, *, rngs: nnx.Rngs) -> TwoStreamDetector | OneStreamDetector:
-  """Builds a detector from a config with fields arch, backbone, num_blocks, input,
-  dtype, ops and optional DenseNet overrides (growth_rate, block_config, ...)."""
+def spec_from_config(model_config: Any) -> DenseNetSpec:
+  """The stream's DenseNetSpec of a model config (backbone preset + overrides)."""
   cfg = dict(model_config)
-  spec = densenet_spec(cfg.get("backbone", "densenet161"),
+  return densenet_spec(cfg.get("backbone", "densenet161"),
                        growth_rate=cfg.get("growth_rate"),
                        block_config=cfg.get("block_config"),
                        num_init_features=cfg.get("num_init_features"),
                        bn_size=cfg.get("bn_size"))
+
+
+def create_model(model_config: Any, *, rngs: nnx.Rngs) -> TwoStreamDetector | OneStreamDetector:
+  """Builds a detector from a config with fields arch, backbone, num_blocks, input,
+  dtype, ops and optional DenseNet overrides (growth_rate, block_config, ...)."""
+  cfg = dict(model_config)
+  spec = spec_from_config(cfg)
   num_blocks = cfg.get("num_blocks", 2)
   dtype = jnp.dtype(cfg.get("dtype", "float32"))
   ops = cfg.get("ops", "auto")

@@ -291,10 +291,7 @@ def test_training_starts_from_pretrained_file(tmp_path, monkeypatch):
   smoke model keeps all its blocks, so norm5 comes from the file too."""
   from safetensors.numpy import save_file
   config = runpy.run_path(str(ROOT / "configs" / "smoke.py"))["get_config"]()
-  spec = models.densenet_spec(config.model.backbone, growth_rate=config.model.growth_rate,
-                              block_config=config.model.block_config,
-                              num_init_features=config.model.num_init_features,
-                              bn_size=config.model.bn_size)
+  spec = models.spec_from_config(config.model)
   tensors = random_tensors(torchvision_shapes(spec))
   config.model.pretrained = str(tmp_path / "imagenet.safetensors")
   save_file(tensors, config.model.pretrained)
