@@ -170,6 +170,23 @@ def eval_step(state: TrainState, batch: dict, *, programs: Programs,
   return sums, probs
 
 
+#: XLA:CPU's library for the evaluation step's matrix products (`model.eval_matmul`).
+#: YNNPACK (XLA's default) also runs the reductions, which is what makes it the
+#: faster choice for training (BatchNorm batch statistics); evaluation has none
+#: of those, and there Eigen's GEMM is the faster one (BENCHMARKS.md).
+EVAL_MATMUL = ("eigen", "ynnpack")
+
+
+def eval_compiler_options(model_config: Any, mesh: Mesh) -> dict[str, str] | None:
+  """Compiler options of the eval step: none off CPU or for "ynnpack"."""
+  choice = dict(model_config).get("eval_matmul", "eigen")
+  if choice not in EVAL_MATMUL:
+    raise ValueError(f"model.eval_matmul must be one of {EVAL_MATMUL}, got {choice!r}")
+  if choice == "eigen" and mesh.devices.flat[0].platform == "cpu":
+    return {"xla_cpu_experimental_ynn_fusion_type": ""}  # no YNNPACK fusions at all
+  return None
+
+
 def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: Mesh,
                   state: TrainState) -> tuple[Callable, Callable]:
   """jit-compiled train/eval steps with explicit shardings and donation."""
@@ -181,5 +198,6 @@ def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: M
                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   evaluate = jax.jit(functools.partial(eval_step, programs=programs, loss_config=config.loss),
                      in_shardings=(state_sharding, batches),
-                     out_shardings=(replicated, batches))
+                     out_shardings=(replicated, batches),
+                     compiler_options=eval_compiler_options(config.model, mesh))
   return train, evaluate

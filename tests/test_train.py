@@ -275,3 +275,30 @@ def test_param_count_counts_the_trainable_parameters():
   state, programs = steps.create_train_state(module.get_config(), steps.make_mesh())
   model = nnx.merge(programs.train_graphdef, state.params, state.batch_stats)
   assert steps.param_count(state) == models.count_params(model) > 0
+
+
+def test_eval_step_library_choice_changes_the_products_not_the_scores():
+  import importlib.util
+
+  import jax
+
+  from cmfl_jax import steps
+  spec = importlib.util.spec_from_file_location("smoke", SMOKE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config, mesh = module.get_config(), steps.make_mesh()
+  state, programs = steps.create_train_state(config, mesh)
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+           "label": np.arange(8, dtype=np.int32) % 2, "mask": np.ones(8, bool)}
+  outputs, texts = {}, {}
+  for choice in steps.EVAL_MATMUL:
+    config.model.eval_matmul = choice
+    _, eval_fn = steps.compile_steps(programs, config, mesh, state)
+    compiled = eval_fn.lower(state, batch).compile()
+    texts[choice], outputs[choice] = compiled.as_text(), compiled(state, batch)
+  assert "ynn_fusion" in texts["ynnpack"] and "ynn_fusion" not in texts["eigen"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               outputs["eigen"], outputs["ynnpack"])
+  config.model.eval_matmul = "mkl"
+  with pytest.raises(ValueError, match="eval_matmul"):
+    steps.compile_steps(programs, config, mesh, state)
