@@ -170,34 +170,37 @@ def eval_step(state: TrainState, batch: dict, *, programs: Programs,
   return sums, probs
 
 
-#: XLA:CPU's library for the evaluation step's matrix products (`model.eval_matmul`).
-#: YNNPACK (XLA's default) also runs the reductions, which is what makes it the
-#: faster choice for training (BatchNorm batch statistics); evaluation has none
-#: of those, and there Eigen's GEMM is the faster one (BENCHMARKS.md).
-EVAL_MATMUL = ("eigen", "ynnpack")
+#: Who runs the matrix products on XLA:CPU (`model.cpu_matmul`). "eigen": Eigen's
+#: GEMM, with YNNPACK (XLA's default library for both) kept for the training
+#: step's reductions (BatchNorm batch statistics), where it is much faster;
+#: "ynnpack": XLA's default. Measured in BENCHMARKS.md.
+CPU_MATMUL = ("eigen", "ynnpack")
+_YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
 
 
-def eval_compiler_options(model_config: Any, mesh: Mesh) -> dict[str, str] | None:
-  """Compiler options of the eval step: none off CPU or for "ynnpack"."""
-  choice = dict(model_config).get("eval_matmul", "eigen")
-  if choice not in EVAL_MATMUL:
-    raise ValueError(f"model.eval_matmul must be one of {EVAL_MATMUL}, got {choice!r}")
-  if choice == "eigen" and mesh.devices.flat[0].platform == "cpu":
-    return {"xla_cpu_experimental_ynn_fusion_type": ""}  # no YNNPACK fusions at all
-  return None
+def compiler_options(model_config: Any, mesh: Mesh) -> tuple[dict | None, dict | None]:
+  """XLA compiler options of the (train, eval) steps; none off CPU."""
+  choice = dict(model_config).get("cpu_matmul", "eigen")
+  if choice not in CPU_MATMUL:
+    raise ValueError(f"model.cpu_matmul must be one of {CPU_MATMUL}, got {choice!r}")
+  if choice == "ynnpack" or mesh.devices.flat[0].platform != "cpu":
+    return None, None
+  return {_YNN_FUSIONS: "LIBRARY_FUSION_TYPE_REDUCE"}, {_YNN_FUSIONS: ""}
 
 
 def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: Mesh,
                   state: TrainState) -> tuple[Callable, Callable]:
   """jit-compiled train/eval steps with explicit shardings and donation."""
+  train_options, eval_options = compiler_options(config.model, mesh)
   replicated = NamedSharding(mesh, P())
   batches = batch_sharding(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, state)
   train = jax.jit(functools.partial(train_step, programs=programs, loss_config=config.loss),
                   in_shardings=(state_sharding, batches),
-                  out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                  out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                  compiler_options=train_options)
   evaluate = jax.jit(functools.partial(eval_step, programs=programs, loss_config=config.loss),
                      in_shardings=(state_sharding, batches),
                      out_shardings=(replicated, batches),
-                     compiler_options=eval_compiler_options(config.model, mesh))
+                     compiler_options=eval_options)
   return train, evaluate

@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.bn_size = config_dict.placeholder(int)
   model.dtype = "float32"              # compute dtype; "bfloat16" on accelerators
   model.ops = "auto"                   # "gemm" (CPU-tuned kernels) | "xla" (cuDNN on GPU) | "auto"
-  model.eval_matmul = "eigen"          # XLA:CPU eval-step products: "eigen" | "ynnpack"
+  model.cpu_matmul = "eigen"           # XLA:CPU matrix products: "eigen" | "ynnpack"
   # Initial weights for a fresh run from a local file (nothing is downloaded):
   # torchvision/timm densenet `.pth`/`.safetensors` (ImageNet; both streams, heads
   # stay random) or an official-code checkpoint (everything; fine-tuning). See README.

@@ -277,10 +277,12 @@ def test_param_count_counts_the_trainable_parameters():
   assert steps.param_count(state) == models.count_params(model) > 0
 
 
-def test_eval_step_library_choice_changes_the_products_not_the_scores():
+def test_cpu_matmul_choice_changes_the_products_not_the_results():
   import importlib.util
+  import re
 
   import jax
+  import jax.numpy as jnp
 
   from cmfl_jax import steps
   spec = importlib.util.spec_from_file_location("smoke", SMOKE)
@@ -291,14 +293,32 @@ def test_eval_step_library_choice_changes_the_products_not_the_scores():
   batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
            "label": np.arange(8, dtype=np.int32) % 2, "mask": np.ones(8, bool)}
   outputs, texts = {}, {}
-  for choice in steps.EVAL_MATMUL:
-    config.model.eval_matmul = choice
-    _, eval_fn = steps.compile_steps(programs, config, mesh, state)
-    compiled = eval_fn.lower(state, batch).compile()
-    texts[choice], outputs[choice] = compiled.as_text(), compiled(state, batch)
-  assert "ynn_fusion" in texts["ynnpack"] and "ynn_fusion" not in texts["eigen"]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               outputs["eigen"], outputs["ynnpack"])
-  config.model.eval_matmul = "mkl"
-  with pytest.raises(ValueError, match="eval_matmul"):
+  for choice in steps.CPU_MATMUL:
+    config.model.cpu_matmul = choice
+    train_fn, eval_fn = steps.compile_steps(programs, config, mesh, state)
+    for kind, fn in (("eval", eval_fn), ("train", train_fn)):
+      compiled = fn.lower(state, batch).compile()
+      fresh = jax.tree.map(jnp.copy, state)  # the train step donates its input
+      out = compiled(fresh, batch)
+      if kind == "train":  # the loss and BN statistics; Adam's first update is
+        out = (out[1], out[0].batch_stats)  # ~lr * sign(grad), even for a ~0 gradient
+      texts[kind, choice], outputs[kind, choice] = compiled.as_text(), out
+
+  def in_ynn_fusions(text):
+    """The bodies of the computations that YNNPACK fusions call."""
+    called = set(re.findall(r"%ynn_fusion[\w.]* = .*calls=%([\w.\-]+)", text))
+    bodies = re.split(r"\n(?=\S)", text)
+    return "\n".join(b for b in bodies if b.split(" ")[0].lstrip("%") in called)
+
+  # "eigen": no product in YNNPACK, only the training step's reductions.
+  assert "ynn_fusion" not in texts["eval", "eigen"]
+  assert " reduce(" in in_ynn_fusions(texts["train", "eigen"])
+  assert " dot(" not in in_ynn_fusions(texts["train", "eigen"])
+  assert " dot(" in in_ynn_fusions(texts["train", "ynnpack"])
+  assert " dot(" in in_ynn_fusions(texts["eval", "ynnpack"])
+  for kind in ("train", "eval"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 outputs[kind, "eigen"], outputs[kind, "ynnpack"])
+  config.model.cpu_matmul = "mkl"
+  with pytest.raises(ValueError, match="cpu_matmul"):
     steps.compile_steps(programs, config, mesh, state)
