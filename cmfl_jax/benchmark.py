@@ -2,6 +2,7 @@
 
   python -m cmfl_jax.benchmark --what=step [--config=configs/default.py]
       [--image_size=224 --batch_size=8] [--dtype=bfloat16] [--torch]
+      [--baseline=model.cpu_matmul=ynnpack]
   python -m cmfl_jax.benchmark --what=flops --image_size=224 --batch_size=64 [--config.model.ops=xla]
   python -m cmfl_jax.benchmark --what=e2e --image_size=64 --batch_size=32
   python -m cmfl_jax.benchmark --what=pipeline [--image_size=224] [--num_images=256]
@@ -14,7 +15,9 @@ buffer sizes, the process's peak RSS and, on accelerators, peak device memory.
 With `--torch`, the official architecture in PyTorch (cmfl_jax.torch_reference)
 on identical shapes in the same run (on the GPU if JAX runs on one; autocast
 for bfloat16), timed in alternation with cmfl_jax so that slow drifts of the
-machine hit both alike, and the ratios. Needs neither TensorFlow nor data.
+machine hit both alike, and the ratios. `--baseline=model.cpu_matmul=ynnpack`
+(any config overrides) adds a second cmfl_jax variant to the same alternation:
+an A/B of a switch in one run. Needs neither TensorFlow nor data.
 `flops`: the un-optimised steps' FLOP count at any shape without compiling or
 running them (for MFU on a machine other than this one).
 `e2e`: the training loop as `train.py` runs it (tf.data decode + augmentation of
@@ -44,7 +47,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cmfl_jax import host_memory, models, steps
-from cmfl_jax.timing import interleaved_times, timed
+from cmfl_jax.timing import interleaved_times
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -57,6 +60,9 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "pipeline/e2e: images per 
 _DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype (default: config.model.dtype).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed repeat.")
 _TORCH = flags.DEFINE_bool("torch", False, "step: also time the official PyTorch model.")
+_BASELINE = flags.DEFINE_list(
+    "baseline", [], "step: config overrides (e.g. model.cpu_matmul=ynnpack) of a second "
+    "cmfl_jax variant, timed in the same alternation, with its ratio (an A/B in one run).")
 _OFFICIAL_REPO = flags.DEFINE_string(
     "official_repo", None, "pipeline: checkout of the official PyTorch code: also time its "
     "per-image loader work (PIL decode, DataAugmenter, flip, ImageNet normalisation, numpy "
@@ -71,13 +77,13 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def matmul_peak_gflops(dtype: Any = jnp.float32) -> float:
-  """Achieved GFLOP/s of one large matmul (random data, default precision):
-  the machine's practical peak in `dtype`."""
+def matmul_peak(dtype: Any = jnp.float32) -> tuple[Callable[[], Any], float]:
+  """One large matmul (random data, default precision) and its FLOPs: its
+  achieved rate is the machine's practical peak in `dtype`."""
   n = 2048 if jax.default_backend() == "cpu" else 8192
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x, y: x @ y)
-  return 2 * n ** 3 / timed(lambda: f(a, a).block_until_ready(), 5) / 1e9
+  return lambda: f(a, a).block_until_ready(), 2.0 * n ** 3
 
 
 def device_peak_mib() -> float | None:
@@ -182,7 +188,7 @@ def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> Step
       "impl": "cmfl_jax", "arch": config.model.arch, "objective": config.loss.objective,
       "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
       "ops": models.resolve_ops(config.model.ops),
-      "cpu_matmul": config.model.cpu_matmul if steps.compiler_options(config.model, mesh)[0] else None,
+      "cpu_matmul": config.model.cpu_matmul if jax.default_backend() == "cpu" else None,
       "params": steps.param_count(state), "compile_s": round(compile_s, 1),
       "xla_train_buffers_mib": _buffers_mib(train_compiled),
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
@@ -247,10 +253,15 @@ def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> St
   return StepRunner(record, run_train, run_eval, batch_size, steps_per_repeat, device_peak)
 
 
-def step_records(runners: list[StepRunner], repeats: int, peak: float) -> list[dict[str, Any]]:
-  """Times every runner's train and eval in alternation; one record each."""
+def step_records(runners: list[StepRunner], repeats: int,
+                 peak_matmul: tuple[Callable[[], Any], float]) -> list[dict[str, Any]]:
+  """Times every runner's train and eval, and the peak matmul, in
+  alternation (so the MFU's two rates come from the same moments); one
+  record per runner."""
+  peak_fn, peak_flops = peak_matmul
   fns = [fn for r in runners for fn in (r.train, r.eval)]
-  times = interleaved_times(fns, repeats)
+  times = interleaved_times(fns + [peak_fn], repeats)
+  peak = peak_flops / statistics.median(times[-1]) / 1e9
   records = []
   for i, runner in enumerate(runners):
     t_train, t_eval = (statistics.median(t) / runner.steps for t in times[2 * i:2 * i + 2])
@@ -279,6 +290,43 @@ def step_records(runners: list[StepRunner], repeats: int, peak: float) -> list[d
   return records
 
 
+def with_overrides(config: ml_collections.ConfigDict,
+                   assignments: list[str]) -> ml_collections.ConfigDict:
+  """A copy of `config` with `path.to.field=value` assignments, each value
+  parsed as the type of the field it replaces."""
+  config = config.copy_and_resolve_references()
+  for assignment in assignments:
+    key, sep, text = assignment.partition("=")
+    *path, leaf = key.split(".")
+    node = config
+    for name in path:
+      node = node[name]
+    if not sep or leaf not in node:
+      raise ValueError(f"--baseline wants existing.field=value, got {assignment!r}")
+    old = node[leaf]
+    node[leaf] = (text.lower() in ("1", "true") if isinstance(old, bool)
+                  else type(old)(text) if isinstance(old, (int, float)) else text)
+  return config
+
+
+def ratio_record(mine: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+  """cmfl_jax's speed over `ref`'s (PyTorch or a --baseline variant)."""
+  vs = "pytorch" if ref["impl"] == "pytorch" else "baseline"
+  return {
+      "what": "ratio", "image_size": mine["image_size"], "batch_size": mine["batch_size"],
+      "dtype": mine["dtype"], **({"baseline": ref["baseline"]} if vs == "baseline" else {}),
+      f"train_speedup_vs_{vs}": round(mine["train_images_per_sec"]
+                                      / ref["train_images_per_sec"], 3),
+      f"eval_speedup_vs_{vs}": round(mine["eval_images_per_sec"]
+                                     / ref["eval_images_per_sec"], 3),
+      # Same-round ratios (the rounds alternate): their spread shows how much
+      # of the ratio is noise.
+      "train_speedup_per_repeat": [round(t / m, 3) for m, t in zip(
+          mine["train_s_per_repeat"], ref["train_s_per_repeat"])],
+      "eval_speedup_per_repeat": [round(t / m, 3) for m, t in zip(
+          mine["eval_s_per_repeat"], ref["eval_s_per_repeat"])]}
+
+
 def main(argv) -> None:
   del argv
   config = bench_config(_CONFIG.value, _IMAGE_SIZE.value, _BATCH.value, _DTYPE.value)
@@ -294,27 +342,18 @@ def main(argv) -> None:
                 if _WHAT.value == "pipeline" else []):
       emit(rec)
     return
-  peak = matmul_peak_gflops(jnp.dtype(config.model.dtype))
+  peak = matmul_peak(jnp.dtype(config.model.dtype))
   runners = [jax_runner(config, _STEPS.value)]
+  if _BASELINE.value:
+    runners.append(jax_runner(with_overrides(config, _BASELINE.value), _STEPS.value))
+    runners[-1].record["baseline"] = _BASELINE.value
   if _TORCH.value:
     runners.append(torch_runner(config, _STEPS.value))
   records = step_records(runners, _REPEATS.value, peak)
   for rec in records:
     emit({"what": "step", **rec})
-  if _TORCH.value:
-    mine, ref = records
-    emit({"what": "ratio", "image_size": config.data.image_size,
-          "batch_size": config.train.batch_size, "dtype": config.model.dtype,
-          "train_speedup_vs_pytorch": round(mine["train_images_per_sec"]
-                                            / ref["train_images_per_sec"], 3),
-          "eval_speedup_vs_pytorch": round(mine["eval_images_per_sec"]
-                                           / ref["eval_images_per_sec"], 3),
-          # Same-round ratios (the rounds alternate frameworks): their spread
-          # shows how much of the ratio is noise.
-          "train_speedup_per_repeat": [round(t / m, 3) for m, t in zip(
-              mine["train_s_per_repeat"], ref["train_s_per_repeat"])],
-          "eval_speedup_per_repeat": [round(t / m, 3) for m, t in zip(
-              mine["eval_s_per_repeat"], ref["eval_s_per_repeat"])]})
+  for ref in records[1:]:
+    emit(ratio_record(records[0], ref))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,28 @@ def test_flops_count_without_compiling():
   assert rec["ops"] == "xla" and rec["train_gflop_per_step"] > rec["eval_gflop_per_step"] > 0
   # Work scales with the batch (the optimizer update does not, hence approx).
   assert rec8["eval_gflop_per_step"] == pytest.approx(2 * rec["eval_gflop_per_step"], rel=0.05)
+
+
+def test_baseline_variant_is_timed_in_the_same_run():
+  mine, base, ratio = run_benchmark("--what=step", "--batch_size=4", "--repeats=2",
+                                    "--baseline=model.cpu_matmul=ynnpack")
+  assert mine["cpu_matmul"] == "eigen" and base["cpu_matmul"] == "ynnpack"
+  assert base["baseline"] == ratio["baseline"] == ["model.cpu_matmul=ynnpack"]
+  assert ratio["eval_speedup_vs_baseline"] == pytest.approx(
+      mine["eval_images_per_sec"] / base["eval_images_per_sec"], rel=1e-2)
+  assert len(ratio["train_speedup_per_repeat"]) == 2
+
+
+def test_config_overrides_keep_the_field_types():
+  import ml_collections
+
+  from cmfl_jax import benchmark
+  config = ml_collections.ConfigDict(
+      {"model": {"ops": "auto", "num_blocks": 2, "scale": 1.0, "flag": False}})
+  new = benchmark.with_overrides(config, ["model.ops=xla", "model.num_blocks=3",
+                                          "model.scale=0.5", "model.flag=true"])
+  assert dict(new.model) == {"ops": "xla", "num_blocks": 3, "scale": 0.5, "flag": True}
+  assert config.model.ops == "auto"  # the original is untouched
+  for bad in ("model.nope=1", "model.ops"):
+    with pytest.raises(ValueError, match="existing"):
+      benchmark.with_overrides(config, [bad])
