@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -178,12 +179,27 @@ CPU_MATMUL = ("eigen", "ynnpack")
 _YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
 
 
+@functools.cache
+def _xla_cpu_knows_ynn_option() -> bool:
+  """Whether this jaxlib's XLA:CPU has the YNNPACK fusion option (older
+  ones, without YNNPACK, reject it)."""
+  try:
+    jax.jit(lambda x: x + 1).lower(np.zeros(2, np.float32)).compile(
+        compiler_options={_YNN_FUSIONS: "LIBRARY_FUSION_TYPE_REDUCE"})
+    return True
+  except Exception as error:  # noqa: BLE001 - any rejection means "not supported"
+    logging.warning("model.cpu_matmul ignored: XLA:CPU has no %s (%s)", _YNN_FUSIONS,
+                    str(error).splitlines()[0][:200])
+    return False
+
+
 def compiler_options(model_config: Any, mesh: Mesh) -> tuple[dict | None, dict | None]:
   """XLA compiler options of the (train, eval) steps; none off CPU."""
   choice = dict(model_config).get("cpu_matmul", "eigen")
   if choice not in CPU_MATMUL:
     raise ValueError(f"model.cpu_matmul must be one of {CPU_MATMUL}, got {choice!r}")
-  if choice == "ynnpack" or mesh.devices.flat[0].platform != "cpu":
+  if (choice == "ynnpack" or mesh.devices.flat[0].platform != "cpu"
+      or not _xla_cpu_knows_ynn_option()):
     return None, None
   return {_YNN_FUSIONS: "LIBRARY_FUSION_TYPE_REDUCE"}, {_YNN_FUSIONS: ""}
 

@@ -322,3 +322,14 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
   config.model.cpu_matmul = "mkl"
   with pytest.raises(ValueError, match="cpu_matmul"):
     steps.compile_steps(programs, config, mesh, state)
+
+
+def test_cpu_matmul_is_ignored_where_xla_lacks_the_option(monkeypatch):
+  import ml_collections
+
+  from cmfl_jax import steps
+  model = ml_collections.ConfigDict({"cpu_matmul": "eigen"})
+  train_options, eval_options = steps.compiler_options(model, steps.make_mesh())
+  assert train_options and eval_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  monkeypatch.setattr(steps, "_xla_cpu_knows_ynn_option", lambda: False)  # e.g. jax 0.7
+  assert steps.compiler_options(model, steps.make_mesh()) == (None, None)
