@@ -188,7 +188,7 @@ def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> Step
       "impl": "cmfl_jax", "arch": config.model.arch, "objective": config.loss.objective,
       "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
       "ops": models.resolve_ops(config.model.ops),
-      "cpu_matmul": config.model.cpu_matmul if jax.default_backend() == "cpu" else None,
+      "cpu_matmul": steps.cpu_matmul_in_effect(config.model, mesh),
       "params": steps.param_count(state), "compile_s": round(compile_s, 1),
       "xla_train_buffers_mib": _buffers_mib(train_compiled),
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",

@@ -214,15 +214,19 @@ def _kernel_as_matrix(kernel: jax.Array) -> jax.Array:
   return kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout)
 
 
+def _pad_axis(x: jax.Array, before: int, after: int, axis: int) -> jax.Array:
+  """Zero padding along one axis."""
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (before, after)
+  return jnp.pad(x, widths)
+
+
 def _shift(x: jax.Array, d: int, axis: int) -> jax.Array:
   """out[k] = x[k + d] along `axis` (d in -1, 0, 1), zero where out of range."""
   if d == 0:
     return x
-  n = x.shape[axis]
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, 1) if d > 0 else (1, 0)
-  kept = jax.lax.slice_in_dim(x, max(d, 0), n + min(d, 0), axis=axis)
-  return jnp.pad(kept, widths)
+  kept = jax.lax.slice_in_dim(x, max(d, 0), x.shape[axis] + min(d, 0), axis=axis)
+  return _pad_axis(kept, int(d < 0), int(d > 0), axis)
 
 
 def _conv3x3_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -326,13 +330,8 @@ def _interleave_taps(a0: jax.Array, a1: jax.Array, a2: jax.Array, axis: int) -> 
   a0[m] + a2[m - 1], odd positions 2m + 1 collect a1[m]. Returns length
   2 * (n + 1) along `axis` (n = windows).
   """
-  def pad(x, before, after):
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (before, after)
-    return jnp.pad(x, widths)
-
-  even = pad(a0, 0, 1) + pad(a2, 1, 0)
-  odd = pad(a1, 0, 1)
+  even = _pad_axis(a0, 0, 1, axis) + _pad_axis(a2, 1, 0, axis)
+  odd = _pad_axis(a1, 0, 1, axis)
   both = jnp.stack([even, odd], axis=axis + 1)
   return both.reshape(*both.shape[:axis], -1, *both.shape[axis + 2:])
 

@@ -193,13 +193,20 @@ def _xla_cpu_knows_ynn_option() -> bool:
     return False
 
 
-def compiler_options(model_config: Any, mesh: Mesh) -> tuple[dict | None, dict | None]:
-  """XLA compiler options of the (train, eval) steps; none off CPU."""
+def cpu_matmul_in_effect(model_config: Any, mesh: Mesh) -> str | None:
+  """`model.cpu_matmul` as it applies: None off CPU, "xla-default" where this
+  XLA:CPU lacks the option."""
   choice = dict(model_config).get("cpu_matmul", "eigen")
   if choice not in CPU_MATMUL:
     raise ValueError(f"model.cpu_matmul must be one of {CPU_MATMUL}, got {choice!r}")
-  if (choice == "ynnpack" or mesh.devices.flat[0].platform != "cpu"
-      or not _xla_cpu_knows_ynn_option()):
+  if mesh.devices.flat[0].platform != "cpu":
+    return None
+  return choice if choice == "ynnpack" or _xla_cpu_knows_ynn_option() else "xla-default"
+
+
+def compiler_options(model_config: Any, mesh: Mesh) -> tuple[dict | None, dict | None]:
+  """XLA compiler options of the (train, eval) steps; none but for "eigen"."""
+  if cpu_matmul_in_effect(model_config, mesh) != "eigen":
     return None, None
   return {_YNN_FUSIONS: "LIBRARY_FUSION_TYPE_REDUCE"}, {_YNN_FUSIONS: ""}
 

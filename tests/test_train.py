@@ -278,17 +278,14 @@ def test_param_count_counts_the_trainable_parameters():
 
 
 def test_cpu_matmul_choice_changes_the_products_not_the_results():
-  import importlib.util
   import re
+  import runpy
 
   import jax
   import jax.numpy as jnp
 
   from cmfl_jax import steps
-  spec = importlib.util.spec_from_file_location("smoke", SMOKE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config, mesh = module.get_config(), steps.make_mesh()
+  config, mesh = runpy.run_path(SMOKE)["get_config"](), steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
   batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
            "label": np.arange(8, dtype=np.int32) % 2, "mask": np.ones(8, bool)}
@@ -333,3 +330,4 @@ def test_cpu_matmul_is_ignored_where_xla_lacks_the_option(monkeypatch):
   assert train_options and eval_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
   monkeypatch.setattr(steps, "_xla_cpu_knows_ynn_option", lambda: False)  # e.g. jax 0.7
   assert steps.compiler_options(model, steps.make_mesh()) == (None, None)
+  assert steps.cpu_matmul_in_effect(model, steps.make_mesh()) == "xla-default"
