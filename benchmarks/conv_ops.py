@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import torch
 from flax import nnx
 
-from cmfl_jax import models
-from cmfl_jax.benchmark import timed
+from cmfl_jax.models import kernels
+from cmfl_jax.bench.timing import timed
 
 
 def timed_ms(fn) -> float:
@@ -59,16 +59,16 @@ def main():
   torch.set_num_threads(2)
   conv2d = torch.nn.functional.conv2d
   for b, h, cin in ((32, 16, 192), (32, 8, 192), (8, 56, 192), (8, 28, 192)):
-    compare("conv3x3", (b, h, h, cin), (3, 3, cin, 48), models.conv3x3, xla_conv(1, 1),
+    compare("conv3x3", (b, h, h, cin), (3, 3, cin, 48), kernels.conv3x3, xla_conv(1, 1),
             lambda x, w: conv2d(x, w, padding=1))
   for b, h, cin in ((32, 16, 288), (8, 56, 288)):
     compare("conv1x1", (b, h, h, cin), (1, 1, cin, 192),
             lambda x, w: (x.reshape(-1, x.shape[-1]) @ w[0, 0]).reshape(*x.shape[:-1], -1),
             xla_conv(1, 0), lambda x, w: conv2d(x, w))
   for b, h in ((32, 64), (8, 224)):
-    compare("stem7x7s2", (b, h, h, 3), (7, 7, 3, 96), lambda x, w: models.stem_conv(x, w, 2, 3),
+    compare("stem7x7s2", (b, h, h, 3), (7, 7, 3, 96), lambda x, w: kernels.stem_conv(x, w, 2, 3),
             xla_conv(2, 3), lambda x, w: conv2d(x, w, stride=2, padding=3), wrt=(1,))
-    compare("maxpool3x3s2", (b, h // 2, h // 2, 96), None, models.max_pool_3x3_s2,
+    compare("maxpool3x3s2", (b, h // 2, h // 2, 96), None, kernels.max_pool_3x3_s2,
             lambda x: nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
             lambda x: torch.nn.functional.max_pool2d(x, 3, 2, 1))
 

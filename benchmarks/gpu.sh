@@ -30,13 +30,13 @@ run() {
     return
   fi
   echo "== $*" >&2
-  "$python" -m cmfl_jax.benchmark --what=step --image_size=224 --steps=10 --repeats=5 "$@" \
+  "$python" -m cmfl_jax.bench --what=step --config.data.image_size=224 --steps=10 --repeats=5 "$@" \
     2> >(tail -n 20 >> "$out/stderr.txt") | tee -a "$out/bench.jsonl"
 }
 
-run --batch_size=64 --dtype=bfloat16 --torch
-run --batch_size=64 --dtype=float32 --torch
-run --batch_size=256 --dtype=bfloat16 --torch
+run --config.train.batch_size=64 --config.model.dtype=bfloat16 --torch
+run --config.train.batch_size=64 --config.model.dtype=float32 --torch
+run --config.train.batch_size=256 --config.model.dtype=bfloat16 --torch
 # The CPU-tuned GEMM kernels on the GPU: why `model.ops=auto` picks XLA's there.
-run --batch_size=64 --dtype=bfloat16 --config.model.ops=gemm
+run --config.train.batch_size=64 --config.model.dtype=bfloat16 --config.model.ops=gemm
 echo "done in ${SECONDS}s"

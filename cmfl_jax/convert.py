@@ -31,7 +31,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cmfl_jax import checkpointing, host_memory, models, steps, weights
+from cmfl_jax import backend, checkpointing, models, steps, weights
 
 FLAGS = flags.FLAGS
 
@@ -105,7 +105,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                                   flag_values=fv, lock_config=True)
   flags.DEFINE_string("torch_checkpoint", None, "Checkpoint saved by the official PyTorch code.",
                       required=True, flag_values=fv)
-  flags.DEFINE_enum("arch", None, list(models.ARCHS),
+  flags.DEFINE_enum("arch", None, list(models.ARCHITECTURES),
                     "two_stream (MultiStreamDenseNet) | one_stream (OneStreamDenseNet).",
                     required=True, flag_values=fv)
   flags.DEFINE_string("output", None, "New workdir for the Orbax checkpoint.", required=True,
@@ -113,6 +113,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_tuned_malloc()
+  backend.reexec_with_tuned_malloc()
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

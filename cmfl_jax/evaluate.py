@@ -1,19 +1,57 @@
-"""Evaluation of a saved model: reload an Orbax checkpoint in a fresh process,
-score every evaluation split, write the official score files and metrics."""
+"""Evaluation: scores over whole splits (`evaluate_split`, also used for
+validation during training), and of a saved model: reload an Orbax checkpoint
+in a fresh process, score every evaluation split, write the official score
+files, metrics and report."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
-from cmfl_jax import checkpointing, input_pipeline, metrics, report, score_files, steps, train
+from cmfl_jax import backend, checkpointing, metrics, report, score_files, steps, summaries
+from cmfl_jax.data import ops, pipeline, sources
+from cmfl_jax.data.split import Split
+
+
+def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split,
+                   config: ml_collections.ConfigDict, mesh: Mesh,
+                   condition: str = "none") -> dict[str, Any]:
+  """Mean loss terms and per-example scores (in split order) over one split,
+  optionally post-processed by a robustness `condition`."""
+  ds = pipeline.eval_dataset(split, config.data, config.train.eval_batch_size, condition)
+  totals: dict[str, float] = {}
+  scores: dict[str, list] = {}
+  indices, masks = [], []
+  for batch in pipeline.global_batches(ds, steps.batch_sharding(mesh)):
+    sums, probs = eval_fn(state, batch)
+    for k, v in jax.device_get(sums).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    gathered = multihost_utils.process_allgather(
+        {"probs": probs, "index": batch["index"], "mask": batch["mask"]}, tiled=True)
+    for head, p in gathered["probs"].items():
+      scores.setdefault(head, []).append(p)
+    indices.append(gathered["index"])
+    masks.append(gathered["mask"])
+  count = totals.pop("count")
+  keep = np.concatenate(masks)
+  order = np.concatenate(indices)[keep]
+  out = {k: v / count for k, v in totals.items()}
+  out["count"] = int(count)
+  out["scores"] = {}
+  for head, chunks in scores.items():
+    s = np.empty(len(split), np.float32)
+    s[order] = np.concatenate(chunks)[keep]
+    out["scores"][head] = s
+  return out
 
 
 def split_metrics(labels: np.ndarray, scores: np.ndarray,
@@ -33,7 +71,9 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
   kind, step = checkpointing.select_step(workdir, which)
   manager = checkpointing.make_managers(workdir)[kind]
   state, meta = checkpointing.restore(manager, step, abstract)
-  _, eval_fn = steps.compile_steps(programs, config, mesh, state)
+  _, eval_fn = steps.compile_steps(
+      programs, config.loss, mesh, state,
+      backend.step_compiler_options(programs.model, mesh))
   logging.info("restored %s checkpoint at step %d (val_loss=%s)", kind, step, meta.get("val_loss"))
   return state, eval_fn, mesh, meta, f"{kind}_{step}"
 
@@ -63,11 +103,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   which = config.eval.checkpoint if which is None else which
   for condition in config.eval.conditions:
-    input_pipeline.parse_condition(condition)  # fail before any work
+    ops.parse_condition(condition)  # fail before any work
   robustness_splits = _robustness_splits(config)
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
-  splits, skipped = input_pipeline.load_splits(config.data, config.data.eval_splits)
-  input_pipeline.report_skipped(skipped, workdir, "eval_data_report.json")
+  splits, skipped = sources.load_splits(config.data, config.data.eval_splits)
+  pipeline.report_skipped(skipped, workdir, "eval_data_report.json")
   out_dir = os.path.join(workdir, "eval", name)
   results: dict[str, Any] = {"checkpoint": name, "step": meta["step"],
                              "val_loss": meta.get("val_loss"),
@@ -76,14 +116,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                              "objective": config.loss.objective,
                              "train_split": config.data.train_split,
                              "splits": {}, "robustness": {}}
-  main = jax.process_index() == 0
+  main = summaries.is_main_process()
   if main:
     tf.io.gfile.makedirs(out_dir)
   joint_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
   def run(split_name: str, condition: str) -> dict[str, Any]:
     split = splits[split_name]
-    res = train.evaluate_split(eval_fn, state, split, config, mesh, condition)
+    res = evaluate_split(eval_fn, state, split, config, mesh, condition)
     entry = {k: v for k, v in res.items() if k != "scores"}
     for head, scores in res["scores"].items():
       entry[f"metrics_{head}"] = split_metrics(split.labels, scores, meta.get("dev_threshold"))
@@ -108,8 +148,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
     report.write_eval_report(results, joint_scores, out_dir)
-    writer = train.summary_writer(workdir)
-    train.write_scalars(writer, int(meta["step"]), report.eval_scalars(results))
+    writer = summaries.summary_writer(workdir)
+    summaries.write_scalars(writer, int(meta["step"]), report.eval_scalars(results))
     writer.close()
   results["out_dir"] = out_dir
   return results

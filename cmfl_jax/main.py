@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cmfl_jax import host_memory
+from cmfl_jax import backend
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
                                           lock_config=True)
@@ -107,5 +107,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_tuned_malloc()
+  backend.reexec_with_tuned_malloc()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -15,7 +15,7 @@ import csv
 import json
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -24,23 +24,10 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from cmfl_jax import checkpointing, evaluate, host_memory, input_pipeline, steps
+from cmfl_jax import backend, checkpointing, evaluate, steps
+from cmfl_jax.data import ops, readers
 
 FLAGS = flags.FLAGS
-
-
-def collect_paths(inputs: Iterable[str]) -> list[str]:
-  """Files as given; folders expanded recursively (sorted) to image files."""
-  out = []
-  for p in inputs:
-    if os.path.isdir(p):
-      for dirpath, dirnames, filenames in os.walk(p):
-        dirnames.sort()
-        out += [os.path.join(dirpath, f) for f in sorted(filenames)
-                if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS)]
-    else:
-      out.append(p)
-  return out
 
 
 def config_from_checkpoint(workdir: str, which: str) -> ml_collections.ConfigDict:
@@ -50,15 +37,15 @@ def config_from_checkpoint(workdir: str, which: str) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(meta["config"])
 
 
-def load_image(path: str, size: int, aligned: bool, data_config) -> np.ndarray:
+def load_image(path: str, geometry: ops.Geometry, data_config) -> np.ndarray:
   """Evaluation preprocessing of one file; raises ValueError with the reason."""
-  reason = input_pipeline.check_image_file(path, input_pipeline.min_image_side(data_config),
-                                           data_config.max_pixels, full_decode=True)
+  reason = readers.check_image_file(path, readers.min_image_side(data_config),
+                                    data_config.max_pixels, full_decode=True)
   if reason is not None:
     raise ValueError(reason)
   with Image.open(path) as im:
-    pixels = input_pipeline.pil_to_rgb8(im)
-  return np.asarray(input_pipeline.resize_and_crop(tf.constant(pixels), size, aligned, False, None))
+    pixels = readers.pil_to_rgb8(im)
+  return np.asarray(ops.resize_and_crop(tf.constant(pixels), geometry))
 
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best",
@@ -67,12 +54,12 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best",
   config = config_from_checkpoint(workdir, which)
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
   threshold = meta.get("dev_threshold")
-  size = config.data.image_size
-  aligned = config.data.aligned if aligned is None else aligned
+  geometry = ops.Geometry(config.data.image_size,
+                          config.data.aligned if aligned is None else aligned)
   rows, images, ok_rows = [], [], []
   for path in paths:
     try:
-      images.append(load_image(path, size, aligned, config.data))
+      images.append(load_image(path, geometry, config.data))
       rows.append({"path": path})
       ok_rows.append(len(rows) - 1)
     except Exception as e:  # noqa: BLE001 - report every unreadable file, keep going
@@ -97,7 +84,7 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best",
 
 
 def main(argv: Sequence[str]) -> int:
-  paths = collect_paths(argv[1:])
+  paths = readers.collect_image_paths(argv[1:])
   if not paths:
     raise app.UsageError("give one or more image files or folders")
   aligned = None if FLAGS.unaligned is None else not FLAGS.unaligned
@@ -126,6 +113,6 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_tuned_malloc()
+  backend.reexec_with_tuned_malloc()
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -7,6 +7,7 @@ matplotlib's non-interactive Agg backend (no display needed).
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from typing import Any, Mapping, Sequence
@@ -215,4 +216,79 @@ def write_eval_report(results: Mapping[str, Any],
   path = os.path.join(out_dir, "report.md")
   with tf.io.gfile.GFile(path, "w") as f:
     f.write("\n".join(lines))
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Sweep report
+# ----------------------------------------------------------------------------
+def _short_split(split: str) -> str:
+  return split.replace("real_eval+", "").replace("_eval", "")
+
+
+def sweep_columns(cells: Sequence[tuple[str, Any]]) -> list[str]:
+  """Column labels of the cross-model matrix, by position in each cell's
+  `data.eval_splits`; a column whose split depends on the cell's known data
+  (e.g. the unseen camera against the known family) says "known"."""
+  splits = [tuple(cfg.data.eval_splits) for _, cfg in cells]
+  labels = []
+  for c, split in enumerate(splits[0]):
+    if all(len(s) > c and s[c] == split for s in splits):
+      labels.append(_short_split(split))
+    else:
+      known = cells[0][0].partition("@")[2]
+      labels.append(_short_split(split).replace(known, "known"))
+  return labels
+
+
+def write_sweep_report(cells: Sequence[tuple[str, Any]], results: Mapping[str, Any],
+                       workdir: str) -> str:
+  """The combined report of a sweep: D-EER and AUC matrices (rows: model /
+  known data, columns: evaluation sets), heatmaps, robustness on the known
+  family; `report.md`, `heatmap.png` and `sweep.json` in `workdir`."""
+  columns = sweep_columns(cells)
+  models = list(dict.fromkeys(name.partition("@")[0] for name, _ in cells))
+  known = list(dict.fromkeys(name.partition("@")[2] for name, _ in cells))
+  configs = dict(cells)
+  lines = ["# Cross-model comparison", "",
+           f"Models trained on each known family ({', '.join(known)}) and evaluated on "
+           "every evaluation set (joint head; rates in %). Per-run reports: "
+           "`<known>/<model>/eval/<checkpoint>/report.md`.", ""]
+  matrices = {}
+  for metric, title in (("d_eer", "D-EER %"), ("auc", "AUC")):
+    rows = []
+    for model in models:
+      m = np.full((len(known), len(columns)), np.nan)
+      for r, k in enumerate(known):
+        name = f"{model}@{k}" if k else model
+        res = results.get(name)
+        if res is None:
+          continue
+        for c, split in enumerate(configs[name].data.eval_splits[:len(columns)]):
+          entry = res["splits"].get(split)
+          if entry is not None:
+            m[r, c] = entry["metrics_joint"][metric] * (100 if metric == "d_eer" else 1)
+        rows.append([model, k] + [("-" if np.isnan(v) else
+                                   (f"{v:.1f}" if metric == "d_eer" else f"{v:.3f}"))
+                                  for v in m[r]])
+      if metric == "d_eer":
+        matrices[model] = m
+    lines += [f"## {title}", "", *markdown_table(["model", "known"] + columns, rows), ""]
+  robust_rows, conditions = [], []
+  for name, _ in cells:
+    model, _, k = name.partition("@")
+    for split, by_condition in (results.get(name) or {}).get("robustness", {}).items():
+      conditions = list(by_condition)
+      robust_rows.append([model, k, split] + [
+          f"{100 * by_condition[c]['metrics_joint']['d_eer']:.1f}" for c in conditions])
+  if robust_rows:
+    lines += ["## Robustness (D-EER %, joint head)", "",
+              *markdown_table(["model", "known", "eval split"] + conditions, robust_rows), ""]
+  plot_heatmaps(matrices, known, columns, os.path.join(workdir, "heatmap.png"))
+  lines += ["## Heatmap", "", "![Cross-model D-EER](heatmap.png)", ""]
+  path = os.path.join(workdir, "report.md")
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write("\n".join(lines))
+  with tf.io.gfile.GFile(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(dict(results), f, indent=2, default=str)
   return path

@@ -7,19 +7,18 @@ import csv
 import numpy as np
 import tensorflow as tf
 
-from cmfl_jax import input_pipeline
+from cmfl_jax.data.split import Split
 
 HEADER = ("id", "label", "path", "score")
 
 
-def write_scores(path: str, split: input_pipeline.Split, scores: np.ndarray) -> None:
+def write_scores(path: str, split: Split, scores: np.ndarray) -> None:
   """One row per example in split order; score = P(real), label 1 = bona fide."""
   with tf.io.gfile.GFile(path, "w") as f:
     w = csv.writer(f)
     w.writerow(HEADER)
     for i in range(len(split)):
-      where = split.paths[i] if split.paths is not None else f"{split.name}/{i}"
-      w.writerow([i, int(split.labels[i]), where, f"{float(scores[i]):.8f}"])
+      w.writerow([i, int(split.labels[i]), split.where(i), f"{float(scores[i]):.8f}"])
 
 
 def read_scores(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

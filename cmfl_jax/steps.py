@@ -18,11 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cmfl_jax import losses, models
+from cmfl_jax import backend, losses, models
 
 DATA_AXIS = "data"
 
@@ -65,25 +64,22 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
 class Programs:
   """Static pieces shared by the steps: graph definitions and the optimizer."""
 
+  model: models.ModelConfig = struct.field(pytree_node=False)
   train_graphdef: Any = struct.field(pytree_node=False)
   eval_graphdef: Any = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
 
-def _init_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Programs]:
-  model = models.create_model(config.model, rngs=nnx.Rngs(config.seed))
+def _init_state(config: ml_collections.ConfigDict, model_config: models.ModelConfig
+                ) -> tuple[TrainState, Programs]:
+  model = models.create_model(model_config, rngs=nnx.Rngs(config.seed))
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
   model.train()
   train_graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx = make_optimizer(config.optim)
-  return fresh_state(params, batch_stats, tx, config.seed), Programs(train_graphdef,
-                                                                     eval_graphdef, tx)
-
-
-def param_count(state: TrainState) -> int:
-  """Number of trainable parameters, like PyTorch's `parameters()`."""
-  return sum(int(x.size) for x in jax.tree.leaves(state.params))
+  return fresh_state(params, batch_stats, tx, config.seed), Programs(
+      model_config, train_graphdef, eval_graphdef, tx)
 
 
 def fresh_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
@@ -99,13 +95,15 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
   """Initial state, replicated over the mesh (identical on every host).
 
   With `abstract=True` only shapes/dtypes/shardings are returned (for
-  restoring a checkpoint without computing an initialisation).
+  restoring a checkpoint without computing an initialisation). `config.model`
+  becomes a typed `ModelConfig` here, for the mesh's platform.
   """
+  model_config = models.ModelConfig.from_config(config.model, backend.platform(mesh))
   replicated = NamedSharding(mesh, P())
   programs: list[Programs] = []
 
   def init():
-    state, progs = _init_state(config)
+    state, progs = _init_state(config, model_config)
     programs.append(progs)
     return state
 
@@ -171,58 +169,20 @@ def eval_step(state: TrainState, batch: dict, *, programs: Programs,
   return sums, probs
 
 
-#: Who runs the matrix products on XLA:CPU (`model.cpu_matmul`). "eigen": Eigen's
-#: GEMM, with YNNPACK (XLA's default library for both) kept for the training
-#: step's reductions (BatchNorm batch statistics), where it is much faster;
-#: "ynnpack": XLA's default. Measured in BENCHMARKS.md.
-CPU_MATMUL = ("eigen", "ynnpack")
-_YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
-
-
-@functools.cache
-def _xla_cpu_knows_ynn_option() -> bool:
-  """Whether this jaxlib's XLA:CPU has the YNNPACK fusion option (older
-  ones, without YNNPACK, reject it)."""
-  try:
-    jax.jit(lambda x: x + 1).lower(np.zeros(2, np.float32)).compile(
-        compiler_options={_YNN_FUSIONS: "LIBRARY_FUSION_TYPE_REDUCE"})
-    return True
-  except Exception as error:  # noqa: BLE001 - any rejection means "not supported"
-    logging.warning("model.cpu_matmul ignored: XLA:CPU has no %s (%s)", _YNN_FUSIONS,
-                    str(error).splitlines()[0][:200])
-    return False
-
-
-def cpu_matmul_in_effect(model_config: Any, mesh: Mesh) -> str | None:
-  """`model.cpu_matmul` as it applies: None off CPU, "xla-default" where this
-  XLA:CPU lacks the option."""
-  choice = dict(model_config).get("cpu_matmul", "eigen")
-  if choice not in CPU_MATMUL:
-    raise ValueError(f"model.cpu_matmul must be one of {CPU_MATMUL}, got {choice!r}")
-  if mesh.devices.flat[0].platform != "cpu":
-    return None
-  return choice if choice == "ynnpack" or _xla_cpu_knows_ynn_option() else "xla-default"
-
-
-def compiler_options(model_config: Any, mesh: Mesh) -> tuple[dict | None, dict | None]:
-  """XLA compiler options of the (train, eval) steps; none but for "eigen"."""
-  if cpu_matmul_in_effect(model_config, mesh) != "eigen":
-    return None, None
-  return {_YNN_FUSIONS: "LIBRARY_FUSION_TYPE_REDUCE"}, {_YNN_FUSIONS: ""}
-
-
-def compile_steps(programs: Programs, config: ml_collections.ConfigDict, mesh: Mesh,
-                  state: TrainState) -> tuple[Callable, Callable]:
-  """jit-compiled train/eval steps with explicit shardings and donation."""
-  train_options, eval_options = compiler_options(config.model, mesh)
+def compile_steps(programs: Programs, loss_config: ml_collections.ConfigDict, mesh: Mesh,
+                  state: TrainState, compiler_options: tuple[dict | None, dict | None] = (None, None)
+                  ) -> tuple[Callable, Callable]:
+  """jit-compiled train/eval steps with explicit shardings and donation;
+  `compiler_options` (train, eval) come from `backend.step_compiler_options`."""
+  train_options, eval_options = compiler_options
   replicated = NamedSharding(mesh, P())
   batches = batch_sharding(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, state)
-  train = jax.jit(functools.partial(train_step, programs=programs, loss_config=config.loss),
+  train = jax.jit(functools.partial(train_step, programs=programs, loss_config=loss_config),
                   in_shardings=(state_sharding, batches),
                   out_shardings=(state_sharding, replicated), donate_argnums=(0,),
                   compiler_options=train_options)
-  evaluate = jax.jit(functools.partial(eval_step, programs=programs, loss_config=config.loss),
+  evaluate = jax.jit(functools.partial(eval_step, programs=programs, loss_config=loss_config),
                      in_shardings=(state_sharding, batches),
                      out_shardings=(replicated, batches),
                      compiler_options=eval_options)

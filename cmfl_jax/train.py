@@ -1,6 +1,9 @@
 """Training: the epoch loop around the compiled steps of `cmfl_jax.steps`,
-with validation, keep-best/latest Orbax checkpoints, exact resume, clean
-stops on signals and non-finite losses, and evaluation over whole splits.
+with validation, keep-best/latest Orbax checkpoints, exact resume, and clean
+stops on signals and non-finite losses.
+
+Reads top to bottom: data, state (fresh or resumed), then the loop, whose
+"is it time to log / save / validate" decisions are named.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 
-from cmfl_jax import checkpointing, input_pipeline, metrics, score_files, steps, weights
+from cmfl_jax import (backend, checkpointing, evaluate, metrics, models, score_files, steps,
+                      summaries, weights)
+from cmfl_jax.data import pipeline, sources
+from cmfl_jax.data.split import Split, split_summary
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,44 +35,6 @@ class Interrupted(RuntimeError):
   """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can be resumed."""
 
 
-# ----------------------------------------------------------------------------
-# Evaluation over a split
-# ----------------------------------------------------------------------------
-def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: input_pipeline.Split,
-                   config: ml_collections.ConfigDict, mesh: Mesh,
-                   condition: str = "none") -> dict[str, Any]:
-  """Mean loss terms and per-example scores (in split order) over one split,
-  optionally post-processed by a robustness `condition`."""
-  ds = input_pipeline.eval_dataset(split, config.data, config.train.eval_batch_size, condition)
-  totals: dict[str, float] = {}
-  scores: dict[str, list] = {}
-  indices, masks = [], []
-  for batch in input_pipeline.global_batches(ds, steps.batch_sharding(mesh)):
-    sums, probs = eval_fn(state, batch)
-    for k, v in jax.device_get(sums).items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-    gathered = multihost_utils.process_allgather(
-        {"probs": probs, "index": batch["index"], "mask": batch["mask"]}, tiled=True)
-    for head, p in gathered["probs"].items():
-      scores.setdefault(head, []).append(p)
-    indices.append(gathered["index"])
-    masks.append(gathered["mask"])
-  count = totals.pop("count")
-  keep = np.concatenate(masks)
-  order = np.concatenate(indices)[keep]
-  out = {k: v / count for k, v in totals.items()}
-  out["count"] = int(count)
-  out["scores"] = {}
-  for head, chunks in scores.items():
-    s = np.empty(len(split), np.float32)
-    s[order] = np.concatenate(chunks)[keep]
-    out["scores"][head] = s
-  return out
-
-
-# ----------------------------------------------------------------------------
-# The training loop
-# ----------------------------------------------------------------------------
 class _SignalFlag:
   """Records SIGTERM/SIGINT so the loop can checkpoint and stop cleanly."""
 
@@ -91,174 +57,180 @@ class _SignalFlag:
       signal.signal(sig, handler)
 
 
-def _is_main_process() -> bool:
-  return jax.process_index() == 0
+class _Checkpoints:
+  """The run's `latest` and `best` managers and what goes into their metadata."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, steps_per_epoch: int):
+    self.workdir = workdir
+    self.managers = checkpointing.make_managers(workdir)
+    self.latest = self.managers[checkpointing.LATEST]
+    self.best = self.managers[checkpointing.BEST]
+    self.steps_per_epoch = steps_per_epoch
+    self.config_json = json.loads(config.to_json_best_effort())
+    self.best_val = math.inf
+
+  def meta(self, step: int, val_loss: float | None = None,
+           dev_threshold: float | None = None) -> dict[str, Any]:
+    return {"step": step, "epoch": step // self.steps_per_epoch,
+            "step_in_epoch": step % self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
+            "val_loss": val_loss, "best_val_loss": self.best_val, "dev_threshold": dev_threshold,
+            "config": self.config_json}
+
+  def resume(self, abstract_state: steps.TrainState) -> steps.TrainState | None:
+    """The newest `latest` checkpoint restored, or None for a fresh run."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    state, meta = checkpointing.restore(self.latest, step, abstract_state)
+    if meta["steps_per_epoch"] != self.steps_per_epoch:
+      raise ValueError(f"checkpoint at step {step} was made with {meta['steps_per_epoch']} "
+                       f"steps/epoch, the data/batch size now give {self.steps_per_epoch}; use a "
+                       "new --workdir")
+    self.best_val = meta.get("best_val_loss", math.inf)
+    logging.info("resumed from %s step %d (epoch %d)", checkpointing.LATEST, step,
+                 step // self.steps_per_epoch)
+    return state
+
+  def check_finite(self, state: steps.TrainState) -> None:
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad >= 0:
+      self.latest.wait_until_finished()
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient at step {bad}; training stopped and the update was "
+          f"not applied. Last good checkpoints: "
+          f"{checkpointing.checkpoint_dir(self.workdir, checkpointing.LATEST)} "
+          f"(steps {self.latest.all_steps()}). Lower the learning rate or check the data.")
+
+  def stop(self, signum: int, step: int) -> None:
+    self.latest.wait_until_finished()
+    raise Interrupted(f"stopped by signal {signum} at step {step}; checkpoint saved, "
+                      "rerun the same command to resume")
+
+  def close(self) -> None:
+    for m in self.managers.values():
+      m.wait_until_finished()
 
 
-def summary_writer(workdir: str):
-  """TensorBoard writer (TensorFlow's, already a dependency); process 0 only."""
-  if not _is_main_process():
-    return None
-  return tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-
-
-def write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
-  if writer is None:
-    return
-  with writer.as_default(step=step):
-    for k, v in scalars.items():
-      tf.summary.scalar(k, v)
-  writer.flush()
-
-
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-  from tqdm import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-              disable=not (enabled and _is_main_process()))
-
-
-def _append_jsonl(path: str | None, record: dict) -> None:
-  if path is None:
-    return
-  with tf.io.gfile.GFile(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, step: int,
+              ckpt: _Checkpoints, writer, log_path: str | None) -> dict[str, Any]:
+  """End of an epoch: validate, keep best and latest (with the dev threshold)."""
+  val = evaluate.evaluate_split(eval_fn, state, val_split, config, mesh)
+  val_loss = float(val["loss"])
+  if not math.isfinite(val_loss):
+    raise NonFiniteLossError(f"non-finite validation loss at step {step}")
+  improved = val_loss < ckpt.best_val
+  ckpt.best_val = min(ckpt.best_val, val_loss)
+  record = {"step": step, "epoch": step / ckpt.steps_per_epoch, "val_loss": val_loss,
+            **{f"val_{k}": float(v) for k, v in val.items() if k.startswith("bce_")}}
+  summaries.append_jsonl(log_path, record)
+  if improved and summaries.is_main_process():
+    score_files.write_scores(os.path.join(ckpt.workdir, "best_val_scores.csv"), val_split,
+                             val["scores"]["joint"])
+  summaries.write_scalars(writer, step, {f"val/{k}": v for k, v in val.items()
+                                         if k not in ("scores", "count")})
+  logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / ckpt.steps_per_epoch, step, val_loss,
+               " (best)" if improved else "")
+  # The dev-set EER threshold travels with the model (fixed operating point).
+  dev_threshold = metrics.eer(val_split.labels, val["scores"]["joint"])[1]
+  meta = ckpt.meta(step, val_loss, dev_threshold)
+  checkpointing.save(ckpt.latest, step, state, meta)
+  if improved:
+    checkpointing.save(ckpt.best, step, state, meta, metrics={"val_loss": val_loss})
+  return record
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint if any) and returns a summary."""
   tf.io.gfile.makedirs(workdir)
   mesh = steps.make_mesh()
-  splits, skipped = input_pipeline.load_splits(
-      config.data, [config.data.train_split, config.data.val_split])
-  for line in input_pipeline.split_summary(splits):
+
+  # ---------------------------------------------------------------- Data
+  splits, skipped = sources.load_splits(config.data,
+                                        [config.data.train_split, config.data.val_split])
+  for line in split_summary(splits):
     logging.info("data %s", line)
-  input_pipeline.report_skipped(skipped, workdir)
-  train_split = splits[config.data.train_split]
-  val_split = splits[config.data.val_split]
+  pipeline.report_skipped(skipped, workdir)
+  train_split, val_split = splits[config.data.train_split], splits[config.data.val_split]
   global_batch = config.train.batch_size
   if global_batch % jax.device_count():
     raise ValueError(f"batch_size {global_batch} must be divisible by the {jax.device_count()} "
                      "devices")
-  steps_per_epoch = input_pipeline.steps_per_epoch(train_split, global_batch,
-                                                   config.data.balance, config.seed)
+  steps_per_epoch = pipeline.steps_per_epoch(train_split, global_batch, config.data.balance,
+                                             config.seed)
   total_steps = steps_per_epoch * config.train.num_epochs
   if config.train.max_steps > 0:
     total_steps = min(total_steps, config.train.max_steps)
 
-  managers = checkpointing.make_managers(workdir)
-  best_val = math.inf
-  latest_step = managers["latest"].latest_step()
+  # ---------------------------------------------------------------- State
+  ckpt = _Checkpoints(workdir, config, steps_per_epoch)
+  resuming = ckpt.latest.latest_step() is not None
   # Resuming restores into the abstract state: no initialisation is computed.
-  state, programs = steps.create_train_state(config, mesh, abstract=latest_step is not None)
-  train_fn, eval_fn = steps.compile_steps(programs, config, mesh, state)
-  if latest_step is not None:
-    state, meta = checkpointing.restore(managers["latest"], latest_step, state)
-    if meta["steps_per_epoch"] != steps_per_epoch:
-      raise ValueError(f"checkpoint at step {latest_step} was made with {meta['steps_per_epoch']} "
-                       f"steps/epoch, the data/batch size now give {steps_per_epoch}; use a "
-                       "new --workdir")
-    best_val = meta.get("best_val_loss", math.inf)
-    logging.info("resumed from %s step %d (epoch %d)", checkpointing.LATEST, latest_step,
-                 latest_step // steps_per_epoch)
-  elif config.model.get("pretrained"):  # a fresh run: ImageNet / official weights from a file
-    state = weights.init_from_file(state, programs.train_graphdef, config.model.pretrained)
+  state, programs = steps.create_train_state(config, mesh, abstract=resuming)
+  train_fn, eval_fn = steps.compile_steps(
+      programs, config.loss, mesh, state,
+      backend.step_compiler_options(programs.model, mesh))
+  if resuming:
+    state = ckpt.resume(state)
+  elif programs.model.pretrained:  # a fresh run: ImageNet / official weights from a file
+    state = weights.init_from_file(state, programs.train_graphdef, programs.model.pretrained)
   step = int(jax.device_get(state.step))
-  params_count = steps.param_count(state)
-  logging.info("model %s/%s: %d parameters; %d steps/epoch, %d total", config.model.arch,
-               config.loss.objective, params_count, steps_per_epoch, total_steps)
-  writer = summary_writer(workdir)
-  log_path = os.path.join(workdir, "train_log.jsonl") if _is_main_process() else None
+  logging.info("model %s/%s: %d parameters; %d steps/epoch, %d total", programs.model.arch,
+               config.loss.objective, models.count_params(state.params), steps_per_epoch,
+               total_steps)
 
-  def meta_for(step_now: int, val_loss: float | None = None,
-               dev_threshold: float | None = None) -> dict:
-    return {"step": step_now, "epoch": step_now // steps_per_epoch,
-            "step_in_epoch": step_now % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-            "val_loss": val_loss, "best_val_loss": best_val, "dev_threshold": dev_threshold,
-            "config": json.loads(config.to_json_best_effort())}
-
-  def check_finite(state) -> None:
-    bad = int(jax.device_get(state.nonfinite_step))
-    if bad >= 0:
-      managers["latest"].wait_until_finished()
-      raise NonFiniteLossError(
-          f"non-finite loss or gradient at step {bad}; training stopped and the update was "
-          f"not applied. Last good checkpoints: {checkpointing.checkpoint_dir(workdir, 'latest')} "
-          f"(steps {managers['latest'].all_steps()}). Lower the learning rate or check the data.")
-
-  def stop_after_signal() -> None:
-    managers["latest"].wait_until_finished()
-    raise Interrupted(f"stopped by signal {signals.received} at step {step}; checkpoint saved, "
-                      "rerun the same command to resume")
-
+  # ---------------------------------------------------------------- Loop
+  writer = summaries.summary_writer(workdir)
+  log_path = summaries.jsonl_path(workdir)
   history = []
-  with _SignalFlag() as signals, _progress(total_steps, step, "train",
-                                            config.train.progress_bar) as bar:
+  is_time_to_log = lambda s: s % config.train.log_every_steps == 0 or s == total_steps  # noqa: E731
+  with _SignalFlag() as signals, summaries.progress(total_steps, step, "train",
+                                                    config.train.progress_bar) as bar:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
-      ds = input_pipeline.train_dataset(train_split, config.data, global_batch, config.seed,
-                                        epoch, skip_batches=offset)
-      window_start, window_steps, window_metrics = time.perf_counter(), 0, []
-      for batch in input_pipeline.global_batches(ds, steps.batch_sharding(mesh)):
+      ds = pipeline.train_dataset(train_split, config.data, global_batch, config.seed, epoch,
+                                  skip_batches=offset)
+      window_start, window_metrics = time.perf_counter(), []
+      for batch in pipeline.global_batches(ds, steps.batch_sharding(mesh)):
         state, step_metrics = train_fn(state, batch)
         step += 1
-        window_steps += 1
         window_metrics.append(step_metrics)
         bar.update(1)
         if step == config.train.debug_signal_at_step:
           # Test hook: the real signal path (SIGTERM) or a hard kill (SIGKILL).
           jax.block_until_ready(state)
           os.kill(os.getpid(), config.train.debug_signal)
-        if step % config.train.log_every_steps == 0 or step == total_steps:
-          check_finite(state)
+
+        if is_time_to_log(step):
+          ckpt.check_finite(state)
           means = {f"train/{k}": float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
                    for k in window_metrics[0]}
           elapsed = time.perf_counter() - window_start
-          means["train/images_per_sec"] = window_steps * global_batch / max(elapsed, 1e-9)
+          means["train/images_per_sec"] = len(window_metrics) * global_batch / max(elapsed, 1e-9)
           means["train/learning_rate"] = config.optim.learning_rate
-          write_scalars(writer, step, means)
+          summaries.write_scalars(writer, step, means)
           bar.set_postfix(loss=f"{means['train/loss']:.4f}",
                           img_s=f"{means['train/images_per_sec']:.1f}")
           logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in means.items()))
-          _append_jsonl(log_path, {"step": step, **means})
-          window_start, window_steps, window_metrics = time.perf_counter(), 0, []
-        epoch_done = step % steps_per_epoch == 0
-        if signals.received is not None or step % config.train.checkpoint_every_steps == 0 \
-            or epoch_done or step == total_steps:
-          check_finite(state)
-        if epoch_done or step == total_steps:
-          break
-        if signals.received is not None or step % config.train.checkpoint_every_steps == 0:
-          checkpointing.save(managers["latest"], step, state, meta_for(step))
+          summaries.append_jsonl(log_path, {"step": step, **means})
+          window_start, window_metrics = time.perf_counter(), []
+
+        is_end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+        is_time_to_save = (signals.received is not None
+                           or step % config.train.checkpoint_every_steps == 0)
+        if is_time_to_save or is_end_of_epoch:
+          ckpt.check_finite(state)
+        if is_end_of_epoch:
+          break  # validated and saved below
+        if is_time_to_save:
+          checkpointing.save(ckpt.latest, step, state, ckpt.meta(step))
         if signals.received is not None:
-          stop_after_signal()
-      # End of an epoch (or of max_steps): validate, keep best and latest.
-      val = evaluate_split(eval_fn, state, val_split, config, mesh)
-      val_loss = float(val["loss"])
-      if not math.isfinite(val_loss):
-        raise NonFiniteLossError(f"non-finite validation loss at step {step}")
-      improved = val_loss < best_val
-      best_val = min(best_val, val_loss)
-      record = {"step": step, "epoch": step / steps_per_epoch, "val_loss": val_loss,
-                **{f"val_{k}": float(v) for k, v in val.items() if k.startswith("bce_")}}
-      history.append(record)
-      _append_jsonl(log_path, record)
-      if improved and _is_main_process():
-        score_files.write_scores(os.path.join(workdir, "best_val_scores.csv"), val_split,
-                              val["scores"]["joint"])
-      write_scalars(writer, step, {f"val/{k}": v for k, v in val.items()
-                                    if k not in ("scores", "count")})
-      logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / steps_per_epoch, step, val_loss,
-                   " (best)" if improved else "")
-      # The dev-set EER threshold travels with the model (fixed operating point).
-      dev_threshold = metrics.eer(val_split.labels, val["scores"]["joint"])[1]
-      checkpointing.save(managers["latest"], step, state, meta_for(step, val_loss, dev_threshold))
-      if improved:
-        checkpointing.save(managers["best"], step, state, meta_for(step, val_loss, dev_threshold),
-                           metrics={"val_loss": val_loss})
+          ckpt.stop(signals.received, step)
+
+      history.append(_validate(eval_fn, state, val_split, config, mesh, step, ckpt, writer,
+                               log_path))
       if signals.received is not None:
-        stop_after_signal()
-  for m in managers.values():
-    m.wait_until_finished()
+        ckpt.stop(signals.received, step)
+  ckpt.close()
   if writer is not None:
     writer.close()
-  return {"steps": step, "best_val_loss": best_val, "history": history}
+  return {"steps": step, "best_val_loss": ckpt.best_val, "history": history}

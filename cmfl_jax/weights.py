@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from cmfl_jax import models
+from cmfl_jax.models import densenet, detectors
 
 IMAGENET = "imagenet"
 OFFICIAL = "official"
@@ -75,9 +75,9 @@ _IDENTITY = (0,)
 # torch parameter/buffer name -> (NNX attribute, permutation torch -> NNX layout).
 _LEAVES: tuple[tuple[type, dict[str, tuple[str, tuple[int, ...]]]], ...] = (
     # Convolutions: torch OIHW -> HWIO.
-    (models.StemConv, {"weight": ("kernel", (2, 3, 1, 0))}),
-    (models.PointwiseConv, {"weight": ("kernel", (2, 3, 1, 0))}),
-    (models.Conv3x3, {"weight": ("kernel", (2, 3, 1, 0))}),
+    (densenet.StemConv, {"weight": ("kernel", (2, 3, 1, 0))}),
+    (densenet.PointwiseConv, {"weight": ("kernel", (2, 3, 1, 0))}),
+    (densenet.Conv3x3, {"weight": ("kernel", (2, 3, 1, 0))}),
     (nnx.BatchNorm, {"weight": ("scale", _IDENTITY), "bias": ("bias", _IDENTITY),
                      "running_mean": ("mean", _IDENTITY), "running_var": ("var", _IDENTITY)}),
     (nnx.Linear, {"weight": ("kernel", (1, 0)), "bias": ("bias", _IDENTITY)}),  # (out,in)->(in,out)
@@ -146,7 +146,7 @@ def detect_format(tensors: Mapping[str, Any]) -> str:
 # Model -> torch names
 # ----------------------------------------------------------------------------
 def _torchvision_name(path: tuple) -> str:
-  """Path of a layer inside a `models.DenseNet` -> torchvision `features` name."""
+  """Path of a layer inside a `densenet.DenseNet` -> torchvision `features` name."""
   if path[0] == "blocks":
     _, block, _, layer, leaf = path
     return f"denseblock{block + 1}.denselayer{layer + 1}.{leaf}"
@@ -174,12 +174,12 @@ def _sequential_name(name: str, total_blocks: int) -> str:
 def _module_name(model: nnx.Module, path: tuple, fmt: str) -> str | None:
   """torch module name of the layer at `path` of a detector (None: not loaded)."""
   owner = getattr(model, path[0])
-  if isinstance(owner, models.DenseNet):
+  if isinstance(owner, densenet.DenseNet):
     name = _torchvision_name(path[1:])
     if fmt == IMAGENET:
       return name
     return f"{_OFFICIAL_NAMES[path[0]]}.{_sequential_name(name, len(owner.spec.block_config))}"
-  if isinstance(owner, models.Head) and fmt == OFFICIAL:
+  if isinstance(owner, detectors.Head) and fmt == OFFICIAL:
     return _OFFICIAL_NAMES[path[0]]
   return None
 

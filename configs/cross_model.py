@@ -11,9 +11,9 @@ For real data see configs/default.py and README.
 import os
 import runpy
 
-_default = runpy.run_path(os.path.join(os.path.dirname(__file__), "default.py"))
+from cmfl_jax.data.synthetic import FAMILIES  # the benchmark's six generator families
 
-FAMILIES = ("progan", "dcgan", "stylegan2", "stylegan3", "swagan", "diffusion")
+_default = runpy.run_path(os.path.join(os.path.dirname(__file__), "default.py"))
 
 
 def get_config(known: str = "stylegan2"):

@@ -17,21 +17,30 @@ import runpy
 import ml_collections
 
 _cross_model = runpy.run_path(os.path.join(os.path.dirname(__file__), "cross_model.py"))
-FAMILIES = _cross_model["FAMILIES"]
+
+KNOWN = ("stylegan2", "stylegan3", "swagan")   # the paper's three
+# The paper's four models: (arch, one_stream input, objective).
+VARIANTS = {
+    "rgb/bce": ("one_stream", "rgb", "bce"),
+    "fft/bce": ("one_stream", "freq", "bce"),
+    "two_stream/bce": ("two_stream", "rgb", "bce"),
+    "two_stream/cmfl": ("two_stream", "rgb", "cmfl"),
+}
 
 
 def get_config():
   config = _cross_model["get_config"]()
-  config.sweep = sweep = ml_collections.ConfigDict()
-  sweep.known = ("stylegan2", "stylegan3", "swagan")   # the paper's three
-  sweep.variants = ("rgb/bce", "fft/bce", "two_stream/bce", "two_stream/cmfl")
-  sweep.templates = (
-      ("data.train_split", "real_train+{known}_train"),
-      ("data.val_split", "real_dev+{known}_dev"),
-      ("data.eval_splits", tuple(f"real_eval+{f}_eval" for f in FAMILIES)
-       + ("real2_eval+{known}_eval",)),
-      ("eval.robustness_splits", ("real_eval+{known}_eval",)),
-  )
+  cells = []
+  for name, (arch, input_kind, objective) in VARIANTS.items():
+    for known in KNOWN:
+      family = _cross_model["get_config"](known)  # its splits for this known family
+      cells.append((f"{name}@{known}", {
+          "model.arch": arch, "model.input": input_kind, "loss.objective": objective,
+          "data.train_split": family.data.train_split, "data.val_split": family.data.val_split,
+          "data.eval_splits": family.data.eval_splits,
+          "eval.robustness_splits": family.eval.robustness_splits}))
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.cells = tuple(cells)
   model = config.model
   model.growth_rate = 12
   model.block_config = (4, 4)

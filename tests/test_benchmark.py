@@ -13,8 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_benchmark(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-m", "cmfl_jax.benchmark",
-                         f"--config={ROOT}/configs/smoke.py", "--image_size=32", "--steps=1",
+  proc = subprocess.run([sys.executable, "-m", "cmfl_jax.bench",
+                         f"--config={ROOT}/configs/smoke.py", "--config.data.image_size=32",
+                         "--steps=1",
                          *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -23,7 +24,7 @@ def run_benchmark(*args):
 
 def test_step_benchmark_against_pytorch():
   pytest.importorskip("torch")
-  jax_rec, torch_rec, ratio = run_benchmark("--what=step", "--batch_size=4", "--repeats=3",
+  jax_rec, torch_rec, ratio = run_benchmark("--what=step", "--config.train.batch_size=4", "--repeats=3",
                                             "--torch")
   assert jax_rec["impl"] == "cmfl_jax" and torch_rec["impl"] == "pytorch"
   assert jax_rec["batch_size"] == torch_rec["batch_size"] == 4
@@ -46,7 +47,7 @@ def test_step_benchmark_against_pytorch():
 
 
 def test_e2e_benchmark():
-  (rec,) = run_benchmark("--what=e2e", "--repeats=1", "--batch_size=8", "--num_images=16",
+  (rec,) = run_benchmark("--what=e2e", "--repeats=1", "--config.train.batch_size=8", "--num_images=16",
                          "--config.model.arch=one_stream", "--config.loss.objective=bce")
   assert rec["e2e_images_per_sec"] > 0 and rec["step_alone_images_per_sec"] > 0
   assert rec["e2e_over_step"] == pytest.approx(
@@ -54,33 +55,19 @@ def test_e2e_benchmark():
 
 
 def test_flops_count_without_compiling():
-  (rec,) = run_benchmark("--what=flops", "--batch_size=4", "--config.model.ops=xla")
-  (rec8,) = run_benchmark("--what=flops", "--batch_size=8", "--config.model.ops=xla")
+  (rec,) = run_benchmark("--what=flops", "--config.train.batch_size=4", "--config.model.ops=xla")
+  (rec8,) = run_benchmark("--what=flops", "--config.train.batch_size=8", "--config.model.ops=xla")
   assert rec["ops"] == "xla" and rec["train_gflop_per_step"] > rec["eval_gflop_per_step"] > 0
   # Work scales with the batch (the optimizer update does not, hence approx).
   assert rec8["eval_gflop_per_step"] == pytest.approx(2 * rec["eval_gflop_per_step"], rel=0.05)
 
 
 def test_baseline_variant_is_timed_in_the_same_run():
-  mine, base, ratio = run_benchmark("--what=step", "--batch_size=4", "--repeats=2",
-                                    "--baseline=model.cpu_matmul=ynnpack")
+  mine, base, ratio = run_benchmark("--what=step", "--config.train.batch_size=4", "--repeats=2",
+                                    f"--baseline={ROOT}/configs/smoke.py",
+                                    "--baseline.model.cpu_matmul=ynnpack")
   assert mine["cpu_matmul"] == "eigen" and base["cpu_matmul"] == "ynnpack"
   assert base["baseline"] == ratio["baseline"] == ["model.cpu_matmul=ynnpack"]
   assert ratio["eval_speedup_vs_baseline"] == pytest.approx(
       mine["eval_images_per_sec"] / base["eval_images_per_sec"], rel=1e-2)
   assert len(ratio["train_speedup_per_repeat"]) == 2
-
-
-def test_config_overrides_keep_the_field_types():
-  import ml_collections
-
-  from cmfl_jax import benchmark
-  config = ml_collections.ConfigDict(
-      {"model": {"ops": "auto", "num_blocks": 2, "scale": 1.0, "flag": False}})
-  new = benchmark.with_overrides(config, ["model.ops=xla", "model.num_blocks=3",
-                                          "model.scale=0.5", "model.flag=true"])
-  assert dict(new.model) == {"ops": "xla", "num_blocks": 3, "scale": 0.5, "flag": True}
-  assert config.model.ops == "auto"  # the original is untouched
-  for bad in ("model.nope=1", "model.ops"):
-    with pytest.raises(ValueError, match="existing"):
-      benchmark.with_overrides(config, [bad])

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cmfl_jax import input_pipeline as ip
+from cmfl_jax.data import ops, pipeline, readers, sources
+from cmfl_jax.data import split as split_lib
 
 
 def data_config(**kw):
@@ -52,7 +53,7 @@ def write_dataset(root, n_per_class=4, size=40, seed=0):
 # ---- protocol CSVs ------------------------------------------------------------
 def test_protocol_csv_labels_and_generators(tmp_path):
   data_root, proto = write_dataset(str(tmp_path))
-  split = ip.read_protocol_csv(os.path.join(proto, "train.csv"), data_root)
+  split = readers.read_protocol_csv(os.path.join(proto, "train.csv"), data_root)
   assert len(split) == 8 and split.name == "train"
   assert list(split.labels) == [1] * 4 + [0] * 4
   assert set(split.generators) == {"real", "stylegan2"}
@@ -71,21 +72,21 @@ def test_protocol_csv_labels_and_generators(tmp_path):
 def test_bad_protocol_csv(tmp_path, content, match):
   path = tmp_path / "x.csv"
   path.write_text(content)
-  with pytest.raises(ip.DataError, match=match):
-    ip.read_protocol_csv(str(path), str(tmp_path / "root"))
+  with pytest.raises(split_lib.DataError, match=match):
+    readers.read_protocol_csv(str(path), str(tmp_path / "root"))
 
 
 def test_missing_protocol_file(tmp_path):
-  with pytest.raises(ip.DataError, match="protocol file not found"):
-    ip.read_protocol_csv(str(tmp_path / "nope.csv"), str(tmp_path))
+  with pytest.raises(split_lib.DataError, match="protocol file not found"):
+    readers.read_protocol_csv(str(tmp_path / "nope.csv"), str(tmp_path))
 
 
 def test_split_without_one_class_is_an_error(tmp_path):
   data_root, proto = write_dataset(str(tmp_path))
   rows = open(os.path.join(proto, "train.csv")).read().splitlines()
   (tmp_path / "only_real.csv").write_text("\n".join(r for r in rows if not r.endswith("stylegan2")))
-  split = ip.read_protocol_csv(str(tmp_path / "only_real.csv"), data_root)
-  with pytest.raises(ip.DataError, match="no attack"):
+  split = readers.read_protocol_csv(str(tmp_path / "only_real.csv"), data_root)
+  with pytest.raises(split_lib.DataError, match="no attack"):
     split.check_both_classes()
 
 
@@ -113,7 +114,7 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
     for name in bad:
       w.writerow(["x", f"bad/{name}", "stylegan2"])
   cfg = data_config(data_root=data_root, protocol_dir=proto)
-  splits, skipped = ip.load_splits(cfg)
+  splits, skipped = sources.load_splits(cfg)
   assert len(splits["train"]) == 8  # only the good ones remain
   reasons = {os.path.basename(s["path"]): s["reason"] for s in skipped}
   assert set(reasons) == set(bad)
@@ -125,11 +126,11 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
   assert "too small" in reasons["tiny.png"]
   assert "too large" in reasons["bomb.png"]
   assert "unsupported image format TIFF" in reasons["pic.tiff"]
-  ip.report_skipped(skipped, str(tmp_path / "run"))
+  pipeline.report_skipped(skipped, str(tmp_path / "run"))
   report = json.load(open(tmp_path / "run" / "data_report.json"))
   assert report["skipped_per_split"] == {"train": len(bad)}
   # The remaining split trains through a whole epoch without errors.
-  ds = ip.train_dataset(splits["train"], cfg, 4, seed=0, epoch=0)
+  ds = pipeline.train_dataset(splits["train"], cfg, 4, seed=0, epoch=0)
   assert sum(1 for _ in ds) == 2
 
 
@@ -145,10 +146,10 @@ def test_odd_image_modes_decode_to_rgb8(tmp_path, mode):
   else:
     im, path = base.convert(mode), str(tmp_path / "x.png")
   im.save(path)
-  got = ip.decode_image(tf.io.read_file(path)).numpy()
+  got = ops.decode_image(tf.io.read_file(path)).numpy()
   assert got.shape == (24, 24, 3) and got.dtype == np.uint8
   with Image.open(path) as reread:
-    want = ip.pil_to_rgb8(reread)
+    want = readers.pil_to_rgb8(reread)
   # TF and PIL agree up to rounding (16-bit scaling, CMYK conversion).
   assert np.abs(got.astype(int) - want.astype(int)).max() <= (40 if "CMYK" in mode else 1)
 
@@ -166,18 +167,18 @@ def write_folders(root, seed=0):
 
 def test_image_folder_source(tmp_path):
   root = write_folders(str(tmp_path))
-  split = ip.read_image_folder(root, "train")
+  split = readers.read_image_folder(root, "train")
   assert len(split) == 8
   assert sorted(set(split.generators)) == ["progan", "real", "stylegan2"]
   assert np.all(split.labels == (split.generators == "real"))
-  with pytest.raises(ip.DataError, match="not found"):
-    ip.read_image_folder(root, "test")
+  with pytest.raises(split_lib.DataError, match="not found"):
+    readers.read_image_folder(root, "test")
 
 
 @pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
 def test_tfds_builder_prepares_and_feeds_pipeline(tmp_path, file_format):
   import tensorflow_datasets as tfds
-  from cmfl_jax import tfds_faces
+  from cmfl_jax.data import tfds_faces
   manual = write_folders(str(tmp_path / "manual"))
   data_dir = str(tmp_path / "tfds")
   builder = tfds.builder("cmfl_faces", data_dir=data_dir)
@@ -194,20 +195,20 @@ def test_tfds_builder_prepares_and_feeds_pipeline(tmp_path, file_format):
   assert len(split) == 8 and split.labels.sum() == 4
   assert set(split.generators) == {"real", "progan", "stylegan2"}
   # The pipeline yields the very pixels of the source files.
-  folder = ip.read_image_folder(manual, "train")
+  folder = readers.read_image_folder(manual, "train")
   files = {tuple(np.asarray(Image.open(p)).ravel()[:64]): np.asarray(Image.open(p))
            for p in folder.paths}
-  batch = next(iter(ip.eval_dataset(split, data_config(image_size=40), 4)))
+  batch = next(iter(pipeline.eval_dataset(split, data_config(image_size=40), 4)))
   for img in batch["image"].numpy():
     np.testing.assert_array_equal(img, files[tuple(img.ravel()[:64])])
-  with pytest.raises(ip.DataError, match="no split"):
+  with pytest.raises(split_lib.DataError, match="no split"):
     tfds_faces.load_split(cfg, "test")
 
 
 # ---- augmentation ---------------------------------------------------------------
 def test_augmentation_statistics():
   n = 2000
-  params = [ip.augment_params(tf.constant([7, i], tf.int64), 0.5) for i in range(n)]
+  params = [ops.augment_params(tf.constant([7, i], tf.int64), 0.5) for i in range(n)]
   blur = np.array([bool(p["blur"]) for p in params])
   jpeg = np.array([bool(p["jpeg"]) for p in params])
   flip = np.array([bool(p["flip"]) for p in params])
@@ -222,7 +223,7 @@ def test_augmentation_statistics():
   counts = np.bincount(quality // 10)[6:]
   assert counts.min() > n / 5 * 0.8
   # prob=0 never blurs or re-encodes.
-  p0 = [ip.augment_params(tf.constant([1, i], tf.int64), 0.0) for i in range(50)]
+  p0 = [ops.augment_params(tf.constant([1, i], tf.int64), 0.0) for i in range(50)]
   assert not any(bool(p["blur"]) or bool(p["jpeg"]) for p in p0)
 
 
@@ -230,7 +231,7 @@ def test_augmentation_statistics():
 def test_gaussian_blur_matches_scipy(sigma):
   from scipy.ndimage import gaussian_filter
   img = np.random.default_rng(3).integers(0, 256, (30, 34, 3), dtype=np.uint8)
-  got = ip.gaussian_blur(tf.constant(img), tf.constant(sigma)).numpy().astype(int)
+  got = ops.gaussian_blur(tf.constant(img), tf.constant(sigma)).numpy().astype(int)
   want = np.stack([gaussian_filter(img[..., c].astype(float), sigma, mode="reflect", truncate=4.0)
                    for c in range(3)], -1)
   assert np.abs(got - np.round(want)).max() <= 1
@@ -241,8 +242,8 @@ def test_augment_applies_jpeg_and_flip():
   changed = 0
   for i in range(40):
     seed = tf.constant([3, i], tf.int64)
-    p = ip.augment_params(seed, 0.5)
-    out = ip.augment(img, seed, 0.5).numpy()
+    p = ops.augment_params(seed, 0.5)
+    out = ops.augment(img, seed, 0.5).numpy()
     if not (bool(p["blur"]) or bool(p["jpeg"])):
       want = img.numpy()[:, ::-1] if bool(p["flip"]) else img.numpy()
       np.testing.assert_array_equal(out, want)
@@ -257,40 +258,40 @@ def _indices(ds):
 
 
 def test_train_order_is_seeded_and_resume_skips_exactly():
-  split = ip.toy_split("train", 40, 16, seed=0)
+  split = sources.toy_split("train", 40, 16, seed=0)
   cfg = data_config(image_size=16)
-  a = list(ip.train_dataset(split, cfg, 8, seed=1, epoch=0))
-  b = list(ip.train_dataset(split, cfg, 8, seed=1, epoch=0))
+  a = list(pipeline.train_dataset(split, cfg, 8, seed=1, epoch=0))
+  b = list(pipeline.train_dataset(split, cfg, 8, seed=1, epoch=0))
   assert len(a) == 5
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
-  resumed = list(ip.train_dataset(split, cfg, 8, seed=1, epoch=0, skip_batches=3))
+  resumed = list(pipeline.train_dataset(split, cfg, 8, seed=1, epoch=0, skip_batches=3))
   assert len(resumed) == 2
   for x, y in zip(a[3:], resumed):
     np.testing.assert_array_equal(x["image"], y["image"])  # same augmentation too
-  other = _indices(ip.train_dataset(split, cfg, 8, seed=1, epoch=1))
+  other = _indices(pipeline.train_dataset(split, cfg, 8, seed=1, epoch=1))
   assert not np.array_equal(_indices(a), other)
 
 
 def test_balancing_modes():
   labels = np.array([1] * 30 + [0] * 10, np.int32)
-  over = ip.balanced_order(labels, 0, 0, "oversample")
+  over = pipeline.balanced_order(labels, 0, 0, "oversample")
   assert len(over) == 60 and np.sum(labels[over] == 0) == 30
   assert set(np.flatnonzero(labels == 0)) <= set(over) and set(np.flatnonzero(labels == 1)) <= set(over)
-  trunc = ip.balanced_order(labels, 0, 0, "truncate")
+  trunc = pipeline.balanced_order(labels, 0, 0, "truncate")
   assert len(trunc) == 20 and np.sum(labels[trunc] == 1) == 10
-  assert len(ip.balanced_order(labels, 0, 0, "none")) == 40
+  assert len(pipeline.balanced_order(labels, 0, 0, "none")) == 40
 
 
 @pytest.mark.parametrize("nproc", [1, 2, 3])
 def test_eval_covers_every_example_once_across_processes(monkeypatch, nproc):
-  split = ip.toy_split("eval", 23, 16, seed=0)
+  split = sources.toy_split("eval", 23, 16, seed=0)
   cfg = data_config(image_size=16)
   seen, masks = [], []
   for pid in range(nproc):
-    monkeypatch.setattr(ip.jax, "process_count", lambda: nproc)
-    monkeypatch.setattr(ip.jax, "process_index", lambda pid=pid: pid)
-    batches = list(ip.eval_dataset(split, cfg, 2 * nproc * 2))
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: nproc)
+    monkeypatch.setattr(pipeline.jax, "process_index", lambda pid=pid: pid)
+    batches = list(pipeline.eval_dataset(split, cfg, 2 * nproc * 2))
     idx = np.concatenate([b["index"].numpy() for b in batches])
     m = np.concatenate([b["mask"].numpy() for b in batches])
     seen.append(idx[m])
@@ -301,14 +302,14 @@ def test_eval_covers_every_example_once_across_processes(monkeypatch, nproc):
 
 
 def test_train_slices_are_disjoint_across_processes(monkeypatch):
-  split = ip.toy_split("train", 48, 16, seed=0)
+  split = sources.toy_split("train", 48, 16, seed=0)
   cfg = data_config(image_size=16)
   parts = []
   for pid in range(2):
-    monkeypatch.setattr(ip.jax, "process_count", lambda: 2)
-    monkeypatch.setattr(ip.jax, "process_index", lambda pid=pid: pid)
-    parts.append(_indices(ip.train_dataset(split, cfg, 8, seed=0, epoch=0)))
-  order = ip.balanced_order(split.labels, 0, 0, "oversample")
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(pipeline.jax, "process_index", lambda pid=pid: pid)
+    parts.append(_indices(pipeline.train_dataset(split, cfg, 8, seed=0, epoch=0)))
+  order = pipeline.balanced_order(split.labels, 0, 0, "oversample")
   together = np.stack([p.reshape(-1, 4) for p in parts], 1).reshape(-1)
   np.testing.assert_array_equal(together, order[:len(together)])
 
@@ -316,19 +317,19 @@ def test_train_slices_are_disjoint_across_processes(monkeypatch):
 def test_unaligned_geometry():
   img = tf.constant(np.random.default_rng(5).integers(0, 256, (300, 400, 3), dtype=np.uint8))
   seed = tf.constant([1, 2], tf.int64)
-  ev = ip.resize_and_crop(img, 224, aligned=False, train=False, seed=None)
-  tr = ip.resize_and_crop(img, 224, aligned=False, train=True, seed=seed)
+  ev = ops.resize_and_crop(img, ops.Geometry(224, aligned=False), train=False)
+  tr = ops.resize_and_crop(img, ops.Geometry(224, aligned=False), train=True, seed=seed)
   assert ev.shape == (224, 224, 3) and tr.shape == (224, 224, 3)
   # Eval: shorter side 256 -> 256x341, centre 224 crop = rows 16..240.
   full = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(img, [256, 341], antialias=True)),
                                   0, 255), tf.uint8)
   np.testing.assert_array_equal(ev.numpy(), full.numpy()[16:240, 58:282])
-  al = ip.resize_and_crop(img, 64, aligned=True, train=True, seed=seed)
+  al = ops.resize_and_crop(img, ops.Geometry(64, aligned=True), train=True, seed=seed)
   assert al.shape == (64, 64, 3)
 
 
 def test_pipeline_benchmark_runs(tmp_path):
-  from cmfl_jax import benchmark_input as benchmark
+  from cmfl_jax.bench import input as benchmark
   split = benchmark.write_image_split(str(tmp_path), "png", 8, 32)
   assert len(split) == 8 and all(os.path.exists(p) for p in split.paths)
   ips = benchmark.pipeline_throughput(split, benchmark.pipeline_config(32), True, 4, 1, 1)
@@ -342,20 +343,20 @@ def test_unaligned_train_pipeline_order_and_shape(tmp_path):
     p = str(tmp_path / f"{i}.png")
     Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(p)
     paths.append(p)
-  split = ip.Split("t", np.array([0, 1, 0, 1], np.int32), np.array(["f", "real"] * 2),
-                   paths=np.asarray(paths))
+  split = split_lib.Split("t", np.array([0, 1, 0, 1], np.int32), np.array(["f", "real"] * 2),
+                          split_lib.Files(np.asarray(paths)))
   cfg = data_config(image_size=32, aligned=False)
-  batch = next(iter(ip.train_dataset(split, cfg, 4, seed=0, epoch=0)))
+  batch = next(iter(pipeline.train_dataset(split, cfg, 4, seed=0, epoch=0)))
   assert batch["image"].shape == (4, 32, 32, 3)
-  ev = next(iter(ip.eval_dataset(split, cfg, 4)))
-  want = ip.resize_and_crop(tf.io.decode_png(tf.io.read_file(paths[0])), 32, False, False, None)
+  ev = next(iter(pipeline.eval_dataset(split, cfg, 4)))
+  want = ops.resize_and_crop(tf.io.decode_png(tf.io.read_file(paths[0])), ops.Geometry(32, False))
   np.testing.assert_array_equal(ev["image"][0], want)
 
 
 def test_toy_splits_depend_on_name_not_on_which_are_loaded():
   cfg = data_config(source="toy", image_size=16, verify="none")
-  full, _ = ip.load_splits(cfg)
-  only_eval, _ = ip.load_splits(cfg, ["eval"])
+  full, _ = sources.load_splits(cfg)
+  only_eval, _ = sources.load_splits(cfg, ["eval"])
   np.testing.assert_array_equal(full["eval"].images, only_eval["eval"].images)
   assert not np.array_equal(full["train"].images, full["eval"].images)
 
@@ -363,22 +364,22 @@ def test_toy_splits_depend_on_name_not_on_which_are_loaded():
 def test_images_smaller_than_the_crop_are_skipped_by_default(tmp_path):
   data_root, proto = write_dataset(str(tmp_path), size=40)
   cfg = data_config(data_root=data_root, protocol_dir=proto, image_size=48, min_side=-1)
-  with pytest.raises(ip.DataError, match="no bona fide"):  # every 40px image is skipped
-    ip.load_splits(cfg)
+  with pytest.raises(split_lib.DataError, match="no bona fide"):  # every 40px image is skipped
+    sources.load_splits(cfg)
   cfg.image_size = 40
-  splits, skipped = ip.load_splits(cfg)
+  splits, skipped = sources.load_splits(cfg)
   assert not skipped and len(splits["train"]) == 8
 
 
 def test_cache_decodes_once_and_gives_identical_batches(tmp_path):
   data_root, proto = write_dataset(str(tmp_path), size=32)
   cfg = data_config(data_root=data_root, protocol_dir=proto)
-  files, _ = ip.load_splits(cfg)
+  files, _ = sources.load_splits(cfg)
   cfg.cache = True
-  cached, _ = ip.load_splits(cfg)
+  cached, _ = sources.load_splits(cfg)
   assert cached["train"].paths is None and cached["train"].images.shape == (8, 32, 32, 3)
-  a = next(iter(ip.train_dataset(files["train"], cfg, 4, seed=0, epoch=0)))
-  b = next(iter(ip.train_dataset(cached["train"], cfg, 4, seed=0, epoch=0)))
+  a = next(iter(pipeline.train_dataset(files["train"], cfg, 4, seed=0, epoch=0)))
+  b = next(iter(pipeline.train_dataset(cached["train"], cfg, 4, seed=0, epoch=0)))
   np.testing.assert_array_equal(a["image"], b["image"])
 
 
@@ -387,38 +388,38 @@ def test_cache_decodes_once_and_gives_identical_batches(tmp_path):
                                  "resize:1", "noise:0", "noise:x", "sharpen:1", "none:1"])
 def test_bad_conditions_are_rejected(bad):
   with pytest.raises(ValueError, match="condition"):
-    ip.parse_condition(bad)
+    ops.parse_condition(bad)
 
 
 def test_postprocess_conditions():
   rng = np.random.default_rng(5)
   img = tf.constant(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
   seed = tf.constant([0, 7], tf.int64)
-  np.testing.assert_array_equal(ip.postprocess(img, "none", seed), img)
-  np.testing.assert_array_equal(ip.postprocess(img, "jpeg:50", seed),
+  np.testing.assert_array_equal(ops.postprocess(img, "none", seed), img)
+  np.testing.assert_array_equal(ops.postprocess(img, "jpeg:50", seed),
                                 tf.image.adjust_jpeg_quality(img, 50))
-  np.testing.assert_array_equal(ip.postprocess(img, "blur:1", seed),
-                                ip.gaussian_blur(img, tf.constant(1.0)))
+  np.testing.assert_array_equal(ops.postprocess(img, "blur:1", seed),
+                                ops.gaussian_blur(img, tf.constant(1.0)))
   # Down-up resizing keeps the shape and removes detail (white noise loses power).
-  down_up = ip.postprocess(img, "resize:0.5", seed).numpy().astype(float)
+  down_up = ops.postprocess(img, "resize:0.5", seed).numpy().astype(float)
   assert down_up.shape == (40, 40, 3)
   assert np.std(down_up) < 0.8 * np.std(img.numpy())
   # Noise: deterministic per seed, different across seeds, right size.
   flat = tf.fill([64, 64, 3], tf.constant(128, tf.uint8))
-  a = ip.postprocess(flat, "noise:5", seed).numpy().astype(float)
-  np.testing.assert_array_equal(a, ip.postprocess(flat, "noise:5", seed))
-  assert not np.array_equal(a, ip.postprocess(flat, "noise:5", tf.constant([0, 8], tf.int64)))
+  a = ops.postprocess(flat, "noise:5", seed).numpy().astype(float)
+  np.testing.assert_array_equal(a, ops.postprocess(flat, "noise:5", seed))
+  assert not np.array_equal(a, ops.postprocess(flat, "noise:5", tf.constant([0, 8], tf.int64)))
   assert 4.5 < np.std(a) < 5.5 and abs(np.mean(a) - 128) < 0.5
 
 
 def test_eval_dataset_applies_the_condition_to_every_example():
-  split = ip.toy_split("eval", 6, 16, seed=0)
+  split = sources.toy_split("eval", 6, 16, seed=0)
   cfg = data_config(image_size=16)
-  clean = np.concatenate([b["image"].numpy() for b in ip.eval_dataset(split, cfg, 4)])
-  noisy = [b for b in ip.eval_dataset(split, cfg, 4, "jpeg:50")]
+  clean = np.concatenate([b["image"].numpy() for b in pipeline.eval_dataset(split, cfg, 4)])
+  noisy = [b for b in pipeline.eval_dataset(split, cfg, 4, "jpeg:50")]
   images = np.concatenate([b["image"].numpy() for b in noisy])
   np.testing.assert_array_equal(clean[:6], split.images)
   for i in range(6):
     np.testing.assert_array_equal(images[i], tf.image.adjust_jpeg_quality(split.images[i], 50))
   with pytest.raises(ValueError, match="condition"):
-    ip.eval_dataset(split, cfg, 4, "jpeg:500")
+    pipeline.eval_dataset(split, cfg, 4, "jpeg:500")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cmfl_jax import models
+from cmfl_jax import backend, models
+from cmfl_jax.models import densenet, kernels
 
 def run(model, *args):
   """Calls a module under nnx.jit (eager op-by-op dispatch is slow on 2 cores)."""
@@ -42,7 +43,7 @@ def test_paper_stream_parameter_count_and_shapes_abstractly():
   model = nnx.eval_shape(lambda: models.create_model(
       {"arch": "two_stream", "backbone": "densenet161", "num_blocks": 2}, rngs=nnx.Rngs(0)))
   assert models.count_params(model.rgb_stream) == DENSENET161_STREAM_PARAMS
-  assert torchvision_style_count(models.DENSENET_PRESETS["densenet161"], 2) == DENSENET161_STREAM_PARAMS
+  assert torchvision_style_count(densenet.DENSENET_PRESETS["densenet161"], 2) == DENSENET161_STREAM_PARAMS
   heads = (384 + 1) * 2 + (768 + 1)
   assert models.count_params(model) == 2 * DENSENET161_STREAM_PARAMS + heads
   graphdef, state = nnx.split(model)
@@ -57,9 +58,9 @@ def test_paper_stream_parameter_count_and_shapes_abstractly():
   assert feats.shape == (2, 14, 14, 384)
 
 
-@pytest.mark.parametrize("name", sorted(models.DENSENET_PRESETS))
+@pytest.mark.parametrize("name", sorted(densenet.DENSENET_PRESETS))
 def test_presets_match_torchvision_counts(name):
-  spec = models.DENSENET_PRESETS[name]
+  spec = densenet.DENSENET_PRESETS[name]
   for num_blocks in (2,) if name != "densenet121" else (2, 4):
     stream = nnx.eval_shape(lambda: models.DenseNet(spec, num_blocks, rngs=nnx.Rngs(0)))
     assert models.count_params(stream) == torchvision_style_count(spec, num_blocks)
@@ -99,7 +100,7 @@ def test_two_stream_heads_follow_published_wiring():
   images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
   out = run(model, images)
   # Recompute the heads by hand from the streams: GAP -> sigmoid -> linear.
-  from cmfl_jax import spectrum
+  from cmfl_jax.models import spectrum
   e_rgb = jax.nn.sigmoid(run(model.rgb_stream, spectrum.normalize_rgb(images)).mean((1, 2)))
   e_f = jax.nn.sigmoid(run(model.freq_stream, spectrum.log_spectrum(images)).mean((1, 2)))
 
@@ -121,16 +122,16 @@ def test_one_stream(inp):
   images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
   out = run(model, images)
   assert set(out) == {"joint"} and out["joint"].shape == (2,)
-  from cmfl_jax import spectrum
+  from cmfl_jax.models import spectrum
   x = spectrum.normalize_rgb(images) if inp == "rgb" else spectrum.log_spectrum(images)
   direct = nnx.jit(lambda m, x: m.forward_streams(x))(model, x)
   np.testing.assert_allclose(out["joint"], direct["joint"], rtol=1e-5, atol=1e-6)
 
 
 def test_create_model_errors():
-  with pytest.raises(ValueError, match="unknown arch"):
+  with pytest.raises(ValueError, match=r"model.arch must be one of .*two_stream"):
     models.create_model(tiny_config(arch="three_stream"), rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="one_stream input"):
+  with pytest.raises(ValueError, match=r"model.input must be one of .*rgb"):
     models.create_model(tiny_config(arch="one_stream", input="depth"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="preset"):
     models.create_model(tiny_config(backbone="resnet50"), rngs=nnx.Rngs(0))
@@ -185,8 +186,8 @@ def test_stem_conv_and_its_im2col_kernel_gradient(size):
   dy = jax.random.normal(k3, (2, (size + 1) // 2, (size + 1) // 2, 5))
   conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
       x, w, (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(models.stem_conv(x, w, 2, 3), conv(x, w), atol=1e-5)
-  got = jax.vjp(lambda x, w: models.stem_conv(x, w, 2, 3), x, w)[1](dy)
+  np.testing.assert_allclose(kernels.stem_conv(x, w, 2, 3), conv(x, w), atol=1e-5)
+  got = jax.vjp(lambda x, w: kernels.stem_conv(x, w, 2, 3), x, w)[1](dy)
   want = jax.vjp(conv, x, w)[1](dy)
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
@@ -196,9 +197,9 @@ def test_stem_conv_and_its_im2col_kernel_gradient(size):
 def test_max_pool_slices_match_reduce_window(size):
   x = jax.random.normal(jax.random.key(1), (2, *size, 4))  # no ties
   ref = lambda x: nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # noqa
-  np.testing.assert_array_equal(models.max_pool_3x3_s2(x), ref(x))
+  np.testing.assert_array_equal(kernels.max_pool_3x3_s2(x), ref(x))
   loss = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 3))(x)  # noqa: E731
-  np.testing.assert_allclose(loss(models.max_pool_3x3_s2), loss(ref), rtol=1e-6)
+  np.testing.assert_allclose(loss(kernels.max_pool_3x3_s2), loss(ref), rtol=1e-6)
 
 
 def test_max_pool_gradient_goes_to_the_first_maximum_like_pytorch():
@@ -207,7 +208,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_like_pytorch():
   x = np.maximum(np.random.default_rng(0).normal(size=(2, 9, 8, 3)), 0).astype(np.float32)
   x[0, :3, :3, 0] = 1.0
   dy = np.random.default_rng(1).normal(size=(2, 5, 4, 3)).astype(np.float32)
-  out, vjp = jax.vjp(models.max_pool_3x3_s2, jnp.asarray(x))
+  out, vjp = jax.vjp(kernels.max_pool_3x3_s2, jnp.asarray(x))
   got = np.asarray(vjp(jnp.asarray(dy))[0])
   want = np.zeros_like(x)
   xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
@@ -226,7 +227,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_like_pytorch():
 
 
 def test_pointwise_conv_equals_a_1x1_conv_with_the_same_kernel():
-  layer = models.PointwiseConv(6, 4, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  layer = densenet.PointwiseConv(6, 4, dtype=jnp.float32, rngs=nnx.Rngs(0))
   conv = nnx.Conv(6, 4, (1, 1), use_bias=False, rngs=nnx.Rngs(1))
   conv.kernel[...] = layer.kernel[...]
   x = jax.random.normal(jax.random.key(2), (2, 5, 5, 6))
@@ -243,8 +244,8 @@ def test_conv3x3_matmul_gradients_equal_the_convolution_gradients(shape):
   dy = jax.random.normal(k3, (b, h, w, cout))
   conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
       x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(models.conv3x3(x, kernel), conv(x, kernel), atol=1e-5)
-  got = jax.vjp(models.conv3x3, x, kernel)[1](dy)
+  np.testing.assert_allclose(kernels.conv3x3(x, kernel), conv(x, kernel), atol=1e-5)
+  got = jax.vjp(kernels.conv3x3, x, kernel)[1](dy)
   want = jax.vjp(conv, x, kernel)[1](dy)
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
@@ -261,14 +262,14 @@ def test_batch_norm_train_matches_autodiff_and_pytorch():
     mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
     return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
 
-  (y, mean, var), vjp = jax.vjp(lambda *a: models.batch_norm_train(*a, 1e-5), x, scale, bias)
+  (y, mean, var), vjp = jax.vjp(lambda *a: kernels.batch_norm_train(*a, 1e-5), x, scale, bias)
   want_y, want_vjp = jax.vjp(reference, x, scale, bias)
   np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
   for got, want in zip(vjp((dy, jnp.zeros_like(mean), jnp.zeros_like(var))), want_vjp(dy)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
   # Module: output and running statistics as torch.nn.BatchNorm2d in training mode.
-  bn = models.BatchNorm(3, momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON,
+  bn = densenet.BatchNorm(3, momentum=densenet.BN_MOMENTUM, epsilon=densenet.BN_EPSILON,
                         rngs=nnx.Rngs(0))
   bn.scale[...], bn.bias[...] = scale, bias
   bn.train()
@@ -309,8 +310,9 @@ def test_gemm_and_xla_kernels_compute_the_same_function():
                   jax.tree.leaves(g_x) + jax.tree.leaves(s_x)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
   with pytest.raises(ValueError, match="ops"):
-    models.resolve_ops("cudnn")
-  assert models.resolve_ops("auto") == ("gemm" if jax.default_backend() == "cpu" else "xla")
+    backend.kernel_family("cudnn", "cpu")
+  assert backend.kernel_family("auto", "cpu") == "gemm"
+  assert backend.kernel_family("auto", "gpu") == backend.kernel_family("auto", "tpu") == "xla"
 
 
 def bce_with_logits(logits, labels):

@@ -79,9 +79,20 @@ def paper_table_config():
   return runpy.run_path(os.path.join(ROOT, "configs", "paper_table.py"))["get_config"]()
 
 
-def test_sweep_cells_substitute_the_known_family_and_variant():
+def _cells(config, variants=None, known=None):
+  """The paper-table cells, optionally reduced to some variants / families."""
+  keep = [(n, o) for n, o in config.sweep.cells
+          if (variants is None or n.partition("@")[0] in variants)
+          and (known is None or n.partition("@")[2] in known)]
+  config.sweep.cells = tuple(keep)
+  return sweep.cells(config)
+
+
+def test_sweep_cells_are_plain_overrides_of_any_depth():
   config = paper_table_config()
-  cell = sweep.run_config(config, "swagan", "fft/bce")
+  names = [n for n, _ in config.sweep.cells]
+  assert len(names) == 12 and "fft/bce@swagan" in names
+  cell = dict(sweep.cells(config))["fft/bce@swagan"]
   assert "sweep" not in cell
   assert cell.data.train_split == "real_train+swagan_train"
   assert cell.data.val_split == "real_dev+swagan_dev"
@@ -90,27 +101,29 @@ def test_sweep_cells_substitute_the_known_family_and_variant():
   assert tuple(cell.eval.robustness_splits) == ("real_eval+swagan_eval",)
   assert (cell.model.arch, cell.model.input, cell.loss.objective) == ("one_stream", "freq", "bce")
   assert config.data.train_split == "real_train+stylegan2_train"  # the base is untouched
-  with pytest.raises(ValueError, match="unknown sweep variant"):
-    sweep.run_config(config, "swagan", "vit/bce")
+  assert sweep.run_dir("/w", "fft/bce@swagan") == os.path.join("/w", "swagan", "fft_bce")
+  with pytest.raises(ValueError, match="not a config key"):
+    sweep.cell_config(config, {"model.arhc": "x"})
+  config.sweep.cells = (("a", {}), ("a", {}))
+  with pytest.raises(ValueError, match="repeat"):
+    sweep.cells(config)
 
 
 def test_sweep_report_matrix(tmp_path):
   config = paper_table_config()
-  config.sweep.known = ("stylegan2", "swagan")
-  config.sweep.variants = ("rgb/bce", "two_stream/cmfl")
+  cells = _cells(config, ("rgb/bce", "two_stream/cmfl"), ("stylegan2", "swagan"))
   results, expected = {}, {}
-  for v_i, variant in enumerate(config.sweep.variants):
-    for k_i, known in enumerate(config.sweep.known):
-      cell = sweep.run_config(config, known, variant)
-      curves = {s: _scores(10 * v_i + k_i + j, 0.5 + j / 3) for j, s in
-                enumerate(cell.data.eval_splits)}
-      results[f"{variant}|{known}"] = _results(curves)
-      expected[(variant, known)] = [100 * results[f"{variant}|{known}"]["splits"][s][
-          "metrics_joint"]["d_eer"] for s in cell.data.eval_splits]
-  path = sweep.write_sweep_report(config, results, str(tmp_path))
+  for i, (name, cell) in enumerate(cells):
+    curves = {s: _scores(10 * i + j, 0.5 + j / 3) for j, s in enumerate(cell.data.eval_splits)}
+    results[name] = _results(curves)
+    expected[name] = [100 * results[name]["splits"][s]["metrics_joint"]["d_eer"]
+                      for s in cell.data.eval_splits]
+  path = report.write_sweep_report(cells, results, str(tmp_path))
   text = open(path).read()
-  assert "| model | known | progan | dcgan | stylegan2 | stylegan3 | swagan | diffusion |" in text
-  for (variant, known), row in expected.items():
+  assert ("| model | known | progan | dcgan | stylegan2 | stylegan3 | swagan | diffusion | "
+          "real2+known |") in text
+  for name, row in expected.items():
+    variant, _, known = name.partition("@")
     assert f"| {variant} | {known} | " + " | ".join(f"{v:.1f}" for v in row) + " |" in text
   assert open(tmp_path / "heatmap.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.path.exists(tmp_path / "sweep.json")
@@ -120,7 +133,7 @@ def test_sweep_runs_every_cell_in_its_own_workdir(tmp_path, monkeypatch):
   """Orchestration only (training and evaluation themselves are covered by the
   engine tests): every cell gets its config and workdir, then one report."""
   config = paper_table_config()
-  config.sweep.known = ("stylegan2", "swagan")
+  _cells(config, known=("stylegan2", "swagan"))
   trained, evaluated = [], []
   monkeypatch.setattr(sweep.train, "train_and_evaluate",
                       lambda cfg, wd: trained.append((cfg.model.arch, cfg.loss.objective,
@@ -138,5 +151,4 @@ def test_sweep_runs_every_cell_in_its_own_workdir(tmp_path, monkeypatch):
           str(tmp_path / "swagan" / "fft_bce")) in trained
   assert len(set(evaluated)) == 8
   assert (tmp_path / "report.md").exists()
-  trained.clear()
   assert sweep.run_sweep(config, str(tmp_path), "train") == {} and len(trained) == 8

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmfl_jax import spectrum
+from cmfl_jax.models import spectrum
 
 
 def reference_spectrum(image_uint8: np.ndarray) -> np.ndarray:

@@ -4,7 +4,9 @@ intended trace of each family, TFDS splits, export round trip, Durall baseline."
 import numpy as np
 import pytest
 
-from cmfl_jax import input_pipeline, synthetic_faces as sf
+from cmfl_jax.data import readers, sources
+from cmfl_jax.data.synthetic import builder as sf_builder
+from cmfl_jax.data.synthetic import simulate as sf
 
 
 def _imgs(source, n=32, size=64, split="train"):
@@ -84,7 +86,7 @@ def test_family_traces(samples):
 
 @pytest.fixture(scope="module")
 def tiny_builder(tmp_path_factory):
-  return sf.prepare("tiny", str(tmp_path_factory.mktemp("tfds")))
+  return sf_builder.prepare("tiny", str(tmp_path_factory.mktemp("tfds")))
 
 
 def test_tfds_splits_and_balance(tiny_builder):
@@ -94,12 +96,12 @@ def test_tfds_splits_and_balance(tiny_builder):
   for fam in sf.FAMILIES + ("real",):
     assert splits[f"{fam}_train"].num_examples == 16
     assert splits[f"{fam}_eval"].num_examples == 8
-  from cmfl_jax import tfds_faces
+  from cmfl_jax.data import tfds_faces
   split = tfds_faces.split_from_builder(builder, "real_train+dcgan_train")
   assert len(split) == 32 and split.labels.sum() == 16
   assert set(split.generators) == {"real", "dcgan"}
-  by_name = {_text(split.source[i]["filename"]): i for i in range(len(split))}
-  first = split.source[by_name["real/train/000000.png"]]["image"]
+  by_name = {_text(split.storage.source[i]["filename"]): i for i in range(len(split))}
+  first = split.storage.source[by_name["real/train/000000.png"]]["image"]
   np.testing.assert_array_equal(first, next(sf.sample("real", "train", 1, 32)))
 
 
@@ -108,22 +110,23 @@ def _text(v):
 
 
 def test_export_round_trips_through_protocol_reader(tiny_builder, tmp_path):
-  from cmfl_jax import export_benchmark, tfds_faces
+  from cmfl_jax.data import tfds_faces
+  from cmfl_jax.tools import export_benchmark
   builder = tiny_builder
   counts = export_benchmark.export(builder, str(tmp_path))
   assert counts["stylegan3_dev"] == 8
   proto = tmp_path / "protocols" / "stylegan3"
-  split = input_pipeline.read_protocol_csv(str(proto / "train.csv"), str(tmp_path / "data"))
+  split = readers.read_protocol_csv(str(proto / "train.csv"), str(tmp_path / "data"))
   assert len(split) == 32 and set(split.generators) == {"real", "stylegan3"}
   ref = tfds_faces.split_from_builder(builder, "real_train+stylegan3_train")
   from PIL import Image
   for i in (0, 31):
-    np.testing.assert_array_equal(np.asarray(Image.open(split.paths[i])), ref.source[i]["image"])
+    np.testing.assert_array_equal(np.asarray(Image.open(split.paths[i])), ref.storage.source[i]["image"])
   assert (proto / "eval_real2.csv").exists()
 
 
 def test_durall_baseline(tiny_builder):
-  from cmfl_jax import durall
+  from cmfl_jax.tools import durall
   feats = durall.azimuthal_features(_imgs("real", 4, 32))
   assert feats.shape == (4, 16) and feats.min() == 0 and feats.max() == 1
   builder = tiny_builder
@@ -135,7 +138,7 @@ def test_durall_baseline(tiny_builder):
 
 
 def test_logistic_regression_learns_a_separable_problem():
-  from cmfl_jax import durall
+  from cmfl_jax.tools import durall
   rng = np.random.default_rng(0)
   x = rng.normal(0, 1, (200, 3))
   y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(float)
@@ -144,9 +147,9 @@ def test_logistic_regression_learns_a_separable_problem():
 
 
 def test_custom_resolution_and_split_sizes(tmp_path):
-  builder = sf.prepare("s16_t4_d2_e2", str(tmp_path))
+  builder = sf_builder.prepare("s16_t4_d2_e2", str(tmp_path))
   assert builder.info.splits["progan_train"].num_examples == 4
   assert builder.info.splits["real2_eval"].num_examples == 2
   assert builder.as_data_source(split="real_dev")[0]["image"].shape == (16, 16, 3)
   with pytest.raises(ValueError, match="unknown cmfl_synth_faces config"):
-    sf.make_builder("huge")
+    sf_builder.make_builder("huge")

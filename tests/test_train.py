@@ -210,7 +210,7 @@ def test_train_and_evaluate_from_each_source(tmp_path, source):
   elif source == "folder":
     config.data.data_root = write_folders(str(tmp_path / "d"))
   else:
-    from cmfl_jax import tfds_faces  # noqa: F401 - registers the builder
+    from cmfl_jax.data import tfds_faces  # noqa: F401 - registers the builder
     manual = write_folders(str(tmp_path / "manual"))
     config.data.tfds_data_dir = str(tmp_path / "tfds")
     tfds.builder("cmfl_faces", data_dir=config.data.tfds_data_dir).download_and_prepare(
@@ -230,10 +230,11 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
   import csv
   import runpy
   from PIL import Image
-  from cmfl_jax import input_pipeline, score_files
+  from cmfl_jax import score_files
+  from cmfl_jax.data import sources
   workdir, _ = reference_run
   config = runpy.run_path(SMOKE)["get_config"]()
-  splits, _ = input_pipeline.load_splits(config.data, ["eval"])
+  splits, _ = sources.load_splits(config.data, ["eval"])
   folder = tmp_path / "imgs"
   folder.mkdir()
   for i, img in enumerate(splits["eval"].images):
@@ -274,7 +275,7 @@ def test_param_count_counts_the_trainable_parameters():
   spec.loader.exec_module(module)
   state, programs = steps.create_train_state(module.get_config(), steps.make_mesh())
   model = nnx.merge(programs.train_graphdef, state.params, state.batch_stats)
-  assert steps.param_count(state) == models.count_params(model) > 0
+  assert models.count_params(state.params) == models.count_params(model) > 0
 
 
 def test_cpu_matmul_choice_changes_the_products_not_the_results():
@@ -284,15 +285,16 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
   import jax
   import jax.numpy as jnp
 
-  from cmfl_jax import steps
+  from cmfl_jax import backend, models, steps
   config, mesh = runpy.run_path(SMOKE)["get_config"](), steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
   batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
            "label": np.arange(8, dtype=np.int32) % 2, "mask": np.ones(8, bool)}
   outputs, texts = {}, {}
-  for choice in steps.CPU_MATMUL:
+  for choice in backend.CPU_MATMUL:
     config.model.cpu_matmul = choice
-    train_fn, eval_fn = steps.compile_steps(programs, config, mesh, state)
+    options = backend.step_compiler_options(models.ModelConfig.from_config(config.model), mesh)
+    train_fn, eval_fn = steps.compile_steps(programs, config.loss, mesh, state, options)
     for kind, fn in (("eval", eval_fn), ("train", train_fn)):
       compiled = fn.lower(state, batch).compile()
       fresh = jax.tree.map(jnp.copy, state)  # the train step donates its input
@@ -318,16 +320,17 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
                  outputs[kind, "eigen"], outputs[kind, "ynnpack"])
   config.model.cpu_matmul = "mkl"
   with pytest.raises(ValueError, match="cpu_matmul"):
-    steps.compile_steps(programs, config, mesh, state)
+    models.ModelConfig.from_config(config.model)
+  with pytest.raises(ValueError, match="cpu_matmul"):
+    backend.cpu_matmul_in_effect("mkl", "cpu")
 
 
 def test_cpu_matmul_is_ignored_where_xla_lacks_the_option(monkeypatch):
-  import ml_collections
-
-  from cmfl_jax import steps
-  model = ml_collections.ConfigDict({"cpu_matmul": "eigen"})
-  train_options, eval_options = steps.compiler_options(model, steps.make_mesh())
+  from cmfl_jax import backend, models, steps
+  model = models.ModelConfig(cpu_matmul="eigen")
+  train_options, eval_options = backend.step_compiler_options(model, steps.make_mesh())
   assert train_options and eval_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
-  monkeypatch.setattr(steps, "_xla_cpu_knows_ynn_option", lambda: False)  # e.g. jax 0.7
-  assert steps.compiler_options(model, steps.make_mesh()) == (None, None)
-  assert steps.cpu_matmul_in_effect(model, steps.make_mesh()) == "xla-default"
+  monkeypatch.setattr(backend, "_xla_cpu_knows_ynn_option", lambda: False)  # e.g. jax 0.7
+  assert backend.step_compiler_options(model, steps.make_mesh()) == (None, None)
+  assert backend.cpu_matmul_in_effect("eigen", "cpu") == "xla-default"
+  assert backend.cpu_matmul_in_effect("eigen", "gpu") is None

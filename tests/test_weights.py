@@ -4,7 +4,7 @@ converted to Orbax, and score parity with the PyTorch model.
 State dicts in torchvision's layout are written here from torchvision's layer
 definitions (NumPy only), independently of `cmfl_jax.weights`, so the file
 tests need no PyTorch. Parity tests build the official detectors in PyTorch
-(`cmfl_jax.torch_reference`; random weights, never downloaded) and skip
+(`cmfl_jax.bench.torch_reference`; random weights, never downloaded) and skip
 without it.
 The full DenseNet-161 parity run takes ~1 min on 2 cores and runs only with
 CMFL_FULL_PARITY=1 (see README).
@@ -39,9 +39,9 @@ OFFICIAL_INDEX = {"conv0": 0, "norm0": 1, "denseblock1": 4, "transition1": 5,
 
 
 def torch_reference():
-  """`cmfl_jax.torch_reference` (the official detectors in PyTorch), or skip."""
+  """`cmfl_jax.bench.torch_reference` (the official detectors in PyTorch), or skip."""
   pytest.importorskip("torch")
-  from cmfl_jax import torch_reference as ref
+  from cmfl_jax.bench import torch_reference as ref
   return ref
 
 
@@ -291,7 +291,7 @@ def test_training_starts_from_pretrained_file(tmp_path, monkeypatch):
   smoke model keeps all its blocks, so norm5 comes from the file too."""
   from safetensors.numpy import save_file
   config = runpy.run_path(str(ROOT / "configs" / "smoke.py"))["get_config"]()
-  spec = models.spec_from_config(config.model)
+  spec = models.ModelConfig.from_config(config.model).spec
   tensors = random_tensors(torchvision_shapes(spec))
   config.model.pretrained = str(tmp_path / "imagenet.safetensors")
   save_file(tensors, config.model.pretrained)

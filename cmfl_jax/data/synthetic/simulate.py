@@ -1,7 +1,7 @@
 """The embedded benchmark: simulated bona fide and synthetic face images.
 
 Nothing is downloaded: images are generated deterministically from a seed and
-prepared once as a TFDS dataset (`cmfl_synth_faces`). The point is to model the
+prepared once as a TFDS dataset (`cmfl_synth_faces`, in `builder.py`). The point is to model the
 phenomenon the detector relies on — generators leave architecture-specific
 traces in pixels and spectra; cameras leave different ones — so that training
 on one family and testing on the others is a real cross-model question.
@@ -43,14 +43,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import re
 from typing import Iterator
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
-from cmfl_jax import tfds_faces
 
 FAMILIES = ("progan", "dcgan", "stylegan2", "stylegan3", "swagan", "diffusion")
 REAL_SOURCES = ("real", "real2")
@@ -328,89 +325,3 @@ def sample(source: str, split: str, num: int, size: int, seed: int = 0) -> Itera
     else:
       img = generate(source, content, rng)[0]
     yield store(np.round(img * 255).astype(np.uint8), rng)
-
-
-# ----------------------------------------------------------------------------
-# TFDS builder
-# ----------------------------------------------------------------------------
-class SynthFacesConfig(tfds.core.BuilderConfig):
-  """Resolution and per-source split sizes."""
-
-  def __init__(self, *, size: int, train: int, dev: int, eval_: int, seed: int = 0, **kwargs):
-    super().__init__(**kwargs)
-    self.size, self.seed = size, seed
-    self.sizes = {"train": train, "dev": dev, "eval": eval_}
-
-
-class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
-  """Simulated bona fide and synthetic faces (see module docstring).
-
-  Splits: `<source>_<split>` for source in real + the six families (train,
-  dev, eval) and `real2_eval`. Combine with TFDS split arithmetic, e.g.
-  `real_train+stylegan2_train`.
-  """
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [
-      SynthFacesConfig(name="64", description="64x64 (default; 2-core friendly)", size=64,
-                       train=512, dev=128, eval_=256),
-      SynthFacesConfig(name="128", description="128x128", size=128, train=1024, dev=256,
-                       eval_=512),
-      SynthFacesConfig(name="224", description="224x224, paper resolution", size=224,
-                       train=2048, dev=512, eval_=1024),
-      SynthFacesConfig(name="tiny", description="32x32, for tests", size=32, train=16, dev=8,
-                       eval_=8),
-  ]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds_faces.face_features(self.builder_config.size),
-        supervised_keys=("image", "label"),
-        description=__doc__.split("\n\n")[0])
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    out = {}
-    for source in REAL_SOURCES + FAMILIES:
-      for split in SPLITS:
-        if source == "real2" and split != "eval":
-          continue
-        out[f"{source}_{split}"] = self._generate_examples(source, split)
-    return out
-
-  def _generate_examples(self, source: str, split: str):
-    cfg = self.builder_config
-    label = 1 if source in REAL_SOURCES else 0
-    for i, img in enumerate(sample(source, split, cfg.sizes[split], cfg.size, cfg.seed)):
-      name = f"{source}/{split}/{i:06d}.png"
-      yield name, {"image": img, "label": label, "generator": source, "filename": name}
-
-
-def make_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """A predefined config ("64", "128", "224", "tiny") or a custom one named
-  `s<size>_t<train>_d<dev>_e<eval>` (images per source and split)."""
-  if name in {c.name for c in CmflSynthFaces.BUILDER_CONFIGS}:
-    return tfds.builder(f"cmfl_synth_faces/{name}", data_dir=data_dir)
-  m = re.fullmatch(r"s(\d+)_t(\d+)_d(\d+)_e(\d+)", name)
-  if not m:
-    raise ValueError(f"unknown cmfl_synth_faces config {name!r}: use 64, 128, 224, tiny or "
-                     "s<size>_t<train>_d<dev>_e<eval>, e.g. s96_t2048_d256_e512")
-  size, train, dev, eval_ = (int(g) for g in m.groups())
-  config = SynthFacesConfig(name=name, description="custom", size=size, train=train, dev=dev,
-                            eval_=eval_)
-  return CmflSynthFaces(config=config, data_dir=data_dir)
-
-
-def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """The benchmark's builder (config `name`, see `make_builder`), generated and
-  prepared on first use (process 0 first, so hosts sharing a data dir do not race)."""
-  import jax
-  from jax.experimental import multihost_utils
-  builder = make_builder(name, data_dir or None)
-  if jax.process_index() == 0:
-    builder.download_and_prepare(file_format="array_record")
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("cmfl_synth_faces prepared")
-    builder.download_and_prepare(file_format="array_record")
-  return builder

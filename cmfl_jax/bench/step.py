@@ -1,33 +1,7 @@
-"""Benchmarks, one JSON line per measurement.
-
-  python -m cmfl_jax.benchmark --what=step [--config=configs/default.py]
-      [--image_size=224 --batch_size=8] [--dtype=bfloat16] [--torch]
-      [--baseline=model.cpu_matmul=ynnpack]
-  python -m cmfl_jax.benchmark --what=flops --image_size=224 --batch_size=64 [--config.model.ops=xla]
-  python -m cmfl_jax.benchmark --what=e2e --image_size=64 --batch_size=32
-  python -m cmfl_jax.benchmark --what=pipeline [--image_size=224] [--num_images=256]
-
-`step`: the compiled train step and eval step of the configured model (default:
-the paper's two_stream DenseNet-161 + CMFL) on random uint8 images: images/s,
-compile time, XLA's FLOP count per step and the achieved GFLOP/s next to a
-measured matmul peak in the compute dtype (their ratio is the MFU), XLA's
-buffer sizes, the process's peak RSS and, on accelerators, peak device memory.
-With `--torch`, the official architecture in PyTorch (cmfl_jax.torch_reference)
-on identical shapes in the same run (on the GPU if JAX runs on one; autocast
-for bfloat16), timed in alternation with cmfl_jax so that slow drifts of the
-machine hit both alike, and the ratios. `--baseline=model.cpu_matmul=ynnpack`
-(any config overrides) adds a second cmfl_jax variant to the same alternation:
-an A/B of a switch in one run. Needs neither TensorFlow nor data.
-`flops`: the un-optimised steps' FLOP count at any shape without compiling or
-running them (for MFU on a machine other than this one).
-`e2e`: the training loop as `train.py` runs it (tf.data decode + augmentation of
-PNG files in memory -> global batches -> compiled step) against the step alone.
-`pipeline`: the tf.data input pipeline alone (decode + geometry + train
-augmentation or eval path, batched uint8), on generated PNG and JPEG files of
-the given size; images/s with one tf.data thread ("per core") and with all
-cores.
-Warm-up excluded everywhere; medians of repeats.
-"""
+"""Step benchmarks: the compiled train and eval steps of cmfl_jax, the official
+model in PyTorch on the same shapes, and the ratios, timed in alternating
+rounds (see `cmfl_jax.bench` for the command). Needs neither TensorFlow nor
+data."""
 
 from __future__ import annotations
 
@@ -43,30 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-from cmfl_jax import host_memory, models, steps
-from cmfl_jax.timing import interleaved_times
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs", "default.py"), "Model/loss/optimizer config.")
-_WHAT = flags.DEFINE_enum("what", "step", ["step", "flops", "e2e", "pipeline"], "What to measure.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input image size.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "pipeline/e2e: images per pass.")
-_DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype (default: config.model.dtype).")
-_STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed repeat.")
-_TORCH = flags.DEFINE_bool("torch", False, "step: also time the official PyTorch model.")
-_BASELINE = flags.DEFINE_list(
-    "baseline", [], "step: config overrides (e.g. model.cpu_matmul=ynnpack) of a second "
-    "cmfl_jax variant, timed in the same alternation, with its ratio (an A/B in one run).")
-_OFFICIAL_REPO = flags.DEFINE_string(
-    "official_repo", None, "pipeline: checkout of the official PyTorch code: also time its "
-    "per-image loader work (PIL decode, DataAugmenter, flip, ImageNet normalisation, numpy "
-    "spectrum) in one process (= one core), as its DataLoader worker does.")
+from cmfl_jax import backend, models, steps
+from cmfl_jax.bench.timing import interleaved_times
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -112,17 +65,6 @@ def _buffers_mib(compiled) -> float | None:
                 + mem.output_size_in_bytes) / 2 ** 20, 1)
 
 
-def bench_config(base: ml_collections.ConfigDict, image_size: int, batch_size: int,
-                 dtype: str | None) -> ml_collections.ConfigDict:
-  """A copy of `base` at the benchmark's shapes and dtype."""
-  config = ml_collections.ConfigDict(base.to_dict())
-  config.data.image_size = image_size
-  config.train.batch_size = config.train.eval_batch_size = batch_size
-  if dtype:
-    config.model.dtype = dtype
-  return config
-
-
 @dataclasses.dataclass
 class StepRunner:
   """One framework's prepared steps: `train()` / `eval()` each run `steps`
@@ -145,12 +87,13 @@ def step_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
   size, batch_size = config.data.image_size, config.train.batch_size
   mesh = steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh, abstract=True)
-  train_fn, eval_fn = steps.compile_steps(programs, config, mesh, state)
+  train_fn, eval_fn = steps.compile_steps(programs, config.loss, mesh, state,
+                                          backend.step_compiler_options(programs.model, mesh))
   batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
            "mask": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
   return {"arch": config.model.arch, "image_size": size, "batch_size": batch_size,
-          "dtype": config.model.dtype, "ops": models.resolve_ops(config.model.ops),
+          "dtype": config.model.dtype, "ops": programs.model.ops,
           "train_gflop_per_step": _sig(_flops(train_fn.lower(state, batch)) / 1e9),
           "eval_gflop_per_step": _sig(_flops(eval_fn.lower(state, batch)) / 1e9)}
 
@@ -160,7 +103,8 @@ def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> Step
   size, batch_size = config.data.image_size, config.train.batch_size
   mesh = steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
-  train_fn, eval_fn = steps.compile_steps(programs, config, mesh, state)
+  train_fn, eval_fn = steps.compile_steps(programs, config.loss, mesh, state,
+                                          backend.step_compiler_options(programs.model, mesh))
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
            "label": (np.arange(batch_size) % 2).astype(np.int32),
@@ -187,9 +131,10 @@ def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> Step
   record = {
       "impl": "cmfl_jax", "arch": config.model.arch, "objective": config.loss.objective,
       "image_size": size, "batch_size": batch_size, "dtype": config.model.dtype,
-      "ops": models.resolve_ops(config.model.ops),
-      "cpu_matmul": steps.cpu_matmul_in_effect(config.model, mesh),
-      "params": steps.param_count(state), "compile_s": round(compile_s, 1),
+      "ops": programs.model.ops,
+      "cpu_matmul": backend.cpu_matmul_in_effect(programs.model.cpu_matmul,
+                                                 backend.platform(mesh)),
+      "params": models.count_params(state.params), "compile_s": round(compile_s, 1),
       "xla_train_buffers_mib": _buffers_mib(train_compiled),
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
   }
@@ -204,7 +149,7 @@ def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> St
   the GPU when JAX runs on one (TF32 allowed, as JAX's default precision
   does), under bfloat16 autocast when the config's dtype is bfloat16."""
   import torch
-  from cmfl_jax import torch_reference
+  from cmfl_jax.bench import torch_reference
   device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available()
                         else "cpu")
   if device.type == "cpu":
@@ -213,7 +158,7 @@ def torch_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> St
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   torch.manual_seed(0)
   size, batch_size = config.data.image_size, config.train.batch_size
-  spec = models.spec_from_config(config.model)
+  spec = models.ModelConfig.from_config(config.model).spec
   two = config.model.arch == "two_stream"
   model = (torch_reference.MultiStreamDenseNet if two else torch_reference.OneStreamDenseNet)(
       spec, config.model.num_blocks).to(device)
@@ -290,25 +235,6 @@ def step_records(runners: list[StepRunner], repeats: int,
   return records
 
 
-def with_overrides(config: ml_collections.ConfigDict,
-                   assignments: list[str]) -> ml_collections.ConfigDict:
-  """A copy of `config` with `path.to.field=value` assignments, each value
-  parsed as the type of the field it replaces."""
-  config = config.copy_and_resolve_references()
-  for assignment in assignments:
-    key, sep, text = assignment.partition("=")
-    *path, leaf = key.split(".")
-    node = config
-    for name in path:
-      node = node[name]
-    if not sep or leaf not in node:
-      raise ValueError(f"--baseline wants existing.field=value, got {assignment!r}")
-    old = node[leaf]
-    node[leaf] = (text.lower() in ("1", "true") if isinstance(old, bool)
-                  else type(old)(text) if isinstance(old, (int, float)) else text)
-  return config
-
-
 def ratio_record(mine: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
   """cmfl_jax's speed over `ref`'s (PyTorch or a --baseline variant)."""
   vs = "pytorch" if ref["impl"] == "pytorch" else "baseline"
@@ -325,37 +251,3 @@ def ratio_record(mine: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
           mine["train_s_per_repeat"], ref["train_s_per_repeat"])],
       "eval_speedup_per_repeat": [round(t / m, 3) for m, t in zip(
           mine["eval_s_per_repeat"], ref["eval_s_per_repeat"])]}
-
-
-def main(argv) -> None:
-  del argv
-  config = bench_config(_CONFIG.value, _IMAGE_SIZE.value, _BATCH.value, _DTYPE.value)
-  if _WHAT.value == "flops":
-    emit({"what": "flops", **step_flops(config)})
-    return
-  if _WHAT.value in ("pipeline", "e2e"):
-    from cmfl_jax import benchmark_input  # TensorFlow and PIL: only for these modes
-    if _WHAT.value == "e2e":
-      emit(benchmark_input.e2e_speed(config, _NUM_IMAGES.value, _REPEATS.value))
-    for rec in (benchmark_input.pipeline_records(
-        _IMAGE_SIZE.value, _NUM_IMAGES.value, _BATCH.value, _REPEATS.value, _OFFICIAL_REPO.value)
-                if _WHAT.value == "pipeline" else []):
-      emit(rec)
-    return
-  peak = matmul_peak(jnp.dtype(config.model.dtype))
-  runners = [jax_runner(config, _STEPS.value)]
-  if _BASELINE.value:
-    runners.append(jax_runner(with_overrides(config, _BASELINE.value), _STEPS.value))
-    runners[-1].record["baseline"] = _BASELINE.value
-  if _TORCH.value:
-    runners.append(torch_runner(config, _STEPS.value))
-  records = step_records(runners, _REPEATS.value, peak)
-  for rec in records:
-    emit({"what": "step", **rec})
-  for ref in records[1:]:
-    emit(ratio_record(records[0], ref))
-
-
-if __name__ == "__main__":
-  host_memory.reexec_with_tuned_malloc()
-  app.run(main)

@@ -1,7 +1,7 @@
 """Writes the embedded benchmark to disk as PNG files plus official-format
 protocol CSVs, so other tools (including the official PyTorch code) can use it.
 
-  python -m cmfl_jax.export_benchmark --output=DIR [--synthetic_config=64]
+  python -m cmfl_jax.tools.export_benchmark --output=DIR [--synthetic_config=64]
 
 Layout: DIR/data/<source>/<split>/NNNNNN.png and
 DIR/protocols/<family>/{train,dev,eval}.csv (real + that family; header
@@ -20,7 +20,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from cmfl_jax import synthetic_faces
+from cmfl_jax.data import synthetic
+from cmfl_jax.data.synthetic import builder as synthetic_builder
 
 FLAGS = flags.FLAGS
 
@@ -36,12 +37,12 @@ def export(builder, output: str) -> dict[str, int]:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       Image.fromarray(np.asarray(ex["image"])).save(path)
       rows.setdefault(split, []).append((os.path.splitext(os.path.basename(name))[0], name,
-                                         "" if source in synthetic_faces.REAL_SOURCES else source))
+                                         "" if source in synthetic.REAL_SOURCES else source))
     counts[split] = len(rows[split])
-  for fam in synthetic_faces.FAMILIES:
+  for fam in synthetic.FAMILIES:
     proto = os.path.join(output, "protocols", fam)
     os.makedirs(proto, exist_ok=True)
-    sets = {part: [f"real_{part}", f"{fam}_{part}"] for part in synthetic_faces.SPLITS}
+    sets = {part: [f"real_{part}", f"{fam}_{part}"] for part in synthetic.SPLITS}
     sets["eval_real2"] = ["real2_eval", f"{fam}_eval"]
     for part, splits in sets.items():
       with open(os.path.join(proto, f"{part}.csv"), "w", newline="") as f:
@@ -56,9 +57,9 @@ def main(argv) -> None:
   del argv
   if not FLAGS.output:
     raise app.UsageError("--output is required")
-  builder = synthetic_faces.prepare(FLAGS.synthetic_config, FLAGS.tfds_data_dir)
+  builder = synthetic_builder.prepare(FLAGS.synthetic_config, FLAGS.tfds_data_dir)
   counts = export(builder, FLAGS.output)
-  print(f"wrote {sum(counts.values())} images and protocols for {len(synthetic_faces.FAMILIES)} "
+  print(f"wrote {sum(counts.values())} images and protocols for {len(synthetic.FAMILIES)} "
         f"families to {FLAGS.output}")
 
 

@@ -4,7 +4,7 @@ Feature: the azimuthally averaged log power spectrum of the grey image (1-D,
 one value per integer radius), min-max normalised per image; classifier:
 L2-regularised logistic regression (Newton's method, NumPy).
 
-  python -m cmfl_jax.durall [--synthetic_config=64] [--known=stylegan2]
+  python -m cmfl_jax.tools.durall [--synthetic_config=64] [--known=stylegan2]
 
 trains on real + the known family of the embedded benchmark and prints the
 D-EER on each family's eval split (real eval + that family), as JSON lines and
@@ -70,7 +70,8 @@ class LogisticRegression:
 
 def cross_model_eers(builder, known: str) -> dict[str, float]:
   """Train on real_train + <known>_train; D-EER per family on real_eval + <family>_eval."""
-  from cmfl_jax import synthetic_faces
+  from cmfl_jax.data import synthetic
+  from cmfl_jax.data.synthetic import builder as synthetic_builder
 
   def load(split):
     ds = builder.as_data_source(split=split)
@@ -79,7 +80,7 @@ def cross_model_eers(builder, known: str) -> dict[str, float]:
   x, y = load(f"real_train+{known}_train")
   clf = LogisticRegression().fit(azimuthal_features(x), y)
   out = {}
-  for fam in synthetic_faces.FAMILIES + ("real2",):
+  for fam in synthetic.FAMILIES + ("real2",):
     split = f"real_eval+{fam}_eval" if fam != "real2" else f"real2_eval+{known}_eval"
     xe, ye = load(split)
     out[split] = metrics.eer(ye, clf.predict_proba(azimuthal_features(xe)))[0]
@@ -90,8 +91,9 @@ def cross_model_eers(builder, known: str) -> dict[str, float]:
 
 def main(argv) -> None:
   del argv
-  from cmfl_jax import synthetic_faces
-  builder = synthetic_faces.prepare(FLAGS.synthetic_config, FLAGS.tfds_data_dir)
+  from cmfl_jax.data import synthetic
+  from cmfl_jax.data.synthetic import builder as synthetic_builder
+  builder = synthetic_builder.prepare(FLAGS.synthetic_config, FLAGS.tfds_data_dir)
   eers = cross_model_eers(builder, FLAGS.known)
   for split, rate in eers.items():
     print(json.dumps({"baseline": "durall2020", "known": FLAGS.known, "eval": split,

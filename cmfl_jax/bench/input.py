@@ -1,4 +1,4 @@
-"""Input-side benchmarks behind `python -m cmfl_jax.benchmark --what=pipeline|e2e`:
+"""Input-side benchmarks behind `python -m cmfl_jax.bench --what=pipeline|e2e`:
 the tf.data pipeline alone, the official loader's per-image work, and the
 training loop (pipeline + compiled step) against the step alone.
 """
@@ -18,11 +18,13 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from cmfl_jax import input_pipeline, steps
-from cmfl_jax.timing import timed
+from cmfl_jax import backend, steps
+from cmfl_jax.bench.timing import timed
+from cmfl_jax.data import pipeline, sources
+from cmfl_jax.data.split import Encoded, Files, Split
 
 
-def encoded_split(n: int, size: int) -> input_pipeline.Split:
+def encoded_split(n: int, size: int) -> Split:
   """`n` textured PNGs in memory (decoded by tf.data like the embedded benchmark)."""
   encoded = []
   for img in _face_like_images(n, size):
@@ -30,8 +32,8 @@ def encoded_split(n: int, size: int) -> input_pipeline.Split:
     Image.fromarray(img).save(buf, format="PNG")
     encoded.append(buf.getvalue())
   labels = (np.arange(n) % 2).astype(np.int32)
-  return input_pipeline.Split("bench", labels, np.where(labels == 1, "real", "fake"),
-                              encoded=np.asarray(encoded, dtype=object))
+  return Split("bench", labels, np.where(labels == 1, "real", "fake"),
+                              Encoded(np.asarray(encoded, dtype=object)))
 
 
 def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) -> dict[str, Any]:
@@ -41,19 +43,20 @@ def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) 
   split = encoded_split(num_images, size)
   mesh = steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
-  train_fn, _ = steps.compile_steps(programs, config, mesh, state)
+  train_fn, _ = steps.compile_steps(programs, config.loss, mesh, state,
+                                    backend.step_compiler_options(programs.model, mesh))
   sharding = steps.batch_sharding(mesh)
   holder = [state]
 
   def epoch():
     m = None
-    ds = input_pipeline.train_dataset(split, config.data, batch_size, seed=0, epoch=0)
-    for batch in input_pipeline.global_batches(ds, sharding):
+    ds = pipeline.train_dataset(split, config.data, batch_size, seed=0, epoch=0)
+    for batch in pipeline.global_batches(ds, sharding):
       holder[0], m = train_fn(holder[0], batch)
     jax.block_until_ready(m)
 
-  fixed = next(input_pipeline.global_batches(
-      input_pipeline.train_dataset(split, config.data, batch_size, 0, 0), sharding))
+  fixed = next(pipeline.global_batches(
+      pipeline.train_dataset(split, config.data, batch_size, 0, 0), sharding))
   n_steps = num_images // batch_size
 
   def steps_alone():
@@ -72,10 +75,10 @@ def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) 
 
 def _face_like_images(n: int, size: int, seed: int = 0) -> np.ndarray:
   """1/f textured images: compress like photos (random noise would not)."""
-  return input_pipeline.toy_split("bench", n, size, seed).images
+  return sources.toy_split("bench", n, size, seed).images
 
 
-def write_image_split(root: str, fmt: str, n: int, size: int) -> input_pipeline.Split:
+def write_image_split(root: str, fmt: str, n: int, size: int) -> Split:
   os.makedirs(root, exist_ok=True)
   images = _face_like_images(n, size)
   paths = []
@@ -84,18 +87,18 @@ def write_image_split(root: str, fmt: str, n: int, size: int) -> input_pipeline.
     Image.fromarray(img).save(path, quality=95) if fmt == "jpg" else Image.fromarray(img).save(path)
     paths.append(path)
   labels = (np.arange(n) % 2).astype(np.int32)
-  return input_pipeline.Split("bench", labels, np.where(labels == 1, "real", "fake"),
-                              paths=np.asarray(paths))
+  return Split("bench", labels, np.where(labels == 1, "real", "fake"),
+                              Files(np.asarray(paths)))
 
 
-def pipeline_throughput(split: input_pipeline.Split, data_config, train: bool, batch: int,
+def pipeline_throughput(split: Split, data_config, train: bool, batch: int,
                         threads: int | None, repeats: int) -> float:
   """Median images/s of a full pass over `split` (after one warm-up pass)."""
   def make():
     if train:
-      ds = input_pipeline.train_dataset(split, data_config, batch, seed=0, epoch=0)
+      ds = pipeline.train_dataset(split, data_config, batch, seed=0, epoch=0)
     else:
-      ds = input_pipeline.eval_dataset(split, data_config, batch)
+      ds = pipeline.eval_dataset(split, data_config, batch)
     opts = tf.data.Options()
     if threads:
       opts.threading.private_threadpool_size = threads
@@ -110,7 +113,7 @@ def pipeline_throughput(split: input_pipeline.Split, data_config, train: bool, b
   return n / statistics.median(times)
 
 
-def official_loader_throughput(repo: str, split: input_pipeline.Split, train: bool,
+def official_loader_throughput(repo: str, split: Split, train: bool,
                                repeats: int) -> float:
   """Images/s of the official per-sample work (aligned mode) in this process.
 

@@ -5,7 +5,7 @@ index-based epoch order, resume and per-host slicing work unchanged), then
 usable with `tfds.load("cmfl_faces", ...)` or `--config.data.source=tfds`.
 
     import tensorflow_datasets as tfds
-    from cmfl_jax import tfds_faces  # registers the builder
+    from cmfl_jax.data import tfds_faces  # registers the builder
     builder = tfds.builder("cmfl_faces", data_dir=DATA_DIR)
     builder.download_and_prepare(file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR))
@@ -21,7 +21,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from cmfl_jax import input_pipeline
+from cmfl_jax.data import readers
+from cmfl_jax.data.split import DataError, Encoded, Records, Split
 
 _INSTRUCTIONS = """\
 Place the images in the manual directory in one of two layouts:
@@ -71,37 +72,37 @@ class CmflFaces(tfds.core.GeneratorBasedBuilder):
       for proto in sorted(os.listdir(protocols)):
         for csv_name in sorted(os.listdir(os.path.join(protocols, proto))):
           if csv_name.endswith(".csv"):
-            split = input_pipeline.read_protocol_csv(
+            split = readers.read_protocol_csv(
                 os.path.join(protocols, proto, csv_name), os.path.join(root, "data"))
             splits[f"{proto}_{split.name}"] = self._generate_examples(split, root)
     else:
       for name in sorted(os.listdir(root)):
         if os.path.isdir(os.path.join(root, name)):
-          split = input_pipeline.read_image_folder(root, name)
+          split = readers.read_image_folder(root, name)
           splits[name] = self._generate_examples(split, root)
     if not splits:
-      raise input_pipeline.DataError(f"no protocols or split folders in {root}.\n{_INSTRUCTIONS}")
+      raise DataError(f"no protocols or split folders in {root}.\n{_INSTRUCTIONS}")
     return splits
 
-  def _generate_examples(self, split: input_pipeline.Split, root: str):
+  def _generate_examples(self, split: Split, root: str):
     for path, label, gen in zip(split.paths, split.labels, split.generators):
-      reason = input_pipeline.check_image_file(path, 32, 64_000_000, full_decode=True)
+      reason = readers.check_image_file(path, 32, 64_000_000, full_decode=True)
       if reason is not None:
         logging.warning("cmfl_faces: skipped %s: %s", path, reason)
         continue
       with Image.open(path) as im:
-        pixels = input_pipeline.pil_to_rgb8(im)
+        pixels = readers.pil_to_rgb8(im)
       rel = os.path.relpath(path, root)
       yield rel, {"image": pixels, "label": int(label), "generator": str(gen), "filename": rel}
 
 
-def load_split(data_config: Any, split_name: str) -> input_pipeline.Split:
+def load_split(data_config: Any, split_name: str) -> Split:
   """A split of a prepared TFDS dataset (`data.tfds_name`) for the input pipeline."""
   builder = tfds.builder(data_config.tfds_name, data_dir=data_config.tfds_data_dir or None)
   return split_from_builder(builder, split_name)
 
 
-def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str) -> input_pipeline.Split:
+def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str) -> Split:
   """A (possibly combined, "a+b") split as a random-access `Split`.
 
   ArrayRecord (recommended): records are read on demand by index. TFRecord
@@ -109,20 +110,20 @@ def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str) -> in
   """
   for part in split_name.split("+"):
     if part.strip() not in builder.info.splits:
-      raise input_pipeline.DataError(
+      raise DataError(
           f"TFDS {builder.name}: no split {part.strip()!r}; have {sorted(builder.info.splits)}")
   skip = {"image": tfds.decode.SkipDecoding()}
   if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     meta = builder.as_data_source(split=split_name, decoders=skip)
     records = [meta[i] for i in range(len(meta))]
-    source, encoded = builder.as_data_source(split=split_name), None
+    storage = Records(builder.as_data_source(split=split_name))
   else:
     records = list(tfds.as_numpy(builder.as_dataset(split=split_name, decoders=skip,
                                                     shuffle_files=False)))
-    source, encoded = None, np.asarray([r["image"] for r in records], dtype=object)
+    storage = Encoded(np.asarray([r["image"] for r in records], dtype=object))
   labels = np.asarray([int(r["label"]) for r in records], np.int32)
   gens = np.asarray([_text(r["generator"]) for r in records])
-  return input_pipeline.Split(split_name, labels, gens, source=source, encoded=encoded)
+  return Split(split_name, labels, gens, storage)
 
 
 def _text(value: Any) -> str:

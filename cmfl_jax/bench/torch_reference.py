@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cmfl_jax.models import DenseNetSpec
+from cmfl_jax.models.densenet import DenseNetSpec
 
 
 class DenseLayer(nn.Module):

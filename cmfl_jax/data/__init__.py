@@ -1,0 +1,3 @@
+"""Data: splits (`split`, no TensorFlow), reading user files (`readers`),
+the table of sources (`sources`), TF image ops (`ops`), the tf.data pipeline
+(`pipeline`), TFDS builders (`tfds_faces`, `synthetic`)."""

@@ -1,0 +1,190 @@
+"""Image operations in TF graph code: decoding, the crop geometry, the paper's
+train augmentation and the robustness conditions (test-time post-processing).
+
+Everything is stateless and seeded by the caller, so an example's result
+depends on its seed only (not on parallelism or on resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import tensorflow as tf
+
+JPEG_QUALITIES = (60, 70, 80, 90, 100)
+MAX_BLUR_SIGMA = 2.0
+_BLUR_RADIUS = int(4.0 * MAX_BLUR_SIGMA + 0.5)  # scipy's truncate=4 at the largest sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """The crop every image gets: `size` x `size`; `aligned` inputs (face crops)
+  are resized if needed, unaligned ones follow the official geometry (shorter
+  side to 256/224 of the size, then a random-resized (train) or centre crop)."""
+
+  size: int
+  aligned: bool = True
+
+  @classmethod
+  def from_config(cls, data: Any) -> "Geometry":
+    return cls(int(data.image_size), bool(data.aligned))
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+  """Encoded PNG/JPEG/BMP/GIF bytes -> uint8 RGB (grey, RGBA, 16-bit handled)."""
+  img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+  img.set_shape([None, None, 3])
+  return img
+
+
+def _to_uint8(img: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+
+def resize_shorter_side(img: tf.Tensor, size: int) -> tf.Tensor:
+  """Official unaligned geometry, step 1: shorter side to round(size * 256 / 224)."""
+  shorter = int(round(size * 256 / 224))
+  h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
+  scale = shorter / tf.minimum(h, w)
+  new_hw = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
+  return _to_uint8(tf.image.resize(img, new_hw, antialias=True))
+
+
+def crop_to_size(img: tf.Tensor, geometry: Geometry, train: bool,
+                 seed: tf.Tensor | None) -> tf.Tensor:
+  """Aligned: resize to `size` if it differs. Unaligned (after
+  `resize_shorter_side`): RandomResizedCrop (train) or centre crop (eval)."""
+  size = geometry.size
+  if geometry.aligned:
+    shape = tf.shape(img)[:2]
+    same = tf.logical_and(shape[0] == size, shape[1] == size)
+    return tf.cond(same, lambda: img,
+                   lambda: _to_uint8(tf.image.resize(img, [size, size], antialias=True)))
+  if train:
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(img), tf.zeros([0, 0, 4]), seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    return _to_uint8(tf.image.resize(tf.slice(img, begin, crop_size), [size, size]))
+  top = (tf.shape(img)[0] - size) // 2
+  left = (tf.shape(img)[1] - size) // 2
+  return img[top:top + size, left:left + size]
+
+
+def resize_and_crop(img: tf.Tensor, geometry: Geometry, train: bool = False,
+                    seed: tf.Tensor | None = None) -> tf.Tensor:
+  """The whole geometry without augmentation (evaluation, predict)."""
+  if not geometry.aligned:
+    img = resize_shorter_side(img, geometry.size)
+  return crop_to_size(img, geometry, train, seed)
+
+
+def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+  """scipy.ndimage.gaussian_filter semantics (truncate=4, 'reflect' borders),
+  separable, for sigma in [0, 2]; sigma = 0 is the identity."""
+  x = tf.cast(img, tf.float32)[None]
+  r = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
+  radius = tf.floor(4.0 * sigma + 0.5)
+  k = tf.where(tf.abs(r) <= radius, tf.exp(-0.5 * tf.square(r / tf.maximum(sigma, 1e-6))), 0.0)
+  k = tf.where(sigma > 0, k, tf.cast(tf.equal(r, 0.0), tf.float32))
+  k = k / tf.reduce_sum(k)
+  x = tf.pad(x, [[0, 0], [_BLUR_RADIUS] * 2, [_BLUR_RADIUS] * 2, [0, 0]], mode="SYMMETRIC")
+  kh = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
+  kw = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
+  x = tf.nn.depthwise_conv2d(x, kh, [1, 1, 1, 1], "VALID")
+  x = tf.nn.depthwise_conv2d(x, kw, [1, 1, 1, 1], "VALID")
+  return tf.cast(tf.clip_by_value(tf.round(x[0]), 0, 255), tf.uint8)
+
+
+# ----------------------------------------------------------------------------
+# Robustness conditions: "none", "jpeg:Q", "blur:SIGMA", "resize:FACTOR" (down
+# then back up) or "noise:STD" (0-255 scale).
+# ----------------------------------------------------------------------------
+def _resize_down_up(img: tf.Tensor, factor: float, seed: tf.Tensor) -> tf.Tensor:
+  del seed
+  hw = tf.shape(img)[:2]
+  small = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * factor), tf.int32), 1)
+  down = tf.image.resize(img, small, antialias=True)
+  return _to_uint8(tf.image.resize(down, hw, method="bicubic"))
+
+
+def _add_noise(img: tf.Tensor, std: float, seed: tf.Tensor) -> tf.Tensor:
+  noise = tf.random.stateless_normal(tf.shape(img), seed, stddev=std)
+  return _to_uint8(tf.cast(img, tf.float32) + noise)
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  valid: Callable[[float], bool]
+  allowed: str                                          # for messages
+  apply: Callable[[tf.Tensor, float, tf.Tensor], tf.Tensor]
+
+
+CONDITIONS: dict[str, Condition] = {
+    "jpeg": Condition(lambda v: 1 <= v <= 100 and v == int(v), "integer quality 1-100",
+                      lambda img, v, seed: tf.image.adjust_jpeg_quality(img, int(v))),
+    "blur": Condition(lambda v: 0 < v <= MAX_BLUR_SIGMA, f"0 < sigma <= {MAX_BLUR_SIGMA}",
+                      lambda img, v, seed: gaussian_blur(img, tf.constant(v, tf.float32))),
+    "resize": Condition(lambda v: 0 < v < 1, "0 < factor < 1", _resize_down_up),
+    "noise": Condition(lambda v: v > 0, "std > 0", _add_noise),
+}
+CONDITION_KINDS = ("none", *CONDITIONS)
+
+
+def parse_condition(condition: str) -> tuple[str, float]:
+  """"jpeg:70" -> ("jpeg", 70.0), with the value's range checked."""
+  kind, _, value = condition.partition(":")
+  if kind not in CONDITION_KINDS or (kind == "none") != (value == ""):
+    raise ValueError(f"bad condition {condition!r}: use 'none', 'jpeg:Q', 'blur:SIGMA', "
+                     "'resize:FACTOR' or 'noise:STD'")
+  if kind == "none":
+    return kind, 0.0
+  try:
+    v = float(value)
+  except ValueError:
+    raise ValueError(f"bad condition {condition!r}: {value!r} is not a number") from None
+  if not CONDITIONS[kind].valid(v):
+    ranges = "; ".join(f"{k}: {c.allowed}" for k, c in CONDITIONS.items())
+    raise ValueError(f"condition {condition!r} out of range ({ranges})")
+  return kind, v
+
+
+def postprocess(img: tf.Tensor, condition: str, seed: tf.Tensor) -> tf.Tensor:
+  """Applies one robustness condition to a uint8 image, deterministically."""
+  kind, value = parse_condition(condition)
+  return img if kind == "none" else CONDITIONS[kind].apply(img, value, seed)
+
+
+# ----------------------------------------------------------------------------
+# The paper's train augmentation
+# ----------------------------------------------------------------------------
+def augment_params(seed: tf.Tensor, prob: float) -> dict[str, tf.Tensor]:
+  """Random choices of the paper's train augmentation, from a stateless seed."""
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  return {
+      "blur": tf.random.stateless_uniform([], seeds[0]) < prob,
+      "sigma": tf.random.stateless_uniform([], seeds[1], 0.0, MAX_BLUR_SIGMA),
+      "jpeg": tf.random.stateless_uniform([], seeds[2]) < prob,
+      "quality": tf.gather(tf.constant(JPEG_QUALITIES), tf.random.stateless_uniform(
+          [], seeds[3], 0, len(JPEG_QUALITIES), tf.int32)),
+      "flip": tf.random.stateless_uniform([], seeds[4]) < 0.5,
+  }
+
+
+def blur_and_jpeg(img: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
+  img = tf.cond(params["blur"], lambda: gaussian_blur(img, params["sigma"]), lambda: img)
+  return tf.cond(params["jpeg"], lambda: tf.image.adjust_jpeg_quality(img, params["quality"]),
+                 lambda: img)
+
+
+def hflip(img: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
+  return tf.cond(params["flip"], lambda: tf.image.flip_left_right(img), lambda: img)
+
+
+def augment(img: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
+  """The paper's train augmentation for aligned inputs, in the official order:
+  Gaussian blur (p, sigma ~ U[0, 2]), JPEG re-encoding (p, quality from
+  {60, ..., 100}), then horizontal flip (0.5)."""
+  p = augment_params(seed, prob)
+  return tf.ensure_shape(hflip(blur_and_jpeg(img, p), p), [None, None, 3])
