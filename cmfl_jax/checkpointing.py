@@ -14,14 +14,34 @@ it when complete, so an interrupted save never shadows a good checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
 LATEST = "latest"
 BEST = "best"
+BROKEN = "broken"  # unreadable checkpoints are moved here, never deleted
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be read or written; the message says which and why."""
+
+
+def fingerprint(state: Any) -> str:
+  """SHA-256 over every array of `state` (this process's copy), in tree order:
+  stored in the metadata at save and compared after a restore, so damage that
+  the storage layer does not notice (a flipped byte) is caught too."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(state):
+    local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+    digest.update(np.ascontiguousarray(np.asarray(local)).tobytes())
+  return digest.hexdigest()
 
 
 def checkpoint_dir(workdir: str, kind: str) -> str:
@@ -56,36 +76,97 @@ def make_managers(workdir: str, keep_latest: int = 2) -> dict[str, ocp.Checkpoin
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict | None = None) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)),
-               metrics=metrics, force=True)
+  """Saves (asynchronously) `state` and `meta` + the state's fingerprint; a
+  failure of this or of the previous, still running save raises CheckpointError."""
+  meta = {**meta, "fingerprint": fingerprint(state)}
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)),
+                 metrics=metrics, force=True)
+  except Exception as e:  # noqa: BLE001 - storage errors come in many types
+    raise CheckpointError(f"saving step {step} to {manager.directory} failed "
+                          f"({type(e).__name__}: {e}); the checkpoints saved before are kept: "
+                          f"steps {manager.all_steps()}") from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the running save; its failure raises CheckpointError."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"saving to {manager.directory} failed ({type(e).__name__}: {e}); "
+                          "the checkpoints saved before are kept") from e
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
-  """Restores `step` into the structure/sharding of `abstract_state`."""
-  out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  return out["state"], dict(out["meta"])
+  """Restores `step` into the structure/sharding of `abstract_state`; a
+  checkpoint that cannot be read or does not match its fingerprint raises
+  CheckpointError."""
+  where = os.path.join(str(manager.directory), str(step))
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
+    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"checkpoint {where} cannot be read: {reason}") from e
+  state, meta = out["state"], dict(out["meta"])
+  if meta.get("fingerprint") and fingerprint(state) != meta["fingerprint"]:
+    raise CheckpointError(f"checkpoint {where} is damaged: its arrays do not match the "
+                          "fingerprint saved with them")
+  return state, meta
+
+
+def move_aside(workdir: str, kind: str, step: int) -> str:
+  """Moves a broken checkpoint to `checkpoints/broken/` (process 0; never
+  deletes) and returns where it went."""
+  source = os.path.join(checkpoint_dir(workdir, kind), str(step))
+  target = os.path.join(os.path.dirname(checkpoint_dir(workdir, kind)), BROKEN,
+                        f"{kind}_{step}_{int(time.time())}")
+  if jax.process_index() == 0:
+    tf.io.gfile.makedirs(os.path.dirname(target))
+    tf.io.gfile.rename(source, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"moved aside {kind} {step}")
+  return target
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
   return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
 
+def available(workdir: str) -> dict[str, list[int]]:
+  """{kind: steps} of the checkpoints under `workdir` (empty lists if none)."""
+  out = {}
+  for kind in (BEST, LATEST):
+    directory = checkpoint_dir(workdir, kind)
+    steps = []
+    if tf.io.gfile.isdir(directory):
+      steps = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True)
+                                    ).all_steps()
+    out[kind] = sorted(steps)
+  return out
+
+
+def describe(have: dict[str, list[int]]) -> str:
+  """"best (step 12), latest (steps 8, 12)" or "no checkpoints"."""
+  parts = [f"{kind} (step{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+           for kind, s in have.items() if s]
+  return ", ".join(parts) if parts else "no checkpoints"
+
+
 def select_step(workdir: str, which: str | int) -> tuple[str, int]:
-  """Resolves "best" | "latest" | a step number to (kind, step), with clear errors."""
+  """Resolves "best" | "latest" | a step number to (kind, step); the error
+  lists what the workdir holds."""
   which = str(which)
+  have = available(workdir)
   kinds = (BEST, LATEST) if which not in (BEST, LATEST) else (which,)
   for kind in kinds:
-    directory = checkpoint_dir(workdir, kind)
-    if not tf.io.gfile.isdir(directory):
-      continue
-    mngr = ocp.CheckpointManager(directory, item_names=("state", "meta"),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
-    steps = mngr.all_steps()
+    steps = have[kind]
     if which in (BEST, LATEST) and steps:
       return kind, max(steps)  # the best manager keeps only the best one
     if which.isdigit() and int(which) in steps:
       return kind, int(which)
-  raise FileNotFoundError(f"no checkpoint {which!r} under {os.path.join(workdir, 'checkpoints')}")
-
+  raise FileNotFoundError(f"no checkpoint {which!r} under "
+                          f"{os.path.join(workdir, 'checkpoints')}; it holds {describe(have)}")

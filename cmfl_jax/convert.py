@@ -32,6 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cmfl_jax import backend, checkpointing, models, steps, weights
+from cmfl_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -115,4 +116,4 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 if __name__ == "__main__":
   backend.reexec_with_tuned_malloc()
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

@@ -70,7 +70,12 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
   abstract, programs = steps.create_train_state(config, mesh, abstract=True)
   kind, step = checkpointing.select_step(workdir, which)
   manager = checkpointing.make_managers(workdir)[kind]
-  state, meta = checkpointing.restore(manager, step, abstract)
+  try:
+    state, meta = checkpointing.restore(manager, step, abstract)
+  except checkpointing.CheckpointError as e:
+    raise checkpointing.CheckpointError(
+        f"{e}. The workdir holds {checkpointing.describe(checkpointing.available(workdir))}; "
+        "choose another with --checkpoint=best|latest|STEP") from None
   _, eval_fn = steps.compile_steps(
       programs, config.loss, mesh, state,
       backend.step_compiler_options(programs.model, mesh))

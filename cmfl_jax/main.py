@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cmfl_jax import backend
+from cmfl_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
                                           lock_config=True)
@@ -74,9 +75,15 @@ def main(argv) -> int:
   import jax
   if _CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-  from cmfl_jax import evaluate, report, sweep, train
+  from cmfl_jax import checkpointing, evaluate, report, sweep, train
 
   config = _CONFIG.value
+  try:  # every setting checked before any data is read or anything compiled
+    for _, cell in (sweep.cells(config) if "sweep" in config else [("", config)]):
+      config_lib.validate(cell, jax.device_count())
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return config_lib.USAGE_ERROR
   config_name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
   workdir = _WORKDIR.value or os.path.join("runs", config_name)
   logging.info("JAX %s, backend %s: process %d of %d, %d local / %d global devices: %s",
@@ -99,7 +106,8 @@ def main(argv) -> int:
   except train.Interrupted as e:
     logging.warning("%s", e)
     return 143
-  except (train.NonFiniteLossError, FileNotFoundError, ValueError) as e:
+  except (train.NonFiniteLossError, checkpointing.CheckpointError, FileNotFoundError,
+          ValueError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -108,4 +116,4 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
   backend.reexec_with_tuned_malloc()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

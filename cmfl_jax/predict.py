@@ -25,6 +25,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from cmfl_jax import backend, checkpointing, evaluate, steps
+from cmfl_jax import config as config_lib
 from cmfl_jax.data import ops, readers
 
 FLAGS = flags.FLAGS
@@ -88,7 +89,11 @@ def main(argv: Sequence[str]) -> int:
   if not paths:
     raise app.UsageError("give one or more image files or folders")
   aligned = None if FLAGS.unaligned is None else not FLAGS.unaligned
-  rows, threshold = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned)
+  try:
+    rows, threshold = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned)
+  except (FileNotFoundError, checkpointing.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   if threshold is None:
     logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
   w = csv.writer(sys.stdout)
@@ -115,4 +120,4 @@ def define_flags() -> None:
 if __name__ == "__main__":
   backend.reexec_with_tuned_malloc()
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

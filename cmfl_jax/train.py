@@ -62,12 +62,17 @@ class _Checkpoints:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, steps_per_epoch: int):
     self.workdir = workdir
-    self.managers = checkpointing.make_managers(workdir)
-    self.latest = self.managers[checkpointing.LATEST]
-    self.best = self.managers[checkpointing.BEST]
+    self._open()
     self.steps_per_epoch = steps_per_epoch
     self.config_json = json.loads(config.to_json_best_effort())
     self.best_val = math.inf
+
+  def _open(self) -> None:
+    for manager in getattr(self, "managers", {}).values():
+      manager.close()  # before reopening: stale step lists after a checkpoint was moved
+    self.managers = checkpointing.make_managers(self.workdir)
+    self.latest = self.managers[checkpointing.LATEST]
+    self.best = self.managers[checkpointing.BEST]
 
   def meta(self, step: int, val_loss: float | None = None,
            dev_threshold: float | None = None) -> dict[str, Any]:
@@ -76,12 +81,22 @@ class _Checkpoints:
             "val_loss": val_loss, "best_val_loss": self.best_val, "dev_threshold": dev_threshold,
             "config": self.config_json}
 
-  def resume(self, abstract_state: steps.TrainState) -> steps.TrainState | None:
-    """The newest `latest` checkpoint restored, or None for a fresh run."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    state, meta = checkpointing.restore(self.latest, step, abstract_state)
+  def resume(self, abstract_state: steps.TrainState) -> steps.TrainState:
+    """The newest intact `latest` checkpoint restored. A checkpoint that cannot be read is moved aside (never deleted) with a
+    warning, and the one before it is tried."""
+    tried = sorted(self.latest.all_steps(), reverse=True)
+    for step in tried:
+      try:
+        state, meta = checkpointing.restore(self.latest, step, abstract_state)
+        break
+      except checkpointing.CheckpointError as e:
+        moved = checkpointing.move_aside(self.workdir, checkpointing.LATEST, step)
+        logging.warning("%s; moved it to %s and trying the previous checkpoint", e, moved)
+        self._open()
+    else:
+      raise checkpointing.CheckpointError(
+          f"none of the latest checkpoints (steps {tried}) under {self.workdir} could be read; "
+          "they were moved to checkpoints/broken/. Use a new --workdir or restore them.")
     if meta["steps_per_epoch"] != self.steps_per_epoch:
       raise ValueError(f"checkpoint at step {step} was made with {meta['steps_per_epoch']} "
                        f"steps/epoch, the data/batch size now give {self.steps_per_epoch}; use a "
@@ -94,7 +109,7 @@ class _Checkpoints:
   def check_finite(self, state: steps.TrainState) -> None:
     bad = int(jax.device_get(state.nonfinite_step))
     if bad >= 0:
-      self.latest.wait_until_finished()
+      checkpointing.wait(self.latest)
       raise NonFiniteLossError(
           f"non-finite loss or gradient at step {bad}; training stopped and the update was "
           f"not applied. Last good checkpoints: "
@@ -102,13 +117,13 @@ class _Checkpoints:
           f"(steps {self.latest.all_steps()}). Lower the learning rate or check the data.")
 
   def stop(self, signum: int, step: int) -> None:
-    self.latest.wait_until_finished()
+    checkpointing.wait(self.latest)
     raise Interrupted(f"stopped by signal {signum} at step {step}; checkpoint saved, "
                       "rerun the same command to resume")
 
   def close(self) -> None:
     for m in self.managers.values():
-      m.wait_until_finished()
+      checkpointing.wait(m)
 
 
 def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, step: int,
@@ -134,7 +149,9 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
   dev_threshold = metrics.eer(val_split.labels, val["scores"]["joint"])[1]
   meta = ckpt.meta(step, val_loss, dev_threshold)
   checkpointing.save(ckpt.latest, step, state, meta)
-  if improved:
+  # After a fallback to an earlier checkpoint the replayed step may already be
+  # the best one on disk: exact resume makes it the same model, so it is kept.
+  if improved and step not in ckpt.best.all_steps():
     checkpointing.save(ckpt.best, step, state, meta, metrics={"val_loss": val_loss})
   return record
 
@@ -163,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- State
   ckpt = _Checkpoints(workdir, config, steps_per_epoch)
-  resuming = ckpt.latest.latest_step() is not None
+  resuming = bool(ckpt.latest.all_steps())
   # Resuming restores into the abstract state: no initialisation is computed.
   state, programs = steps.create_train_state(config, mesh, abstract=resuming)
   train_fn, eval_fn = steps.compile_steps(

@@ -16,8 +16,8 @@ With `--torch`, the official architecture in PyTorch (cmfl_jax.bench.torch_refer
 on identical shapes in the same run (on the GPU if JAX runs on one; autocast
 for bfloat16), timed in alternation with cmfl_jax so that slow drifts of the
 machine hit both alike, and the ratios. `--baseline=CONFIG` (with its own
-`--baseline.*` overrides) adds a second cmfl_jax variant to the same
-alternation: an A/B of a switch in one run. Needs neither TensorFlow nor data.
+`--baseline.*` overrides) adds a second cmfl_jax variant, at the same image and
+batch size, to the same alternation: an A/B of a switch in one run. Needs neither TensorFlow nor data.
 `flops`: the un-optimised steps' FLOP count at any shape without compiling or
 running them (for MFU on a machine other than this one).
 `e2e`: the training loop as `train.py` runs it (tf.data decode + augmentation of
@@ -42,6 +42,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cmfl_jax import backend
+from cmfl_jax import config as config_lib
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))), "configs", "bench.py")
@@ -102,7 +103,9 @@ def main(argv) -> None:
   peak = step.matmul_peak(jnp.dtype(config.model.dtype))
   runners = [step.jax_runner(config, _STEPS.value)]
   if _BASELINE.value is not None:
-    baseline = _at_bench_shapes(_BASELINE.value)
+    baseline = ml_collections.ConfigDict(_BASELINE.value.to_dict())
+    baseline.data.image_size, baseline.train.batch_size = size, batch  # the same shapes
+    baseline = _at_bench_shapes(baseline)
     runners.append(step.jax_runner(baseline, _STEPS.value))
     runners[-1].record["baseline"] = _differences(config, baseline)
   if _TORCH.value:
@@ -116,4 +119,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   backend.reexec_with_tuned_malloc()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

@@ -1,0 +1,367 @@
+"""cmfl_jax.data.faces: file loading, geometry, and MTCNN detection + alignment
+on real photographs that ship inside installed packages (scikit-image's
+astronaut, matplotlib's Grace Hopper). No network; detection tests skip where
+the `align` extra (mtcnn) or scikit-image is missing. Each photograph is
+detected once per module (fixtures) to keep the file short."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import pathlib
+import pickle
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+try:
+  from cmfl_jax.data import faces
+except ImportError:  # cmfl_jax.data not a package (yet): load the file itself
+  _path = pathlib.Path(__file__).resolve().parents[1] / "cmfl_jax" / "data" / "faces.py"
+  _spec = importlib.util.spec_from_file_location("cmfl_jax_data_faces", _path)
+  faces = importlib.util.module_from_spec(_spec)
+  sys.modules[_spec.name] = faces
+  _spec.loader.exec_module(faces)
+
+NoFace = faces.NoFace
+S = 224
+
+
+# ----------------------------------------------------------------------------
+# Geometry (numpy / PIL only).
+
+def _similarity(angle_deg, scale, tx, ty):
+  t = np.deg2rad(angle_deg)
+  return np.array([[scale * np.cos(t), -scale * np.sin(t), tx],
+                   [scale * np.sin(t), scale * np.cos(t), ty]])
+
+
+def test_similarity_transform_recovers_a_known_one():
+  rng = np.random.default_rng(0)
+  src = rng.uniform(0, 500, (5, 2))
+  m = _similarity(27.0, 0.37, 12.5, -40.0)
+  np.testing.assert_allclose(faces.similarity_transform(src, faces.apply_transform(m, src)), m,
+                             atol=1e-9)
+  # A mirror image cannot be reached: no reflection in 4 parameters.
+  fit = faces.similarity_transform(src, src * [-1, 1])
+  assert np.linalg.det(fit[:, :2]) > 0
+
+
+def test_templates_are_symmetric_and_frame_as_documented():
+  for name, t in faces.TEMPLATES.items():
+    mirrored = (t * [-1, 1] + [1, 0])[[1, 0, 2, 4, 3]]
+    np.testing.assert_allclose(mirrored, t, atol=1e-12, err_msg=name)
+  ffhq, arc = faces.TEMPLATES["ffhq"], faces.TEMPLATES["arcface"]
+  assert ffhq[1, 0] - ffhq[0, 0] == pytest.approx(0.241, abs=0.002)   # eye distance / side
+  assert ffhq[0, 1] == pytest.approx(0.472, abs=0.002)                # eye height
+  assert ffhq[3, 1] == pytest.approx(0.750, abs=0.002)                # mouth height
+  assert arc[1, 0] - arc[0, 0] == pytest.approx(0.315, abs=0.002)
+  np.testing.assert_allclose(faces.face_template("arcface", 112) + 0.5,
+                             faces.TEMPLATES["arcface"] * 112)
+  with pytest.raises(ValueError):
+    faces.face_template("nope")
+
+
+def test_ffhq_rule_puts_the_mean_face_on_its_template():
+  # The FFHQ rule and its documented template agree, whatever the pose/scale.
+  template = faces.face_template("ffhq", S)
+  for angle, scale in ((0, 1.0), (20, 3.1), (-35, 0.4)):
+    m = _similarity(angle, scale, 300, 100)
+    landmarks = faces.apply_transform(m, template)
+    out = faces.apply_transform(faces.ffhq_matrix(landmarks, S), landmarks)
+    np.testing.assert_allclose(out, template, atol=1e-6)
+
+
+def _blob(h, w, cx, cy, sigma):
+  y, x = np.mgrid[0:h, 0:w]
+  g = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma * sigma))
+  return np.repeat((g * 255).astype(np.uint8)[..., None], 3, 2)
+
+
+def _peak(img):
+  g = img[..., 0].astype(float)
+  g = g * (g > 0.5 * g.max())
+  y, x = np.mgrid[0:g.shape[0], 0:g.shape[1]]
+  return np.array([(g * x).sum() / g.sum(), (g * y).sum() / g.sum()])
+
+
+@pytest.mark.parametrize("angle,scale", [(0, 1.0), (20, 1.7), (-35, 0.5), (10, 0.15)])
+def test_warp_puts_a_source_point_where_the_matrix_says(angle, scale):
+  # 0.5 and 0.15 take the antialiased pre-downscale path.
+  image = _blob(600, 700, 401.0, 253.0, 2.0 / min(scale, 1.0))
+  m = _similarity(angle, scale, 0, 0)
+  m[:, 2] += [101.0, 117.0] - faces.apply_transform(m, [[401.0, 253.0]])[0]
+  crop = faces.warp(image, m, S)
+  assert crop.shape == (S, S, 3) and crop.dtype == np.uint8
+  np.testing.assert_allclose(_peak(crop), [101.0, 117.0], atol=0.25)
+
+
+def test_box_matrix_is_square_with_margin_in_output_pixels():
+  m = faces.box_matrix([100, 50, 180, 170], S, margin=24)  # 80 x 120 box
+  # The longer side (120) spans S - 24 output pixels, centred.
+  assert m[0, 0] == pytest.approx((S - 24) / 120) and m[1, 1] == m[0, 0] and m[0, 1] == 0
+  top_left = faces.apply_transform(m, [[140 - 60 - 0.5, 50 - 0.5]])[0]
+  np.testing.assert_allclose(top_left, [12 - 0.5, 12 - 0.5], atol=1e-9)
+
+
+def test_outside_fraction_and_constant_fill():
+  image = np.full((100, 100, 3), 200, np.uint8)
+  m = faces.box_matrix([-50, 0, 50, 100], 100)  # left half of the crop is off-image
+  assert faces.outside_fraction(m, (100, 100), 100) == pytest.approx(0.5, abs=0.011)
+  crop = faces.warp(image, m, 100, fill=(0, 0, 255))
+  assert (crop[:, :48] == [0, 0, 255]).all() and (crop[:, 52:] == 200).all()
+
+
+# ----------------------------------------------------------------------------
+# Loading: a bad file gives a reason, never an exception.
+
+def _jpeg_bytes(shape=(40, 60)):
+  buf = io.BytesIO()
+  pixels = np.random.default_rng(0).integers(0, 255, shape + (3,), np.uint8)
+  Image.fromarray(pixels).save(buf, "JPEG")
+  return buf.getvalue()
+
+
+def test_load_rgb_reasons(tmp_path):
+  def write(name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+  assert "unreadable" in faces.load_rgb(tmp_path / "missing.jpg").reason
+  assert faces.load_rgb(write("empty.jpg", b"")).reason == "empty file"
+  assert "not an image" in faces.load_rgb(write("noise.jpg", os.urandom(3000))).reason
+  assert "not an image" in faces.load_rgb(write("text.png", b"hello, world\n" * 50)).reason
+  assert "truncated" in faces.load_rgb(write("cut.jpg", _jpeg_bytes()[:400])).reason
+  big = write("big.jpg", _jpeg_bytes())
+  assert "too large" in faces.load_rgb(big, max_pixels=1000).reason
+  assert "too large" in faces.load_rgb(big, max_bytes=100).reason
+  assert faces.load_rgb(big).shape == (40, 60, 3)
+  if os.geteuid() != 0:  # root reads anything
+    locked = write("locked.jpg", _jpeg_bytes())
+    locked.chmod(0)
+    assert "unreadable" in faces.load_rgb(locked).reason
+
+
+def test_load_rgb_converts_modes_and_applies_exif_orientation(tmp_path):
+  gray = tmp_path / "gray.png"
+  Image.fromarray(np.arange(30 * 20, dtype=np.uint8).reshape(30, 20) % 250).save(gray)
+  rgb = faces.load_rgb(gray)
+  assert rgb.shape == (30, 20, 3) and rgb.dtype == np.uint8
+  rotated = tmp_path / "rotated.jpg"
+  im = Image.fromarray(np.zeros((30, 20, 3), np.uint8))
+  exif = im.getexif()
+  exif[0x0112] = 6  # "rotate 90 CW to display"
+  im.save(rotated, exif=exif)
+  assert faces.load_rgb(rotated).shape == (20, 30, 3)
+
+
+# ----------------------------------------------------------------------------
+# Selection and reasons (no detector needed).
+
+def _det(x, y, size, score=0.99):
+  box = np.array([x, y, x + size, y + size], float)
+  return faces.Detection(box=box, landmarks=np.zeros((5, 2)), score=score)
+
+
+def test_select_policies_and_reasons():
+  s = faces.DetectorSettings()
+  big, small_sure = _det(0, 0, 100, 0.9), _det(200, 0, 50, 0.999)
+  assert faces._select([], -1.0, s, "largest").reason == "no face found"
+  assert faces._select([], 0.5, s, "largest").reason.startswith("below threshold")
+  assert faces._select([_det(0, 0, 15)], -1, s, "all").reason.startswith("face too small")
+  assert faces._select([small_sure, big], -1, s, "largest") == [big]
+  assert faces._select([small_sure, big], -1, s, "most_confident") == [small_sure]
+  assert faces._select([small_sure, big], -1, s, "all") == [big, small_sure]
+  assert faces._select([small_sure, big], -1, s, "skip_multiple").reason.startswith("several faces")
+  assert faces._select([big], -1, s, "skip_multiple") == [big]
+
+
+def test_detector_settings_validate():
+  assert faces.DetectorSettings().thresholds == (0.6, 0.7, 0.7)
+  for bad in (dict(thresholds=(0.6, 0.7)), dict(thresholds=(0.6, 0.7, 1.5)),
+              dict(scale_factor=1.0), dict(min_face_size=0), dict(detect_max_side=5)):
+    with pytest.raises(ValueError):
+      faces.DetectorSettings(**bad)
+
+
+def test_bad_arrays_give_a_reason():
+  assert isinstance(faces.detect_and_align(np.zeros((64, 64), np.uint8)), NoFace)
+  assert isinstance(faces.detect_and_align(np.zeros((64, 64, 3), np.float32)), NoFace)
+  tiny = faces.detect_and_align(np.zeros((10, 64, 3), np.uint8))
+  assert tiny.reason.startswith("image too small")
+
+
+def test_weights_unpickler_refuses_code():
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo should-not-run",))
+
+  with pytest.raises(pickle.UnpicklingError, match="refused"):
+    faces._WeightsUnpickler(io.BytesIO(pickle.dumps([Evil()]))).load()
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+  monkeypatch.setitem(sys.modules, "mtcnn", None)  # import mtcnn -> ImportError
+  with pytest.raises(ImportError, match=r'pip install -e "\.\[align\]"'):
+    faces._require_extra()
+
+
+# ----------------------------------------------------------------------------
+# MTCNN on real photographs.
+
+@pytest.fixture(scope="module")
+def photos():
+  pytest.importorskip("mtcnn")
+  skdata = pytest.importorskip("skimage.data")
+  from matplotlib import cbook
+  with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+    grace = np.asarray(im.convert("RGB"))
+  return {"astronaut": skdata.astronaut(), "grace_hopper": grace}
+
+
+def _crop_landmarks(face):
+  """Landmarks re-detected on the aligned crop: tests the warp for real."""
+  found = faces.detect(face.crop)
+  assert found, "no face re-detected on the aligned crop"
+  return found[0].landmarks
+
+
+@pytest.fixture(scope="module")
+def aligned(photos):
+  out = {}
+  for name, image in photos.items():
+    result = faces.detect_and_align(image, policy="all")
+    assert not isinstance(result, NoFace), (name, result)
+    out[name] = (result, _crop_landmarks(result[0]))
+  return out
+
+
+def test_weights_load_without_pickle_execution():
+  pytest.importorskip("mtcnn")
+  weights = faces._load_mtcnn_weights("pnet.lz4")
+  assert [w.shape for w in weights[:2]] == [(3, 3, 3, 10), (10,)]
+  assert all(w.dtype == np.float32 for w in weights)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_one_face_and_eyes_on_the_template(aligned, name):
+  result, crop_landmarks = aligned[name]
+  assert len(result) == 1
+  face = result[0]
+  assert face.crop.shape == (S, S, 3) and face.crop.dtype == np.uint8
+  assert face.score > 0.95 and face.outside == 0.0
+  template = faces.face_template("ffhq", S)
+  eye_error = np.linalg.norm(crop_landmarks[:2] - template[:2], axis=1)
+  assert eye_error.max() < 3.0, eye_error
+  # The transform maps the source landmarks near the template too.
+  moved = faces.apply_transform(face.transform, face.landmarks)
+  assert np.linalg.norm(moved[:2] - template[:2], axis=1).max() < 3.0
+
+
+def _variants(image):
+  pil = Image.fromarray(image)
+  yield "flip", image[:, ::-1].copy()
+  for angle in (20, -20):
+    yield f"rotate{angle}", np.asarray(pil.rotate(angle, Image.Resampling.BICUBIC, expand=True))
+  for s in (0.5, 1.5):
+    size = (round(pil.width * s), round(pil.height * s))
+    yield f"scale{s}", np.asarray(pil.resize(size, Image.Resampling.BICUBIC))
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_flipped_rotated_rescaled_copies_align_to_the_same_crop(photos, aligned, name):
+  reference = aligned[name][1]
+  errors = {}
+  for variant, image in _variants(photos[name]):
+    result = faces.detect_and_align(image)
+    assert not isinstance(result, NoFace), (variant, result)
+    lm = _crop_landmarks(result[0])
+    if variant == "flip":  # mirror back: x -> S - 1 - x, left <-> right
+      lm = np.stack([S - 1 - lm[:, 0], lm[:, 1]], 1)[[1, 0, 2, 4, 3]]
+    errors[variant] = np.linalg.norm(lm - reference, axis=1).max()
+  assert max(errors.values()) < 5.0, errors
+
+
+def _landscape(size=256, seed=0):
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:size, 0:size] / size
+  low = np.asarray(Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).resize(
+      (size, size), Image.Resampling.BICUBIC)) / 255.0
+  sky = y < 0.6 + 0.1 * np.sin(6 * x) + 0.15 * (low - 0.5)
+  rgb = np.stack([np.where(sky, 0.5 + 0.3 * y, 0.25 + 0.2 * low),
+                  np.where(sky, 0.7 + 0.2 * y, 0.45 + 0.25 * low),
+                  np.where(sky, 0.95, 0.2 + 0.1 * low)], -1)
+  return (rgb * 255).clip(0, 255).astype(np.uint8)
+
+
+def test_images_without_faces(photos):
+  rng = np.random.default_rng(0)
+  for name, image in (
+      ("noise", rng.normal(128, 40, (256, 256, 3)).clip(0, 255).astype(np.uint8)),
+      ("flat", np.full((256, 256, 3), (90, 140, 200), np.uint8)),
+      ("landscape", _landscape())):
+    result = faces.detect_and_align(image)
+    assert isinstance(result, NoFace), name
+    assert result.reason.startswith(("no face found", "below threshold")), (name, result)
+
+
+def _half(image):
+  pil = Image.fromarray(image)
+  return np.asarray(pil.resize((pil.width // 2, pil.height // 2), Image.Resampling.BICUBIC))
+
+
+def test_policies_on_a_two_face_image(photos):
+  a, g = _half(photos["astronaut"]), _half(photos["grace_hopper"])
+  both = np.zeros((max(a.shape[0], g.shape[0]), a.shape[1] + g.shape[1], 3), np.uint8)
+  both[:a.shape[0], :a.shape[1]], both[:g.shape[0], a.shape[1]:] = a, g
+  assert faces.detect_and_align(both, policy="skip_multiple").reason.startswith("several faces")
+  two = faces.detect_and_align(both, policy="all")
+  assert len(two) == 2
+  largest = faces.detect_and_align(both, policy="largest")
+  assert len(largest) == 1 and largest[0].box[0] > a.shape[1]  # Grace's face is bigger
+
+
+def test_below_threshold_reason(photos):
+  strict = faces.DetectorSettings(thresholds=(0.6, 0.7, 0.99999))
+  result = faces.detect_and_align(_half(photos["astronaut"]), strict)
+  assert isinstance(result, NoFace) and result.reason.startswith("below threshold"), result
+
+
+def test_large_min_face_size(photos):
+  # mtcnn 1.0's own pyramid crashes here (a level smaller than PNet's window).
+  found = faces.detect(photos["astronaut"], faces.DetectorSettings(min_face_size=40))
+  assert len(found) == 1
+
+
+def test_box_mode(photos, aligned):
+  face = aligned["astronaut"][0][0]
+  result = faces.detect_and_align(photos["astronaut"], mode="box", margin=32)
+  assert len(result) == 1 and result[0].crop.shape == (S, S, 3)
+  box = result[0].box
+  np.testing.assert_allclose(box, face.box)
+  # Boxes are edges (continuous); the box centre lands on the crop centre.
+  centre = [(box[0] + box[2]) / 2 - 0.5, (box[1] + box[3]) / 2 - 0.5]  # as a pixel index
+  np.testing.assert_allclose(faces.apply_transform(result[0].transform, [centre])[0],
+                             [S / 2 - 0.5, S / 2 - 0.5], atol=1e-6)
+
+
+def test_crop_leaving_the_image(photos):
+  cut = np.ascontiguousarray(photos["astronaut"][45:300, 100:400])  # hair cut at the top
+  result = faces.detect_and_align(cut)
+  assert isinstance(result, NoFace) and result.reason.startswith("crop leaves the image"), result
+  kept = faces.detect_and_align(cut, max_outside=1.0, fill=(255, 0, 255))
+  face = kept[0]
+  assert 0.02 < face.outside < 0.3
+  assert (face.crop[0] == [255, 0, 255]).all()  # top row comes from above the photo
+
+
+def test_detect_on_a_smaller_copy(photos, aligned):
+  # detect_max_side: detect on a half-size copy, coordinates in the original.
+  face = aligned["astronaut"][0][0]
+  found = faces.detect(photos["astronaut"], faces.DetectorSettings(detect_max_side=256))
+  assert len(found) == 1
+  assert np.abs(found[0].landmarks - face.landmarks).max() < 3.0
