@@ -15,7 +15,9 @@ it when complete, so an interrupted save never shadows a good checkpoint.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -107,6 +109,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
     out = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
+    _drop_abandoned_read_errors()
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     raise CheckpointError(f"checkpoint {where} cannot be read: {reason}") from e
   state, meta = out["state"], dict(out["meta"])
@@ -114,6 +117,33 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
     raise CheckpointError(f"checkpoint {where} is damaged: its arrays do not match the "
                           "fingerprint saved with them")
   return state, meta
+
+
+def _abandoned_read(unraisable) -> bool:
+  where = f"{getattr(unraisable, 'object', '')}"
+  return ("_read_array_index" in where or "Event loop is closed" in str(unraisable.exc_value)
+          or "read array index" in str(unraisable.exc_value))
+
+
+def _drop_abandoned_read_errors() -> None:
+  """After a failed restore, Orbax's other reads of the same checkpoint finish
+  in the background and fail too; Python would print each as "Exception
+  ignored" (or asyncio's "Task exception was never retrieved") with a
+  traceback. Those (the same damage, reported once above) are
+  dropped; every other unraisable error still reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "cmfl_jax_filter", False):
+    return
+
+  def hook(unraisable):
+    if not _abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook.cmfl_jax_filter = True
+  sys.unraisablehook = hook
+  # Tasks of the same reads that finish with the error are logged by asyncio.
+  logging.getLogger("asyncio").addFilter(
+      lambda record: "_read_array_index" not in record.getMessage())
 
 
 def move_aside(workdir: str, kind: str, step: int) -> str:

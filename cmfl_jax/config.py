@@ -65,7 +65,7 @@ def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> 
     raise ConfigError(f"data.source must be one of {tuple(sources.SOURCES)}, got "
                       f"{data.source!r}")
   if config.loss.objective not in losses.OBJECTIVES:
-    raise ConfigError(f"loss.objective must be one of {losses.OBJECTIVES}, got "
+    raise ConfigError(f"loss.objective must be one of {tuple(losses.OBJECTIVES)}, got "
                       f"{config.loss.objective!r}")
   if config.loss.objective == "cmfl" and model.arch != "two_stream":
     raise ConfigError("loss.objective='cmfl' needs model.arch='two_stream' (two heads); use "

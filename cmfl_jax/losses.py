@@ -15,9 +15,6 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-OBJECTIVES = ("cmfl", "bce")
-
-
 def bce_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """``-(y log p + (1 - y) log(1 - p))`` with p = sigmoid(logits), elementwise."""
   logits = jnp.asarray(logits)
@@ -92,19 +89,30 @@ def objective_per_example(
   Returns:
     ``{"loss": [B], "bce_<head>": [B] for every head, and "cmfl": [B] for cmfl}``.
   """
+  if name not in OBJECTIVES:
+    raise ValueError(f"unknown objective {name!r}; choose one of {tuple(OBJECTIVES)}")
   terms = {f"bce_{head}": bce_per_example(logits, labels) for head, logits in outputs.items()}
-  if name == "bce":
-    terms["loss"] = terms["bce_joint"]
-  elif name == "cmfl":
-    if "rgb" not in outputs or "freq" not in outputs:
-      raise ValueError("objective 'cmfl' needs a two_stream model (heads rgb, freq, joint); "
-                       f"got heads {sorted(outputs)}")
-    terms["cmfl"] = cmfl_per_example(outputs["rgb"], outputs["freq"], labels,
-                                     alpha=alpha, gamma=gamma, multiplier=multiplier)
-    terms["loss"] = 0.5 * terms["cmfl"] + 0.5 * terms["bce_joint"]
-  else:
-    raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+  terms.update(OBJECTIVES[name](outputs, labels, terms, alpha=alpha, gamma=gamma,
+                                multiplier=multiplier))
   return terms
+
+
+def _bce_objective(outputs, labels, terms, **unused) -> dict[str, jax.Array]:
+  del outputs, labels, unused
+  return {"loss": terms["bce_joint"]}
+
+
+def _cmfl_objective(outputs, labels, terms, *, alpha, gamma, multiplier) -> dict[str, jax.Array]:
+  if "rgb" not in outputs or "freq" not in outputs:
+    raise ValueError("objective 'cmfl' needs a two_stream model (heads rgb, freq, joint); "
+                     f"got heads {sorted(outputs)}")
+  cmfl_terms = cmfl_per_example(outputs["rgb"], outputs["freq"], labels, alpha=alpha,
+                                gamma=gamma, multiplier=multiplier)
+  return {"cmfl": cmfl_terms, "loss": 0.5 * cmfl_terms + 0.5 * terms["bce_joint"]}
+
+
+#: Training objectives by name -> extra per-example terms (with "loss").
+OBJECTIVES = {"cmfl": _cmfl_objective, "bce": _bce_objective}
 
 
 def objective(name: str, outputs: Mapping[str, jax.Array], labels: jax.Array,

@@ -25,10 +25,17 @@ def cell_config(config: ml_collections.ConfigDict,
   """The plain training config of one cell (`config` itself is untouched)."""
   run = ml_collections.ConfigDict(config.to_dict())
   del run["sweep"]
-  try:
-    run.update_from_flattened_dict(dict(overrides))
-  except (KeyError, AttributeError) as e:
-    raise ValueError(f"sweep cell override {e} is not a config key") from None
+  for key in overrides:
+    *path, leaf = key.split(".")
+    node = run
+    for part in path:
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "keys") or leaf not in node:
+      from cmfl_jax import config as config_lib
+      close = config_lib.closest_keys(run, key)
+      raise ValueError(f"sweep cell override {key!r} is not a config key"
+                       + (f" (closest: {', '.join(close)})" if close else ""))
+  run.update_from_flattened_dict(dict(overrides))
   return run
 
 

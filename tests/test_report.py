@@ -151,4 +151,5 @@ def test_sweep_runs_every_cell_in_its_own_workdir(tmp_path, monkeypatch):
           str(tmp_path / "swagan" / "fft_bce")) in trained
   assert len(set(evaluated)) == 8
   assert (tmp_path / "report.md").exists()
+  trained.clear()
   assert sweep.run_sweep(config, str(tmp_path), "train") == {} and len(trained) == 8
