@@ -86,6 +86,14 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> int:
   fv = flag_values
   config = fv.config
   config.model.arch = fv.arch
+  check = config.copy_and_resolve_references()
+  if check.model.arch == "one_stream":
+    check.loss.objective = "bce"  # what `convert` saves for one-stream models
+  try:
+    config_lib.validate(check, jax.device_count())
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return config_lib.USAGE_ERROR
   if config.model.arch == "one_stream":
     logging.info("one_stream input: %s (official --spectra fft needs --config.model.input=freq)",
                  config.model.input)

@@ -82,14 +82,23 @@ def _differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> 
   return sorted(f"{k}={right.get(k)}" for k in set(left) | set(right) if left.get(k) != right.get(k))
 
 
-def main(argv) -> None:
+def main(argv) -> int:
   del argv
+  import jax
+
   from cmfl_jax.bench import step
   config = _at_bench_shapes(_CONFIG.value)
+  try:
+    for candidate in (config, _BASELINE.value):
+      if candidate is not None:
+        config_lib.validate(candidate, jax.device_count())
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return config_lib.USAGE_ERROR
   size, batch = config.data.image_size, config.train.batch_size
   if _WHAT.value == "flops":
     step.emit({"what": "flops", **step.step_flops(config)})
-    return
+    return 0
   if _WHAT.value in ("pipeline", "e2e"):
     from cmfl_jax.bench import input as bench_input  # TensorFlow and PIL: only for these modes
     if _WHAT.value == "e2e":
@@ -98,7 +107,7 @@ def main(argv) -> None:
       for rec in bench_input.pipeline_records(size, _NUM_IMAGES.value, batch, _REPEATS.value,
                                               _OFFICIAL_REPO.value):
         step.emit(rec)
-    return
+    return 0
   import jax.numpy as jnp
   peak = step.matmul_peak(jnp.dtype(config.model.dtype))
   runners = [step.jax_runner(config, _STEPS.value)]
@@ -115,6 +124,7 @@ def main(argv) -> None:
     step.emit({"what": "step", **rec})
   for ref in records[1:]:
     step.emit(step.ratio_record(records[0], ref))
+  return 0
 
 
 if __name__ == "__main__":
