@@ -13,11 +13,9 @@ across train/eval to check that the search finds them at scale.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-_PATH = Path(__file__).resolve().parents[1] / "cmfl_jax" / "data" / "audit.py"
-
-
 def _load_audit():
-  """By file path: needs nothing else of the package (whose data/__init__ may import TF)."""
-  spec = importlib.util.spec_from_file_location("_cmfl_data_audit_bench", _PATH)
-  mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod
-  spec.loader.exec_module(mod)
-  return mod
+  from cmfl_jax.data import audit
+  return audit
 
 
 def _picture(rng: np.random.Generator, size: int = 32) -> Image.Image:

@@ -98,6 +98,13 @@ def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> 
   for key in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
     if train[key] <= 0:
       raise ConfigError(f"train.{key} must be positive, got {train[key]}")
+  try:
+    ops.parse_reencode(data.reencode)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if not 0.0 < data.audit_shortcut_threshold <= 1.0:
+    raise ConfigError(f"data.audit_shortcut_threshold must be in (0, 1], got "
+                      f"{data.audit_shortcut_threshold}")
   if not 0.0 <= data.augment_prob <= 1.0:
     raise ConfigError(f"data.augment_prob must be in [0, 1], got {data.augment_prob}")
 

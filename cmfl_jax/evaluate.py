@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from cmfl_jax import backend, checkpointing, metrics, report, score_files, steps, summaries
+from cmfl_jax import audit, backend, checkpointing, metrics, report, score_files, steps, summaries
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Split
 
@@ -112,7 +112,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   robustness_splits = _robustness_splits(config)
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
   splits, skipped = sources.load_splits(config.data, config.data.eval_splits)
-  pipeline.report_skipped(skipped, workdir, "eval_data_report.json")
+  audit_result = audit.audit_data(config.data, workdir)
+  pipeline.report_skipped(skipped, workdir, "eval_data_report.json", audit.summary(audit_result))
   out_dir = os.path.join(workdir, "eval", name)
   results: dict[str, Any] = {"checkpoint": name, "step": meta["step"],
                              "val_loss": meta.get("val_loss"),

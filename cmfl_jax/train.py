@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import (backend, checkpointing, evaluate, metrics, models, score_files, steps,
-                      summaries, weights)
+from cmfl_jax import (audit, backend, checkpointing, evaluate, metrics, models, score_files,
+                      steps, summaries, weights)
 from cmfl_jax.data import pipeline, sources
 from cmfl_jax.data.split import Split, split_summary
 
@@ -166,7 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         [config.data.train_split, config.data.val_split])
   for line in split_summary(splits):
     logging.info("data %s", line)
-  pipeline.report_skipped(skipped, workdir)
+  audit_result = audit.audit_data(config.data, workdir)  # warns before the first step
+  pipeline.report_skipped(skipped, workdir, extra=audit.summary(audit_result))
   train_split, val_split = splits[config.data.train_split], splits[config.data.val_split]
   global_batch = config.train.batch_size
   if global_batch % jax.device_count():

@@ -35,6 +35,17 @@ def get_config() -> ml_collections.ConfigDict:
   data.min_side = -1                   # smaller images are skipped and reported (-1: crop size)
   data.cache = False                   # decode all images once into RAM (one image size)
   data.max_pixels = 64_000_000         # larger ones too (decompression bombs)
+  # Data audit at the start of training/evaluation (cmfl_jax/audit.py): storage
+  # shortcuts (metadata-only classifier AUC above the threshold warns), duplicates,
+  # subject overlap. Per-file results cached by (path, size, mtime) in audit_cache
+  # ("" = ~/.cache/cmfl_jax/audit/metadata.sqlite).
+  data.audit = True
+  data.audit_cache = ""
+  data.audit_shortcut_threshold = 0.75
+  data.audit_hamming = 8               # near-duplicates: pHash Hamming distance <= this
+  # Re-encode every training image the same way before augmentation ("" = off,
+  # "jpeg:Q"): the remedy when the audit finds a storage shortcut.
+  data.reencode = ""
   data.toy_seed = 0
   data.toy_sizes = {"default": 64}
 

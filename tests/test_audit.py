@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,13 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Loaded by file path: cmfl_jax.data is being restructured (its __init__ may pull in
-# TensorFlow); the audit module depends on nothing else in the project.
-_PATH = Path(__file__).resolve().parents[1] / "cmfl_jax" / "data" / "audit.py"
-_spec = importlib.util.spec_from_file_location("_cmfl_data_audit_under_test", _PATH)
-audit = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = audit  # dataclasses look the module up while the class is built
-_spec.loader.exec_module(audit)
+from cmfl_jax.data import audit
 
 
 def _img(seed: int, size: int = 48) -> Image.Image:
@@ -246,3 +239,31 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
   third = _audit(tmp_path, [split])
   assert len(opened) == 2 and third["files"]["read"] == 2
   assert third["splits"]["eval"]["classes"]["bona_fide"]["width"]["max"] == 56
+
+
+def test_training_warns_about_a_storage_shortcut_before_the_first_step(tmp_path):
+  """The audit runs at the start of training: a protocol whose bona fide images
+  are PNG and attacks JPEG gets the warning (with the remedy) before step 1,
+  and audit.json / audit.md / data_report.json are written."""
+  import json
+  import subprocess
+  from test_input_pipeline import write_dataset
+  data_root, proto = write_dataset(str(tmp_path / "d"), n_per_class=12, size=32)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "cmfl_jax.main", f"--config={root}/configs/smoke.py",
+         f"--workdir={workdir}", "--mode=train", "--config.data.source=csv",
+         f"--config.data.data_root={data_root}", f"--config.data.protocol_dir={proto}",
+         f"--config.data.audit_cache={tmp_path / 'cache.sqlite'}", "--config.train.max_steps=1"]
+  proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stderr.splitlines()
+  warn = [i for i, l in enumerate(lines) if "DATA AUDIT" in l and "Shortcut risk" in l]
+  first_step = [i for i, l in enumerate(lines) if "step 1:" in l]
+  assert warn and first_step and warn[0] < first_step[0]
+  assert "format" in lines[warn[0]] and any("data.reencode" in l for l in lines)
+  assert any("DATA AUDIT" in l and "subjects shared" in l for l in lines)
+  report = json.loads((workdir / "data_report.json").read_text())
+  assert any(f["kind"] == "shortcut" for f in report["audit"]["findings"])
+  assert (workdir / "audit.json").exists() and (workdir / "audit.md").exists()

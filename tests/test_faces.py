@@ -6,10 +6,8 @@ detected once per module (fixtures) to keep the file short."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
-import pathlib
 import pickle
 import sys
 
@@ -17,14 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-try:
-  from cmfl_jax.data import faces
-except ImportError:  # cmfl_jax.data not a package (yet): load the file itself
-  _path = pathlib.Path(__file__).resolve().parents[1] / "cmfl_jax" / "data" / "faces.py"
-  _spec = importlib.util.spec_from_file_location("cmfl_jax_data_faces", _path)
-  faces = importlib.util.module_from_spec(_spec)
-  sys.modules[_spec.name] = faces
-  _spec.loader.exec_module(faces)
+from cmfl_jax.data import faces
 
 NoFace = faces.NoFace
 S = 224

@@ -20,7 +20,8 @@ def data_config(**kw):
       source="csv", data_root="", protocol_dir="", train_split="train", val_split="dev",
       eval_splits=("eval",), image_size=32, aligned=True, balance="oversample",
       augment_prob=0.5, verify="decode", min_side=16, max_pixels=64_000_000, toy_seed=0,
-      toy_sizes={"default": 16}, tfds_name="cmfl_faces", tfds_data_dir="", cache=False))
+      toy_sizes={"default": 16}, tfds_name="cmfl_faces", tfds_data_dir="", cache=False,
+      reencode=""))
   cfg.update(kw)
   return cfg
 
@@ -423,3 +424,19 @@ def test_eval_dataset_applies_the_condition_to_every_example():
     np.testing.assert_array_equal(images[i], tf.image.adjust_jpeg_quality(split.images[i], 50))
   with pytest.raises(ValueError, match="condition"):
     pipeline.eval_dataset(split, cfg, 4, "jpeg:500")
+
+
+def test_reencode_gives_every_training_image_the_same_storage(tmp_path):
+  """data.reencode='jpeg:Q': each training image is the libjpeg re-encoding of
+  the stored one (then augmented; here no blur/JPEG, so only flips remain)."""
+  data_root, proto = write_dataset(str(tmp_path), size=32)
+  split = readers.read_protocol_csv(os.path.join(proto, "train.csv"), data_root)
+  cfg = data_config(augment_prob=0.0, reencode="jpeg:80", balance="none")
+  batch = next(iter(pipeline.train_dataset(split, cfg, len(split), seed=0, epoch=0)))
+  for img, index in zip(batch["image"], batch["index"]):
+    stored = ops.decode_image(tf.io.read_file(split.paths[index]))
+    want = tf.io.decode_jpeg(tf.io.encode_jpeg(stored, quality=80, chroma_downsampling=True))
+    assert (np.array_equal(img, want) or np.array_equal(img, want[:, ::-1])), index
+    assert not np.array_equal(img, stored) and not np.array_equal(img, stored.numpy()[:, ::-1])
+  with pytest.raises(ValueError, match="data.reencode"):
+    ops.parse_reencode("png:3")

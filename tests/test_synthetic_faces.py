@@ -4,7 +4,7 @@ intended trace of each family, TFDS splits, export round trip, Durall baseline."
 import numpy as np
 import pytest
 
-from cmfl_jax.data import readers, sources
+from cmfl_jax.data import readers
 from cmfl_jax.data.synthetic import builder as sf_builder
 from cmfl_jax.data.synthetic import simulate as sf
 

@@ -149,7 +149,7 @@ def official_loader_throughput(repo: str, split: Split, train: bool,
 
 def pipeline_config(image_size: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(image_size=image_size, aligned=True, balance="none",
-                                        augment_prob=0.5))
+                                        reencode="", augment_prob=0.5))
 
 
 def pipeline_records(size: int, num_images: int, batch: int, repeats: int,

@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 CLASS_NAMES = {1: "bona_fide", 0: "attack"}
 REMEDY = (
-    "Set data.reencode so every training image is re-encoded the same way (one format "
-    "and quality) before augmentation, so storage no longer carries the label, and "
+    "Set data.reencode (e.g. --config.data.reencode=jpeg:90) so every training image is "
+    "re-encoded the same way (one format and quality) before augmentation, so storage no longer carries the label, and "
     "evaluate with the robustness conditions (re-compression, resizing) to check that "
     "the detector does not depend on storage.")
 

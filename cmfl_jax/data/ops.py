@@ -156,6 +156,24 @@ def postprocess(img: tf.Tensor, condition: str, seed: tf.Tensor) -> tf.Tensor:
   return img if kind == "none" else CONDITIONS[kind].apply(img, value, seed)
 
 
+def parse_reencode(spec: str) -> int | None:
+  """`data.reencode`: "" (off) or "jpeg:Q" -> Q (1-100)."""
+  if not spec:
+    return None
+  kind, _, value = spec.partition(":")
+  if kind != "jpeg" or not value.isdigit() or not 1 <= int(value) <= 100:
+    raise ValueError(f"data.reencode must be '' or 'jpeg:Q' with Q in 1-100, got {spec!r}")
+  return int(value)
+
+
+def reencode(img: tf.Tensor, quality: int) -> tf.Tensor:
+  """The stored image re-encoded as baseline JPEG `quality` with 4:2:0 chroma
+  (libjpeg, like `adjust_jpeg_quality`): every training image then carries
+  the same storage traces, whatever format it came in."""
+  data = tf.io.encode_jpeg(img, quality=quality, chroma_downsampling=True)
+  return tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), [None, None, 3])
+
+
 # ----------------------------------------------------------------------------
 # The paper's train augmentation
 # ----------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   """
   ops.parse_condition(condition)  # fail before building the pipeline
   geometry = ops.Geometry.from_config(data_config)
+  reencode_quality = ops.parse_reencode(data_config.reencode) if train else None
   prob = float(data_config.augment_prob)
   ds = tf.data.Dataset.from_tensor_slices({
       "index": indices.astype(np.int64), "mask": mask.astype(np.bool_),
@@ -130,6 +131,8 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   def process(ex):
     seed_pair = tf.stack([tf.constant(seed, tf.int64) * 100003 + epoch, ex["index"]])
     img = load(ex["index"])
+    if reencode_quality is not None:  # before anything else: one storage for all classes
+      img = ops.reencode(img, reencode_quality)
     aug_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
     if condition != "none":
       img = tf.ensure_shape(ops.postprocess(img, condition, seed_pair), [None, None, 3])
@@ -182,8 +185,10 @@ def global_batches(ds: tf.data.Dataset, sharding: jax.sharding.Sharding) -> Iter
     yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def report_skipped(skipped: list[dict], workdir: str, filename: str = "data_report.json") -> None:
-  """Logs skipped files and writes them to `<workdir>/<filename>`."""
+def report_skipped(skipped: list[dict], workdir: str, filename: str = "data_report.json",
+                   extra: dict | None = None) -> None:
+  """Logs skipped files and writes them (and `extra`, e.g. the audit's
+  summary) to `<workdir>/<filename>`."""
   if jax.process_index() != 0:
     return
   counts: dict[str, int] = {}
@@ -196,4 +201,4 @@ def report_skipped(skipped: list[dict], workdir: str, filename: str = "data_repo
                     len(skipped), counts, filename)
   tf.io.gfile.makedirs(workdir)
   with tf.io.gfile.GFile(os.path.join(workdir, filename), "w") as f:
-    json.dump({"skipped_per_split": counts, "skipped": skipped}, f, indent=1)
+    json.dump({"skipped_per_split": counts, "skipped": skipped, **(extra or {})}, f, indent=1)

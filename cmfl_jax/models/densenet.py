@@ -11,7 +11,6 @@ XLA:CPU) or "xla" (XLA's own, cuDNN on GPU); `cmfl_jax.backend` chooses.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax

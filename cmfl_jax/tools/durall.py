@@ -71,7 +71,6 @@ class LogisticRegression:
 def cross_model_eers(builder, known: str) -> dict[str, float]:
   """Train on real_train + <known>_train; D-EER per family on real_eval + <family>_eval."""
   from cmfl_jax.data import synthetic
-  from cmfl_jax.data.synthetic import builder as synthetic_builder
 
   def load(split):
     ds = builder.as_data_source(split=split)
@@ -91,7 +90,6 @@ def cross_model_eers(builder, known: str) -> dict[str, float]:
 
 def main(argv) -> None:
   del argv
-  from cmfl_jax.data import synthetic
   from cmfl_jax.data.synthetic import builder as synthetic_builder
   builder = synthetic_builder.prepare(FLAGS.synthetic_config, FLAGS.tfds_data_dir)
   eers = cross_model_eers(builder, FLAGS.known)
