@@ -20,6 +20,8 @@ from absl import flags
 CHOICES = {
     "data.balance": ("oversample", "truncate", "none"),
     "data.verify": ("decode", "header", "none"),
+    "data.align": ("", "align", "box"),
+    "data.align_policy": ("largest", "most_confident", "skip_multiple"),
     "eval.checkpoint": None,  # "best" | "latest" | a step, checked below
 }
 USAGE_ERROR = 2

@@ -3,6 +3,8 @@
   python -m cmfl_jax.predict --workdir=DIR [--checkpoint=best|latest|STEP] [--unaligned] PATH...
 
 PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
+With --align, raw photographs are detected and aligned first (the same code
+as `python -m cmfl_jax.align`), one row per face with its box and score.
 Prints CSV `path,score,verdict` (score = P(real); verdict from the dev-set EER
 threshold stored with the checkpoint, else 0.5 with a warning). Unreadable
 files get an `error: ...` row and the rest are still scored; the exit status
@@ -48,22 +50,46 @@ def load_image(path: str, geometry: ops.Geometry, data_config) -> np.ndarray:
   return np.asarray(ops.resize_and_crop(tf.constant(pixels), geometry))
 
 
+def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
+  """Rows for the faces of one photograph (detected and aligned as
+  `cmfl_jax.align` does), each with its model input; one "no face" row if none."""
+  from cmfl_jax.data import align_files
+  result = align_files.align_image(path, options)
+  if not result:
+    return [{"path": path, "error": f"no face: {result.reason}", "faces_found": 0}]
+  rows = []
+  for k, face in enumerate(result):
+    rows.append({"path": path if len(result) == 1 else f"{path}#{k}",
+                 "image": np.asarray(ops.resize_and_crop(tf.constant(face.crop), geometry)),
+                 "face_box": " ".join(f"{v:.1f}" for v in face.box),
+                 "face_score": face.score, "faces_found": face.faces_found})
+  return rows
+
+
 def predict(workdir: str, paths: Sequence[str], which: str = "best",
-            aligned: bool | None = None) -> tuple[list[dict], float | None]:
-  """Rows {path, score, verdict | error} in input order, and the threshold used."""
+            aligned: bool | None = None, align=None) -> tuple[list[dict], float | None]:
+  """Rows {path, score, verdict | error} in input order, and the threshold used.
+  With `align` (`AlignOptions`) every photograph is first detected and
+  aligned; rows then carry the face box and detection score."""
   config = config_from_checkpoint(workdir, which)
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
   threshold = meta.get("dev_threshold")
   geometry = ops.Geometry(config.data.image_size,
-                          config.data.aligned if aligned is None else aligned)
+                          True if align else config.data.aligned if aligned is None else aligned)
   rows, images, ok_rows = [], [], []
   for path in paths:
     try:
-      images.append(load_image(path, geometry, config.data))
-      rows.append({"path": path})
-      ok_rows.append(len(rows) - 1)
+      found = (aligned_faces(path, align, geometry) if align
+               else [{"path": path, "image": load_image(path, geometry, config.data)}])
+    except ImportError:
+      raise
     except Exception as e:  # noqa: BLE001 - report every unreadable file, keep going
-      rows.append({"path": path, "error": f"error: {e}"})
+      found = [{"path": path, "error": f"error: {e}"}]
+    for row in found:
+      if "image" in row:
+        images.append(row.pop("image"))
+        ok_rows.append(len(rows))
+      rows.append(row)
   batch_size = config.train.eval_batch_size
   sharding = steps.batch_sharding(mesh)
   scores = []
@@ -88,20 +114,27 @@ def main(argv: Sequence[str]) -> int:
   if not paths:
     raise app.UsageError("give one or more image files or folders")
   aligned = None if FLAGS.unaligned is None else not FLAGS.unaligned
+  align = None
   try:
-    rows, threshold = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned)
-  except (FileNotFoundError, checkpointing.CheckpointError) as e:
+    if FLAGS.align:
+      from cmfl_jax.data import align_files
+      align = align_files.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
+    rows, threshold = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align)
+  except (FileNotFoundError, checkpointing.CheckpointError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if threshold is None:
     logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
   w = csv.writer(sys.stdout)
-  w.writerow(["path", "score", "verdict"])
+  face_columns = ["face_box", "face_score", "faces_found"] if align else []
+  w.writerow(["path", "score", "verdict", *face_columns])
   for r in rows:
+    faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
+             r.get("faces_found", "")] if align else []
     if "error" in r:
-      w.writerow([r["path"], "", r["error"]])
+      w.writerow([r["path"], "", r["error"], *faces])
     else:
-      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"]])
+      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], *faces])
   sys.stdout.flush()
   failed = sum("error" in r for r in rows)
   logging.info("%s", json.dumps({"scored": len(rows) - failed, "failed": failed,
@@ -112,6 +145,14 @@ def main(argv: Sequence[str]) -> int:
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.", required=True)
   flags.DEFINE_string("checkpoint", "best", "best | latest | STEP.")
+  flags.DEFINE_bool("align", False, "Detect and align each photograph first (MTCNN, as "
+                    "`python -m cmfl_jax.align`; needs the align extra); one row per face, "
+                    "'no face: <reason>' rows for photographs without one.")
+  flags.DEFINE_enum("align_mode", "align", ["align", "box"], "--align: crop kind.")
+  flags.DEFINE_enum("align_policy", "largest", ["largest", "most_confident", "all",
+                                                "skip_multiple"], "--align: which faces.")
+  flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize "
+                       "(the size the training data was aligned at).")
   flags.DEFINE_bool("unaligned", None, "Apply the official unaligned geometry (resize 256, "
                     "centre crop); default: as in training (aligned inputs used as they are).")
 

@@ -46,6 +46,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Re-encode every training image the same way before augmentation ("" = off,
   # "jpeg:Q"): the remedy when the audit finds a storage shortcut.
   data.reencode = ""
+  # Raw photographs (csv/folder sources): "align" | "box" detects and aligns every
+  # image once (MTCNN, as `python -m cmfl_jax.align`; the align extra) into
+  # align_dir ("" = ~/.cache/cmfl_jax/aligned); images without a face are listed.
+  data.align = ""
+  data.align_policy = "largest"        # "largest" | "most_confident" | "skip_multiple"
+  data.align_size = 224
+  data.align_dir = ""
   data.toy_seed = 0
   data.toy_sizes = {"default": 64}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import sys
 
 import numpy as np
@@ -356,3 +357,76 @@ def test_detect_on_a_smaller_copy(photos, aligned):
   found = faces.detect(photos["astronaut"], faces.DetectorSettings(detect_max_side=256))
   assert len(found) == 1
   assert np.abs(found[0].landmarks - face.landmarks).max() < 3.0
+
+
+# ----------------------------------------------------------------------------
+# Whole folders / protocols (python -m cmfl_jax.align) and data.align.
+
+@pytest.fixture(scope="module")
+def photo_dir(photos, tmp_path_factory):
+  """real/astronaut.png, fake/grace.jpg, fake/noise.png (no face), real/broken.jpg."""
+  root = tmp_path_factory.mktemp("photos")
+  for sub in ("real", "fake"):
+    (root / sub).mkdir()
+  Image.fromarray(photos["astronaut"]).save(root / "real" / "astronaut.png")
+  Image.fromarray(photos["grace_hopper"]).save(root / "fake" / "grace.jpg", quality=92)
+  noise = np.random.default_rng(0).integers(0, 255, (160, 200, 3), np.uint8)
+  Image.fromarray(noise).save(root / "fake" / "noise.png")
+  (root / "real" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+  return root
+
+
+def test_align_folder_and_protocol_with_reasons_and_resume(photo_dir, tmp_path):
+  import csv
+
+  from cmfl_jax import align
+  from cmfl_jax.data import align_files
+  proto = tmp_path / "train.csv"
+  with open(proto, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["subject", "filename", "attack_type"])
+    w.writerows([["a", "real/astronaut.png", ""], ["g", "fake/grace.jpg", "stylegan2"],
+                 ["n", "fake/noise.png", "stylegan2"], ["b", "real/broken.jpg", ""]])
+  out = tmp_path / "out"
+  options = align_files.AlignOptions()
+  result = align.run([str(proto)], str(out), options, data_root=str(photo_dir), workers=2,
+                     progress=False)
+  by_input = {os.path.basename(r["input"]): r for r in result["records"]}
+  assert by_input["noise.png"]["reason"] == "no face found" and not by_input["noise.png"]["outputs"]
+  assert "not an image" in by_input["broken.jpg"]["reason"]
+  for name in ("astronaut.png", "grace.jpg"):
+    record = by_input[name]
+    assert record["faces_found"] == 1 and len(record["faces"][0]["landmarks"]) == 5
+    (crop,) = record["outputs"]
+    assert crop.startswith(str(out / "data")) and Image.open(crop).size == (224, 224)
+  # The written protocol points at the crops and drops the images without a face.
+  rows = list(csv.reader(open(result["protocols"][str(proto)])))
+  assert rows[0] == ["subject", "filename", "attack_type"]
+  assert rows[1:] == [["a", "real/astronaut.png", ""], ["g", "fake/grace.png", "stylegan2"]]
+  # A rerun skips everything (the manifest has every input, outputs exist).
+  stamp = os.stat(by_input["astronaut.png"]["outputs"][0]).st_mtime_ns
+  lines = len(open(out / align_files.MANIFEST).read().splitlines())
+  align.run([str(proto)], str(out), options, data_root=str(photo_dir), progress=False)
+  assert len(open(out / align_files.MANIFEST).read().splitlines()) == lines == 4
+  assert os.stat(by_input["astronaut.png"]["outputs"][0]).st_mtime_ns == stamp
+  assert not list(out.rglob("*.tmp*"))
+
+
+def test_data_align_turns_a_raw_folder_into_aligned_splits(photo_dir, tmp_path):
+  import ml_collections
+
+  from cmfl_jax.data import sources
+  root = tmp_path / "folder"
+  shutil.copytree(photo_dir, root / "eval")
+  data = ml_collections.ConfigDict(dict(
+      source="folder", data_root=str(root), train_split="", val_split="", eval_splits=("eval",),
+      image_size=64, aligned=True, verify="decode", min_side=16, max_pixels=64_000_000,
+      cache=False, align="align", align_policy="largest", align_size=224,
+      align_dir=str(tmp_path / "cache")))
+  splits, skipped = sources.load_splits(data, ["eval"])
+  split = splits["eval"]
+  assert len(split) == 2 and sorted(split.labels.tolist()) == [0, 1]
+  assert all(p.startswith(str(tmp_path / "cache")) and Image.open(p).size == (224, 224)
+             for p in split.paths)
+  reasons = {os.path.basename(s["path"]): s["reason"] for s in skipped}
+  assert reasons["noise.png"] == "no face: no face found" and "broken.jpg" in reasons

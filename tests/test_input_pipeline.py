@@ -21,7 +21,7 @@ def data_config(**kw):
       eval_splits=("eval",), image_size=32, aligned=True, balance="oversample",
       augment_prob=0.5, verify="decode", min_side=16, max_pixels=64_000_000, toy_seed=0,
       toy_sizes={"default": 16}, tfds_name="cmfl_faces", tfds_data_dir="", cache=False,
-      reencode=""))
+      reencode="", align=""))
   cfg.update(kw)
   return cfg
 

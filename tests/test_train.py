@@ -475,3 +475,30 @@ def test_predict_on_a_workdir_without_checkpoints(tmp_path):
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert any(l.startswith("error:") and text in l for l in proc.stderr.splitlines())
+
+
+def test_predict_align_scores_raw_photographs_and_reports_no_face(reference_run, tmp_path):
+  """predict --align: photographs are detected and aligned (as cmfl_jax.align
+  does) before scoring; rows carry the face box, photographs without a face
+  get a "no face" row and the others are still scored."""
+  import csv
+  import io
+  pytest.importorskip("mtcnn")
+  skdata = pytest.importorskip("skimage.data")
+  from PIL import Image
+  workdir, _ = reference_run
+  Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
+  noise = np.random.default_rng(1).integers(0, 255, (120, 150, 3), np.uint8)
+  Image.fromarray(noise).save(tmp_path / "noise.png")
+  proc = subprocess.run(
+      [sys.executable, "-m", "cmfl_jax.predict", f"--workdir={workdir}", "--align",
+       str(tmp_path / "astronaut.png"), str(tmp_path / "noise.png")],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  rows = {os.path.basename(r["path"]): r for r in csv.DictReader(io.StringIO(proc.stdout))}
+  face = rows["astronaut.png"]
+  assert 0.0 <= float(face["score"]) <= 1.0 and face["verdict"] in ("bona fide", "synthetic")
+  assert len(face["face_box"].split()) == 4 and float(face["face_score"]) > 0.9
+  assert face["faces_found"] == "1"
+  assert rows["noise.png"]["score"] == "" and rows["noise.png"]["verdict"].startswith("no face")

@@ -99,6 +99,7 @@ class Face:
   score: float
   transform: np.ndarray
   outside: float
+  faces_found: int = 1      # faces MTCNN found (above thresholds and size) in the photograph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,6 +568,7 @@ def detect_and_align(image_rgb_uint8: np.ndarray, settings: DetectorSettings | N
   faces = _select(found, best, settings, policy)
   if isinstance(faces, NoFace):
     return faces
+  found_count = sum(d.size >= settings.min_face_size for d in found)
   out, worst = [], 0.0
   for d in faces:
     if mode == "align":
@@ -578,7 +580,8 @@ def detect_and_align(image_rgb_uint8: np.ndarray, settings: DetectorSettings | N
       worst = max(worst, frac)
       continue
     out.append(Face(crop=warp(image, matrix, output_size, fill), box=d.box,
-                    landmarks=d.landmarks, score=d.score, transform=matrix, outside=frac))
+                    landmarks=d.landmarks, score=d.score, transform=matrix, outside=frac,
+                    faces_found=found_count))
   if not out:
     return NoFace(f"crop leaves the image: {worst:.1%} outside > {max_outside:.1%}")
   return out

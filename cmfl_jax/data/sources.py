@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from cmfl_jax.data import ops, readers
-from cmfl_jax.data.split import DataError, Pixels, Split
+from cmfl_jax.data.split import DataError, Files, Pixels, Split
 
 
 def _smooth_field(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -119,6 +119,36 @@ def scan_split(split: Split, data_config: Any) -> tuple[Split, list[dict]]:
   return split.select(keep), bad
 
 
+def align_split(split: Split, data: Any) -> tuple[Split, list[dict]]:
+  """`data.align`: the split's photographs detected and aligned once into a
+  cache (`data.align_dir`, resumable; process 0 first) and the split pointing
+  at the crops; photographs without a face are dropped and listed."""
+  if not data.align or split.paths is None:
+    return split, []
+  import jax
+  from jax.experimental import multihost_utils
+
+  from cmfl_jax.data import align_files
+  options = align_files.AlignOptions(data.align, data.align_policy, data.align_size)
+  cache = os.path.join(data.align_dir or align_files.default_cache_dir(),
+                       f"{data.align}_{data.align_policy}_{data.align_size}")
+  jobs = align_files.cache_jobs(split.paths, cache)
+  manifest = os.path.join(cache, align_files.MANIFEST)
+  if jax.process_index() == 0:
+    align_files.align_many(jobs, options, manifest, progress=False)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"aligned {split.name}")
+  records = align_files.read_manifest(manifest)
+  outputs = [records[p]["outputs"][:1] for p in split.paths]
+  keep = np.asarray([bool(o) for o in outputs])
+  skipped = [{"split": split.name, "path": str(p), "reason": f"no face: {records[p]['reason']}"}
+             for p, k in zip(split.paths, keep) if not k]
+  aligned = Split(split.name, split.labels[keep], split.generators[keep],
+                  Files(np.asarray([o[0] for o, k in zip(outputs, keep) if k])),
+                  None if split.subjects is None else split.subjects[keep])
+  return aligned, skipped
+
+
 def load_splits(data_config: Any, names: Sequence[str] | None = None
                 ) -> tuple[dict[str, Split], list[dict]]:
   """The named splits (default: train, val and every eval split of
@@ -131,8 +161,9 @@ def load_splits(data_config: Any, names: Sequence[str] | None = None
   read = SOURCES[data_config.source](data_config)
   splits, skipped = {}, []
   for name in names:
-    split, bad = scan_split(read(name), data_config)
-    skipped += bad
+    split, no_face = align_split(read(name), data_config)
+    split, bad = scan_split(split, data_config)
+    skipped += no_face + bad
     split.check_both_classes()
     splits[name] = cache_in_memory(split) if data_config.cache else split
   return splits, skipped
