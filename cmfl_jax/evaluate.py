@@ -17,7 +17,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from cmfl_jax import audit, backend, checkpointing, metrics, report, score_files, steps, summaries
+from cmfl_jax import (audit, backend, checkpointing, metrics, report, score_files, stats,
+                      steps, summaries)
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Split
 
@@ -61,6 +62,38 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray,
   out = metrics.summary(labels, scores, dev_threshold)
   out["accuracy"] = float(np.mean((scores >= 0.5) == (labels == 1)))
   return out
+
+
+def split_intervals(labels: np.ndarray, scores: np.ndarray, dev_threshold: float | None,
+                    eval_config: Any, seed: int) -> dict[str, dict[str, float]]:
+  """Stratified-bootstrap intervals of every `split_metrics` number (but accuracy)."""
+  thresholds = {"0.5": 0.5, **({"dev": dev_threshold} if dev_threshold is not None else {})}
+  return stats.bootstrap_summary(labels, scores, thresholds, eval_config.bootstrap_resamples,
+                                 eval_config.confidence, seed)
+
+
+def logits_of(probs: np.ndarray) -> np.ndarray:
+  """The logit of P(real) (float64; P clipped to float32's resolution)."""
+  p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
+  return np.log(p) - np.log1p(-p)
+
+
+def calibration_entry(labels: np.ndarray, probs: np.ndarray, calibration: dict | None,
+                      n_bins: int) -> dict[str, Any]:
+  """ECE and reliability curves before and, with a stored calibration, after."""
+  out = {"n_bins": n_bins, "ece": stats.expected_calibration_error(labels, probs, n_bins),
+         "reliability": _listed(stats.reliability_curve(labels, probs, n_bins))}
+  if calibration:
+    calibrated = stats.apply_calibration(calibration, logits_of(probs))
+    out.update(ece_calibrated=stats.expected_calibration_error(labels, calibrated, n_bins),
+               reliability_calibrated=_listed(stats.reliability_curve(labels, calibrated,
+                                                                      n_bins)),
+               auc_calibrated=metrics.roc_auc(labels, calibrated))
+  return out
+
+
+def _listed(curve: dict[str, np.ndarray]) -> dict[str, list]:
+  return {k: np.asarray(v).tolist() for k, v in curve.items()}
 
 
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str | int
@@ -118,6 +151,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   results: dict[str, Any] = {"checkpoint": name, "step": meta["step"],
                              "val_loss": meta.get("val_loss"),
                              "dev_threshold": meta.get("dev_threshold"),
+                             "operating_points": meta.get("operating_points"),
+                             "calibration": meta.get("calibration"),
                              "model": {k: config.model[k] for k in ("arch", "input", "backbone")},
                              "objective": config.loss.objective,
                              "train_split": config.data.train_split,
@@ -133,13 +168,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     entry = {k: v for k, v in res.items() if k != "scores"}
     for head, scores in res["scores"].items():
       entry[f"metrics_{head}"] = split_metrics(split.labels, scores, meta.get("dev_threshold"))
+      entry[f"intervals_{head}"] = split_intervals(split.labels, scores, meta.get("dev_threshold"),
+                                                   config.eval, config.seed)
       if main and (condition == "none" or head == "joint"):
         suffix = "" if head == "joint" else f"_{head}"
         where = split_name if condition == "none" else f"{split_name}@{condition_tag(condition)}"
         score_files.write_scores(os.path.join(out_dir, f"{where}_scores{suffix}.csv"),
                                  split, scores)
     if condition == "none":
-      joint_scores[split_name] = (split.labels, res["scores"]["joint"])
+      joint = res["scores"]["joint"]
+      joint_scores[split_name] = (split.labels, joint)
+      if meta.get("operating_points"):  # fixed on the dev set, applied unchanged
+        entry["operating_points"] = stats.evaluate_operating_points(
+            split.labels, joint, meta["operating_points"], config.eval.bootstrap_resamples,
+            config.eval.confidence, config.seed)
+      entry["calibration"] = calibration_entry(split.labels, joint, meta.get("calibration"),
+                                               config.eval.calibration_bins)
     logging.info("eval %s on %s [%s]: loss=%.5f D-EER=%.4f", name, split_name, condition,
                  entry["loss"], entry["metrics_joint"]["d_eer"])
     return entry

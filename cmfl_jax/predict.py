@@ -5,8 +5,10 @@
 PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
 With --align, raw photographs are detected and aligned first (the same code
 as `python -m cmfl_jax.align`), one row per face with its box and score.
-Prints CSV `path,score,verdict` (score = P(real); verdict from the dev-set EER
-threshold stored with the checkpoint, else 0.5 with a warning). Unreadable
+Prints CSV `path,score,verdict[,p_real_calibrated]` (score = P(real); verdict
+from the dev-set EER threshold stored with the checkpoint, else 0.5 with a
+warning; p_real_calibrated: P(real) after the Platt calibration fitted on the
+dev set, where the checkpoint has one). Unreadable
 files get an `error: ...` row and the rest are still scored; the exit status
 is 1 if any file failed.
 """
@@ -25,7 +27,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from cmfl_jax import backend, checkpointing, evaluate, steps
+from cmfl_jax import backend, checkpointing, evaluate, stats, steps
 from cmfl_jax import config as config_lib
 from cmfl_jax.data import ops, readers
 
@@ -68,7 +70,8 @@ def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best",
             aligned: bool | None = None, align=None) -> tuple[list[dict], float | None]:
-  """Rows {path, score, verdict | error} in input order, and the threshold used.
+  """Rows {path, score, verdict | error[, calibrated]} in input order, the
+  threshold used and whether a calibration was stored with the checkpoint.
   With `align` (`AlignOptions`) every photograph is first detected and
   aligned; rows then carry the face box and detection score."""
   config = config_from_checkpoint(workdir, which)
@@ -103,10 +106,14 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best",
     _, probs = eval_fn(state, batch)
     scores.append(np.asarray(jax.device_get(probs["joint"]))[:n])
   cut = 0.5 if threshold is None else threshold
+  calibration = meta.get("calibration")
   for i, score in zip(ok_rows, np.concatenate(scores) if scores else []):
     rows[i]["score"] = float(score)
     rows[i]["verdict"] = "bona fide" if score >= cut else "synthetic"
-  return rows, threshold
+    if calibration:
+      rows[i]["calibrated"] = float(stats.apply_calibration(
+          calibration, evaluate.logits_of(np.asarray([score])))[0])
+  return rows, threshold, calibration is not None
 
 
 def main(argv: Sequence[str]) -> int:
@@ -119,22 +126,28 @@ def main(argv: Sequence[str]) -> int:
     if FLAGS.align:
       from cmfl_jax.data import align_files
       align = align_files.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
-    rows, threshold = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align)
+    rows, threshold, calibrated = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned,
+                                          align)
   except (FileNotFoundError, checkpointing.CheckpointError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if threshold is None:
     logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
+  if calibrated:
+    logging.info("p_real_calibrated: P(real) after the Platt calibration fitted on the dev set "
+                 "(same ranking as score; verdicts use the dev EER threshold on score)")
   w = csv.writer(sys.stdout)
   face_columns = ["face_box", "face_score", "faces_found"] if align else []
-  w.writerow(["path", "score", "verdict", *face_columns])
+  w.writerow(["path", "score", "verdict", *(["p_real_calibrated"] if calibrated else []),
+              *face_columns])
   for r in rows:
     faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
              r.get("faces_found", "")] if align else []
+    extra = ([f"{r['calibrated']:.6f}" if "calibrated" in r else ""] if calibrated else [])
     if "error" in r:
-      w.writerow([r["path"], "", r["error"], *faces])
+      w.writerow([r["path"], "", r["error"], *extra, *faces])
     else:
-      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], *faces])
+      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], *extra, *faces])
   sys.stdout.flush()
   failed = sum("error" in r for r in rows)
   logging.info("%s", json.dumps({"scored": len(rows) - failed, "failed": failed,

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from cmfl_jax import metrics
 
@@ -39,14 +40,62 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
           + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _fmt_ci(key: str, value: float | None, interval: Mapping[str, float] | None) -> str:
+  """"value [low, high]" when the bootstrap interval is known."""
+  if interval is None or value is None:
+    return _fmt(key, value)
+  return f"{_fmt(key, value)} [{_fmt(key, interval['low'])}, {_fmt(key, interval['high'])}]"
+
+
 def split_table(results: Mapping[str, Any], head: str = "joint") -> list[str]:
-  """One row per evaluation split: every headline metric of one head."""
+  """One row per evaluation split: every headline metric of one head, each
+  with its bootstrap interval."""
   rows = []
   for name, entry in results["splits"].items():
     m = entry.get(f"metrics_{head}")
+    ci = entry.get(f"intervals_{head}") or {}
     if m is not None:
-      rows.append([name, str(entry["count"])] + [_fmt(k, m.get(k)) for k, _ in _COLUMNS])
+      rows.append([name, str(entry["count"])]
+                  + [_fmt_ci(k, m.get(k), ci.get(k)) for k, _ in _COLUMNS])
   return markdown_table(["eval split", "n"] + [h for _, h in _COLUMNS], rows)
+
+
+_POINT_NAMES = {"eer": "dev EER", "apcer_1": "dev APCER=1%", "apcer_5": "dev APCER=5%",
+                "bpcer_1": "dev BPCER=1%", "bpcer_5": "dev BPCER=5%"}
+
+
+def operating_points_table(results: Mapping[str, Any]) -> list[str]:
+  """APCER / BPCER (%) with intervals at the thresholds fixed on the dev set,
+  applied unchanged to every split, and a plain-words verdict per split."""
+  entries = {n: e["operating_points"] for n, e in results["splits"].items()
+             if e.get("operating_points")}
+  if not entries:
+    return []
+  names = list(next(iter(entries.values()))["points"])
+  header = ["eval split"] + [f"{_POINT_NAMES.get(p, p)}: APCER / BPCER %" for p in names]
+  rows, words = [], []
+  for split, op in entries.items():
+    rows.append([split] + [" / ".join(_fmt_ci("x", op["points"][p][r]["value"], op["points"][p][r])
+                                      for r in ("apcer", "bpcer")) for p in names])
+    if "eer_transfer" in op:
+      words.append(f"* `{split}`: {op['eer_transfer']['message']}.")
+  return markdown_table(header, rows) + [""] + words
+
+
+def calibration_table(results: Mapping[str, Any]) -> list[str]:
+  """Expected calibration error of the joint head's P(real) per split, before
+  and after the Platt calibration fitted on the dev set (AUC unchanged)."""
+  entries = {n: e["calibration"] for n, e in results["splits"].items() if e.get("calibration")}
+  if not entries:
+    return []
+  bins = next(iter(entries.values()))["n_bins"]
+  rows = [[n, f"{100 * c['ece']:.1f}",
+           f"{100 * c['ece_calibrated']:.1f}" if "ece_calibrated" in c else "-"]
+          for n, c in entries.items()]
+  return markdown_table(["eval split", "ECE % (raw)", "ECE % (calibrated)"], rows) + [
+      "", f"ECE: {bins} equal-width bins of P(real), weighted by count; |mean P(real) - "
+      "bona fide frequency| per bin. Calibration: Platt scaling sigmoid(a * logit + b), a > 0, "
+      "fitted on the dev set at the stored checkpoint."]
 
 
 def heads_table(results: Mapping[str, Any]) -> list[str]:
@@ -163,8 +212,37 @@ def plot_histograms(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
   _save(fig, path)
 
 
+def plot_reliability(entries: Mapping[str, Mapping[str, Any]], path: str) -> None:
+  """Reliability diagram per split: observed bona fide frequency against mean
+  P(real) per bin, raw and calibrated."""
+  plt = _pyplot()
+  n = len(entries)
+  cols = min(n, 4)
+  rows = (n + cols - 1) // cols
+  fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+  for ax, (name, c) in zip(axes.ravel(), entries.items()):
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+    for key, label in (("reliability", "raw"), ("reliability_calibrated", "calibrated")):
+      if key in c:
+        curve = c[key]
+        keep = np.asarray(curve["count"]) > 0
+        ax.plot(np.asarray(curve["mean_predicted"])[keep],
+                np.asarray(curve["observed_frequency"])[keep], marker="o", ms=3, label=label)
+    ax.set_title(name, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean P(real)", fontsize=7)
+    ax.set_ylabel("bona fide frequency", fontsize=7)
+  for ax in axes.ravel()[n:]:
+    ax.axis("off")
+  axes.ravel()[0].legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, path)
+
+
 def plot_heatmaps(matrices: Mapping[str, np.ndarray], row_labels: Sequence[str],
-                  col_labels: Sequence[str], path: str, what: str = "D-EER %") -> None:
+                  col_labels: Sequence[str], path: str, what: str = "D-EER %",
+                  marks: Mapping[str, np.ndarray] | None = None) -> None:
   """One annotated heatmap per model variant (rows: known family, cols: eval)."""
   plt = _pyplot()
   n = len(matrices)
@@ -174,9 +252,11 @@ def plot_heatmaps(matrices: Mapping[str, np.ndarray], row_labels: Sequence[str],
     ax.imshow(m, cmap="viridis_r", vmin=0, vmax=50)
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    marked = (marks or {}).get(name)
     for (i, j), v in np.ndenumerate(m):
-      ax.text(j, i, "-" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=6,
-              color="white" if v > 25 else "black")
+      star = "*" if marked is not None and marked[i, j] else ""
+      ax.text(j, i, "-" if np.isnan(v) else f"{v:.1f}{star}", ha="center", va="center",
+              fontsize=6, color="white" if v > 25 else "black")
     ax.set_title(f"{name}: {what}", fontsize=8)
   fig.tight_layout()
   _save(fig, path)
@@ -195,13 +275,20 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
            f"{'/' + model['input'] if model.get('arch') == 'one_stream' else ''}, objective "
            f"{results.get('objective', '?')}, trained on `{results.get('train_split', '?')}`.",
            f"Dev-EER threshold: {'not stored (0.5 used)' if dev is None else f'{dev:.4f}'}. "
-           "Rates in %; label 1 = bona fide; score = P(real).", "",
+           "Rates in %; label 1 = bona fide; score = P(real). Brackets: 95% stratified "
+           "bootstrap intervals (bona fide and attack scores resampled apart).", "",
            "## Cross-model evaluation (joint head)", "", *split_table(results)]
   if any("metrics_rgb" in e for e in results["splits"].values()):
     lines += ["", "## Per head", "", *heads_table(results)]
   robust = robustness_table(results)
   if robust:
     lines += ["", "## Robustness to post-processing (joint head)", "", *robust]
+  points = operating_points_table(results)
+  if points:
+    lines += ["", "## Operating points fixed on the dev set (joint head)", "", *points]
+  calibration = calibration_table(results)
+  if calibration:
+    lines += ["", "## Calibration (joint head)", "", *calibration]
   return lines
 
 
@@ -213,6 +300,11 @@ def write_eval_report(results: Mapping[str, Any],
   lines = [f"# Evaluation report: {results['checkpoint']}", "", *summary_lines(results), "",
            "## Plots", "", "![DET curves per evaluation split](det.png)", "",
            "![Score histograms](hist.png)", ""]
+  calibration = {n: e["calibration"] for n, e in results["splits"].items()
+                 if e.get("calibration")}
+  if calibration:
+    plot_reliability(calibration, os.path.join(out_dir, "reliability.png"))
+    lines += ["![Reliability diagrams, raw and calibrated](reliability.png)", ""]
   path = os.path.join(out_dir, "report.md")
   with tf.io.gfile.GFile(path, "w") as f:
     f.write("\n".join(lines))
@@ -241,54 +333,133 @@ def sweep_columns(cells: Sequence[tuple[str, Any]]) -> list[str]:
   return labels
 
 
+def _per_seed(res: Any) -> list[Mapping[str, Any]]:
+  return list(res) if isinstance(res, (list, tuple)) else [res]
+
+
+def paired_comparisons(cells: Sequence[tuple[str, Any]], results: Mapping[str, Any],
+                       compare: Sequence[tuple[str, str]], n_resamples: int = 1000,
+                       seed: int = 0) -> list[dict[str, Any]]:
+  """For each (model A, model B) pair, known data and evaluation split: the
+  D-EER difference A - B averaged over seeds, its paired-bootstrap interval
+  and the permutation-test p-value, on the same evaluation images (joint-head
+  score files of each run)."""
+  from cmfl_jax import score_files, stats
+  configs = dict(cells)
+  out = []
+  for model_a, model_b in compare:
+    for name_a in [n for n, _ in cells if n.partition("@")[0] == model_a]:
+      known = name_a.partition("@")[2]
+      name_b = f"{model_b}@{known}" if known else model_b
+      if name_b not in results or name_a not in results:
+        continue
+      for split in configs[name_a].data.eval_splits:
+        def files_of(name):
+          return [os.path.join(r.get("out_dir", ""), f"{split}_scores.csv")
+                  for r in _per_seed(results[name])]
+
+        def scores_of(name):
+          rows = [score_files.read_scores(p) for p in files_of(name)]
+          return rows[0][0], np.stack([s for _, s, _ in rows])
+        missing = [p for p in files_of(name_a) + files_of(name_b) if not tf.io.gfile.exists(p)]
+        if missing:
+          logging.warning("paired comparison %s vs %s on %s skipped: no score file %s",
+                          name_a, name_b, split, missing[0])
+          continue
+        labels, a = scores_of(name_a)
+        _, b = scores_of(name_b)
+        if a.shape != b.shape:
+          logging.warning("paired comparison %s vs %s on %s skipped: %s vs %s runs x images",
+                          name_a, name_b, split, a.shape, b.shape)
+          continue
+        test = stats.paired_comparison(labels, a, b, "d_eer", n_resamples=n_resamples,
+                                       seed=seed)
+        out.append({"a": model_a, "b": model_b, "known": known, "split": split,
+                    "seeds": a.shape[0], **{k: test[k] for k in
+                                            ("effect", "low", "high", "p_value")}})
+  return out
+
+
 def write_sweep_report(cells: Sequence[tuple[str, Any]], results: Mapping[str, Any],
-                       workdir: str) -> str:
+                       workdir: str, compare: Sequence[tuple[str, str]] = ()) -> str:
   """The combined report of a sweep: D-EER and AUC matrices (rows: model /
-  known data, columns: evaluation sets), heatmaps, robustness on the known
-  family; `report.md`, `heatmap.png` and `sweep.json` in `workdir`."""
+  known data, columns: evaluation sets; mean ± std over seeds when the runs
+  have several), heatmaps (paired differences with p < 0.05 marked *),
+  robustness on the known family, and the paired comparisons of `compare`;
+  `report.md`, `heatmap.png` and `sweep.json` in `workdir`."""
   columns = sweep_columns(cells)
   models = list(dict.fromkeys(name.partition("@")[0] for name, _ in cells))
   known = list(dict.fromkeys(name.partition("@")[2] for name, _ in cells))
   configs = dict(cells)
+  n_seeds = max(len(_per_seed(r)) for r in results.values())
   lines = ["# Cross-model comparison", "",
            f"Models trained on each known family ({', '.join(known)}) and evaluated on "
-           "every evaluation set (joint head; rates in %). Per-run reports: "
-           "`<known>/<model>/eval/<checkpoint>/report.md`.", ""]
+           "every evaluation set (joint head; rates in %"
+           + (f"; mean ± standard deviation over {n_seeds} seeds" if n_seeds > 1 else "")
+           + "). Per-run reports: `<known>/<model>/eval/<checkpoint>/report.md`.", ""]
   matrices = {}
   for metric, title in (("d_eer", "D-EER %"), ("auc", "AUC")):
+    scale, digits = (100, 1) if metric == "d_eer" else (1, 3)
     rows = []
     for model in models:
       m = np.full((len(known), len(columns)), np.nan)
+      cells_text = [["-"] * len(columns) for _ in known]
       for r, k in enumerate(known):
         name = f"{model}@{k}" if k else model
-        res = results.get(name)
-        if res is None:
+        if name not in results:
           continue
         for c, split in enumerate(configs[name].data.eval_splits[:len(columns)]):
-          entry = res["splits"].get(split)
-          if entry is not None:
-            m[r, c] = entry["metrics_joint"][metric] * (100 if metric == "d_eer" else 1)
-        rows.append([model, k] + [("-" if np.isnan(v) else
-                                   (f"{v:.1f}" if metric == "d_eer" else f"{v:.3f}"))
-                                  for v in m[r]])
+          values = [scale * res["splits"][split]["metrics_joint"][metric]
+                    for res in _per_seed(results[name]) if split in res["splits"]]
+          if values:
+            m[r, c] = float(np.mean(values))
+            cells_text[r][c] = (f"{m[r, c]:.{digits}f}" if len(values) == 1 else
+                                f"{m[r, c]:.{digits}f} ± {np.std(values, ddof=1):.{digits}f}")
+        rows.append([model, k] + cells_text[r])
       if metric == "d_eer":
         matrices[model] = m
     lines += [f"## {title}", "", *markdown_table(["model", "known"] + columns, rows), ""]
   robust_rows, conditions = [], []
   for name, _ in cells:
     model, _, k = name.partition("@")
-    for split, by_condition in (results.get(name) or {}).get("robustness", {}).items():
+    if name not in results:
+      continue
+    for split, by_condition in _per_seed(results[name])[0].get("robustness", {}).items():
       conditions = list(by_condition)
       robust_rows.append([model, k, split] + [
           f"{100 * by_condition[c]['metrics_joint']['d_eer']:.1f}" for c in conditions])
   if robust_rows:
-    lines += ["## Robustness (D-EER %, joint head)", "",
-              *markdown_table(["model", "known", "eval split"] + conditions, robust_rows), ""]
-  plot_heatmaps(matrices, known, columns, os.path.join(workdir, "heatmap.png"))
+    lines += ["## Robustness (D-EER %, joint head" + (", first seed" if n_seeds > 1 else "")
+              + ")", "", *markdown_table(["model", "known", "eval split"] + conditions,
+                                         robust_rows), ""]
+  tests = paired_comparisons(cells, results, compare) if compare else []
+  marks = {model: np.zeros((len(known), len(columns)), bool) for model in models}
+  if tests:
+    rows = []
+    for t in tests:
+      name_a = f"{t['a']}@{t['known']}" if t["known"] else t["a"]
+      c = list(configs[name_a].data.eval_splits).index(t["split"])
+      significant = t["p_value"] < 0.05
+      if significant and c < len(columns):
+        marks[t["a"]][known.index(t["known"]), c] = True
+      rows.append([f"{t['a']} - {t['b']}", t["known"], t["split"], str(t["seeds"]),
+                   f"{100 * t['effect']:+.2f} [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}]",
+                   f"{t['p_value']:.3f}" + (" *" if significant else "")])
+    lines += ["## Paired comparisons (D-EER, joint head)", "",
+              "Difference of D-EER (percentage points, A - B, mean over seeds) on the same "
+              "evaluation images: 95% interval from a paired bootstrap (images resampled "
+              "within each class, with the same indices for both models, and seeds "
+              "resampled), p-value from a paired permutation test (per image and seed, the "
+              "two models' scores swapped with probability 1/2: valid under the null that "
+              "the two are exchangeable on every image, so it controls false positives; "
+              "the bootstrap gives the interval). * p < 0.05, also marked on the heatmap.", "",
+              *markdown_table(["A - B", "known", "eval split", "seeds", "ΔD-EER pp [95% CI]",
+                               "p"], rows), ""]
+  plot_heatmaps(matrices, known, columns, os.path.join(workdir, "heatmap.png"), marks=marks)
   lines += ["## Heatmap", "", "![Cross-model D-EER](heatmap.png)", ""]
   path = os.path.join(workdir, "report.md")
   with tf.io.gfile.GFile(path, "w") as f:
     f.write("\n".join(lines))
   with tf.io.gfile.GFile(os.path.join(workdir, "sweep.json"), "w") as f:
-    json.dump(dict(results), f, indent=2, default=str)
+    json.dump({"results": dict(results), "paired_comparisons": tests}, f, indent=2, default=str)
   return path

@@ -8,6 +8,11 @@ config (configs/paper_table.py). A name `MODEL@DATA` (e.g.
 `two_stream/cmfl@stylegan2`) puts the cell in row MODEL of the report's
 matrices for known data DATA; its run lives in `<workdir>/<DATA>/<MODEL>`
 (with "/" as "_") and resumes like any training run.
+
+`sweep.seeds` (optional): every cell runs once per seed (`config.seed`), in
+`.../seed<k>`; the report gives mean ± standard deviation over seeds, and
+`sweep.compare` (pairs of MODEL names) adds paired comparisons on the same
+evaluation images (`stats.paired_comparison`).
 """
 
 from __future__ import annotations
@@ -52,18 +57,36 @@ def cells(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.C
   return [(name, cell_config(config, overrides)) for name, overrides in config.sweep.cells]
 
 
+def seeds(config: ml_collections.ConfigDict) -> tuple[int | None, ...]:
+  """The sweep's seeds; (None,) = one run with the config's own seed."""
+  return tuple(config.sweep.get("seeds") or ()) or (None,)
+
+
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict[str, Any]:
-  """Trains and/or evaluates every cell, then writes the combined report.
-  Returns {cell name: evaluation results}."""
+  """Trains and/or evaluates every cell (for every seed), then writes the
+  combined report. Returns {cell name: evaluation results}, or with
+  `sweep.seeds` {cell name: [results per seed]}."""
   all_cells = cells(config)
-  results = {}
-  for i, (name, cfg) in enumerate(all_cells):
+  seed_list = seeds(config)
+  results: dict[str, Any] = {}
+  runs = [(name, cfg, seed) for name, cfg in all_cells for seed in seed_list]
+  for i, (name, cfg, seed) in enumerate(runs):
     directory = run_dir(workdir, name)
-    logging.info("sweep cell %d/%d: %s -> %s", i + 1, len(all_cells), name, directory)
+    if seed is not None:
+      cfg = ml_collections.ConfigDict(cfg.to_dict())
+      cfg.seed = seed
+      directory = os.path.join(directory, f"seed{seed}")
+    logging.info("sweep run %d/%d: %s (seed %s) -> %s", i + 1, len(runs), name, cfg.seed,
+                 directory)
     if mode in ("train", "train_and_eval"):
       train.train_and_evaluate(cfg, directory)
     if mode in ("eval", "train_and_eval"):
-      results[name] = evaluate.evaluate_checkpoint(cfg, directory)
+      res = evaluate.evaluate_checkpoint(cfg, directory)
+      if seed is None:
+        results[name] = res
+      else:
+        results.setdefault(name, []).append(res)
   if results:
-    report.write_sweep_report(all_cells, results, workdir)
+    report.write_sweep_report(all_cells, results, workdir,
+                              compare=tuple(tuple(p) for p in config.sweep.get("compare", ())))
   return results

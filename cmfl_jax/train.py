@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from cmfl_jax import (audit, backend, checkpointing, evaluate, metrics, models, score_files,
-                      steps, summaries, weights)
+                      stats, steps, summaries, weights)
 from cmfl_jax.data import pipeline, sources
 from cmfl_jax.data.split import Split, split_summary
 
@@ -145,9 +145,14 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
                                          if k not in ("scores", "count")})
   logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / ckpt.steps_per_epoch, step, val_loss,
                " (best)" if improved else "")
-  # The dev-set EER threshold travels with the model (fixed operating point).
-  dev_threshold = metrics.eer(val_split.labels, val["scores"]["joint"])[1]
+  # Fixed on the dev set, travelling with the model: the EER threshold, the
+  # operating points at APCER/BPCER = 1 and 5 %, and a Platt calibration of the
+  # joint head (order-preserving: rankings and AUC unchanged).
+  joint = val["scores"]["joint"]
+  dev_threshold = metrics.eer(val_split.labels, joint)[1]
   meta = ckpt.meta(step, val_loss, dev_threshold)
+  meta["operating_points"] = stats.dev_operating_points(val_split.labels, joint)
+  meta["calibration"] = stats.fit_platt(val_split.labels, evaluate.logits_of(joint))
   checkpointing.save(ckpt.latest, step, state, meta)
   # After a fallback to an earlier checkpoint the replayed step may already be
   # the best one on disk: exact resume makes it the same model, so it is kept.

@@ -104,4 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
   ev.conditions = ("jpeg:90", "jpeg:70", "jpeg:50", "blur:0.5", "blur:1", "blur:2",
                    "resize:0.5", "resize:0.75", "noise:2", "noise:5")
   ev.robustness_splits = ()            # subset of data.eval_splits; () = all of them
+  # Uncertainty: stratified bootstrap (bona fide / attack resampled apart, seeded
+  # by config.seed) intervals for every reported metric.
+  ev.bootstrap_resamples = 1000
+  ev.confidence = 0.95
+  ev.calibration_bins = 15             # equal-width bins of P(real) for the ECE
   return config

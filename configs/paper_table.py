@@ -41,6 +41,11 @@ def get_config():
           "eval.robustness_splits": family.eval.robustness_splits}))
   config.sweep = ml_collections.ConfigDict()
   config.sweep.cells = tuple(cells)
+  # Several seeds per cell (mean ± std, paired tests over images and seeds):
+  # --config.sweep.seeds='(0,1,2)'. () = one run per cell with config.seed.
+  config.sweep.seeds = ()
+  config.sweep.compare = (("two_stream/cmfl", "two_stream/bce"),
+                          ("two_stream/cmfl", "fft/bce"), ("two_stream/cmfl", "rgb/bce"))
   model = config.model
   model.growth_rate = 12
   model.block_config = (4, 4)

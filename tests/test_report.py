@@ -153,3 +153,70 @@ def test_sweep_runs_every_cell_in_its_own_workdir(tmp_path, monkeypatch):
   assert (tmp_path / "report.md").exists()
   trained.clear()
   assert sweep.run_sweep(config, str(tmp_path), "train") == {} and len(trained) == 8
+
+
+def test_eval_report_carries_intervals_operating_points_and_calibration(tmp_path):
+  """Every headline number with its bootstrap interval; thresholds fixed on a
+  dev set applied unchanged (a shifted split is called miscalibrated in
+  words); ECE before/after a Platt calibration, AUC unchanged by it."""
+  import ml_collections
+
+  from cmfl_jax import stats
+  dev_labels, dev_scores = _scores(5, 1.5, n=400)
+  ops = stats.dev_operating_points(dev_labels, dev_scores)
+  calibration = stats.fit_platt(dev_labels, evaluate.logits_of(dev_scores))
+  same = _scores(6, 1.5, n=400)
+  shifted = (same[0], 1 / (1 + np.exp(-(np.log(same[1] / (1 - same[1])) - 3.0))))  # all lower
+  eval_config = ml_collections.ConfigDict(dict(bootstrap_resamples=300, confidence=0.95))
+  results = _results({"same": same, "shifted": shifted}, dev_threshold=ops["eer"])
+  for name, (labels, scores) in {"same": same, "shifted": shifted}.items():
+    entry = results["splits"][name]
+    entry["intervals_joint"] = evaluate.split_intervals(labels, scores, ops["eer"], eval_config, 0)
+    entry["operating_points"] = stats.evaluate_operating_points(labels, scores, ops, 300)
+    entry["calibration"] = evaluate.calibration_entry(labels, scores, calibration, 15)
+    ci = entry["intervals_joint"]["d_eer"]
+    assert ci["low"] <= entry["metrics_joint"]["d_eer"] <= ci["high"] and ci["low"] < ci["high"]
+    assert entry["calibration"]["auc_calibrated"] == entry["metrics_joint"]["auc"]
+  assert results["splits"]["shifted"]["operating_points"]["eer_transfer"]["miscalibrated"]
+  assert not results["splits"]["same"]["operating_points"]["eer_transfer"]["miscalibrated"]
+  path = report.write_eval_report(results, {"same": same, "shifted": shifted}, str(tmp_path))
+  text = open(path).read()
+  m, ci = results["splits"]["same"]["metrics_joint"], results["splits"]["same"]["intervals_joint"]
+  assert f"{100 * m['d_eer']:.1f} [{100 * ci['d_eer']['low']:.1f}, {100 * ci['d_eer']['high']:.1f}]" in text
+  assert "## Operating points fixed on the dev set" in text and "ranks well but miscalibrated" in text
+  assert "## Calibration" in text and "15 equal-width bins" in text
+  assert open(tmp_path / "reliability.png", "rb").read(4) == b"\x89PNG"
+
+
+def test_sweep_over_seeds_reports_spread_and_a_planted_difference(tmp_path, monkeypatch):
+  """Three seeds per cell: mean ± std in the matrix, and the paired test finds
+  the planted gap between two models (p < 0.05, marked) on the same images."""
+  from cmfl_jax import score_files
+  from cmfl_jax.data.split import Files, Split
+  config = paper_table_config()
+  _cells(config, ("two_stream/cmfl", "two_stream/bce"), ("stylegan2",))
+  config.sweep.seeds = (0, 1, 2)
+  config.sweep.compare = (("two_stream/cmfl", "two_stream/bce"),)
+  monkeypatch.setattr(sweep.train, "train_and_evaluate", lambda cfg, wd: None)
+
+  def fake_eval(cfg, wd):
+    good = cfg.loss.objective == "cmfl"
+    curves = {s: _scores(100 * cfg.seed + j + (0 if good else 50), 2.0 if good else 0.6, n=200)
+              for j, s in enumerate(cfg.data.eval_splits)}
+    os.makedirs(wd, exist_ok=True)
+    for s, (labels, scores) in curves.items():
+      split = Split(s, labels, np.where(labels == 1, "real", "g"),
+                    Files(np.asarray([f"{s}/{i}" for i in range(len(labels))])))
+      score_files.write_scores(os.path.join(wd, f"{s}_scores.csv"), split, scores)
+    return {**_results(curves), "out_dir": wd}
+
+  monkeypatch.setattr(sweep.evaluate, "evaluate_checkpoint", fake_eval)
+  results = sweep.run_sweep(config, str(tmp_path), "train_and_eval")
+  assert [len(v) for v in results.values()] == [3, 3]
+  assert (tmp_path / "stylegan2" / "two_stream_cmfl" / "seed2").is_dir()
+  text = open(tmp_path / "report.md").read()
+  assert "mean ± standard deviation over 3 seeds" in text and " ± " in text
+  assert "## Paired comparisons" in text
+  rows = [l for l in text.splitlines() if l.startswith("| two_stream/cmfl - two_stream/bce")]
+  assert len(rows) == 7 and all(l.endswith(" * |") for l in rows)
+  assert all("[-" in l for l in rows)  # cmfl's D-EER is lower: negative difference

@@ -91,13 +91,23 @@ def test_train_and_eval_outputs(reference_run):
   out_dir = os.path.join(workdir, "eval", f"best_{best['step']}")
   report_md = open(os.path.join(out_dir, "report.md")).read()
   d_eer = metrics["splits"]["eval"]["metrics_joint"]["d_eer"]
-  assert f"| eval | 16 | {100 * d_eer:.1f} |" in report_md
+  ci = metrics["splits"]["eval"]["intervals_joint"]["d_eer"]
+  assert f"| eval | 16 | {100 * d_eer:.1f} [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}] |" \
+      in report_md
+  assert ci["value"] == pytest.approx(d_eer) and ci["low"] <= d_eer <= ci["high"]
+  # Fixed on the dev set at training time, stored with the checkpoint, applied here.
+  assert set(metrics["operating_points"]) == {"eer", "apcer_1", "apcer_5", "bpcer_1", "bpcer_5"}
+  assert metrics["calibration"]["method"] == "platt" and metrics["calibration"]["a"] > 0
+  entry = metrics["splits"]["eval"]
+  assert "eer_transfer" in entry["operating_points"]
+  assert entry["calibration"]["auc_calibrated"] == entry["metrics_joint"]["auc"]
+  assert "## Operating points fixed on the dev set" in report_md and "## Calibration" in report_md
   for condition in ("jpeg:50", "noise:5"):
     m = metrics["robustness"]["eval"][condition]["metrics_joint"]
     assert f"| {condition} | {100 * m['d_eer']:.1f} |" in report_md
     tag = condition.replace(":", "")
     assert os.path.exists(os.path.join(out_dir, f"eval@{tag}_scores.csv"))
-  for png in ("det.png", "hist.png"):
+  for png in ("det.png", "hist.png", "reliability.png"):
     assert open(os.path.join(out_dir, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   from tensorboard.backend.event_processing import event_accumulator
   import tensorflow as tf
@@ -249,6 +259,10 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
   assert proc.returncode == 1, proc.stderr[-3000:]
   rows = list(csv.DictReader(proc.stdout.splitlines()))
   assert len(rows) == 16 + 2
+  calibrated = [(float(r["score"]), float(r["p_real_calibrated"])) for r in rows[:16]]
+  assert all((a < c) == (b < d) for (a, b), (c, d) in zip(calibrated, calibrated[1:])
+             if a != c)  # the calibration keeps the order of the scores
+  assert rows[-1]["p_real_calibrated"] == ""
   assert rows[-2]["verdict"].startswith("error: not a readable image")
   assert rows[-1]["verdict"].startswith("error: missing file")
   step = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "best")))

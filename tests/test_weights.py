@@ -476,7 +476,7 @@ def test_predict_on_aligned_files_matches_official_test_script(converted_two_str
   for i, img in enumerate(images):
     paths.append(str(tmp_path / f"{i}.png"))
     Image.fromarray(img).save(paths[-1])
-  rows, threshold = predict.predict(workdir, paths)
+  rows, threshold, _ = predict.predict(workdir, paths)
   assert threshold is None
   got = np.array([r["score"] for r in rows])
   want = torch_probs(torch_model, *official_inputs(images))[0]
