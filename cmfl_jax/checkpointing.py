@@ -105,11 +105,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
   checkpoint that cannot be read or does not match its fingerprint raises
   CheckpointError."""
   where = os.path.join(str(manager.directory), str(step))
+  _drop_abandoned_read_errors()  # before the reads start: their errors may come early
   try:
     out = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
-    _drop_abandoned_read_errors()
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     raise CheckpointError(f"checkpoint {where} cannot be read: {reason}") from e
   state, meta = out["state"], dict(out["meta"])
@@ -126,7 +126,8 @@ def _abandoned_read(unraisable) -> bool:
 
 
 def _drop_abandoned_read_errors() -> None:
-  """After a failed restore, Orbax's other reads of the same checkpoint finish
+  """Installed once, before restoring. After a failed restore, Orbax's other
+  reads of the same checkpoint finish
   in the background and fail too; Python would print each as "Exception
   ignored" (or asyncio's "Task exception was never retrieved") with a
   traceback. Those (the same damage, reported once above) are
