@@ -22,7 +22,6 @@ CHOICES = {
     "data.verify": ("decode", "header", "none"),
     "data.align": ("", "align", "box"),
     "data.align_policy": ("largest", "most_confident", "skip_multiple"),
-    "eval.checkpoint": None,  # "best" | "latest" | a step, checked below
 }
 USAGE_ERROR = 2
 #: The entry points' config-file flags (ml_collections loads them lazily).
@@ -75,7 +74,7 @@ def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> 
   for key, allowed in CHOICES.items():
     section, field = key.split(".")
     value = config[section][field]
-    if allowed is not None and value not in allowed:
+    if value not in allowed:
       raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
   which = str(config.eval.checkpoint)
   if which not in ("best", "latest") and not which.isdigit():
