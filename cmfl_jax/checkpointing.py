@@ -10,11 +10,18 @@ RNG; Orbax's standard array format, so restoring never executes code) and
 ``meta`` (JSON: epoch, data-iterator position, validation loss, config,
 optional dev threshold). Orbax writes to a temporary directory and renames
 it when complete, so an interrupted save never shadows a good checkpoint.
+
+Once a save has committed, the size and SHA-256 of every file of the step go
+into ``files.json`` beside it; a restore checks them before Orbax reads
+anything, so damage is found without a half-failed read (whose abandoned
+background reads would print errors), and the state's fingerprint is checked
+after.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -29,6 +36,7 @@ import tensorflow as tf
 LATEST = "latest"
 BEST = "best"
 BROKEN = "broken"  # unreadable checkpoints are moved here, never deleted
+FILES = "files.json"  # per step: {relative path: [size, sha256]} of its committed files
 
 
 class CheckpointError(RuntimeError):
@@ -76,11 +84,62 @@ def make_managers(workdir: str, keep_latest: int = 2) -> dict[str, ocp.Checkpoin
   return {LATEST: latest, BEST: best}
 
 
+def _step_files(step_dir: str) -> dict[str, list]:
+  """{path relative to the step: [size, sha256]} of every file of a step."""
+  out = {}
+  for root, _, names in tf.io.gfile.walk(step_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel == FILES:
+        continue
+      digest = hashlib.sha256()
+      with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+          digest.update(chunk)
+      out[rel] = [tf.io.gfile.stat(path).length, digest.hexdigest()]
+  return out
+
+
+def _seal(manager: ocp.CheckpointManager) -> None:
+  """Writes `files.json` for every committed step that has none (process 0;
+  call only when no save is running)."""
+  if jax.process_index() != 0:
+    return
+  for step in manager.all_steps():
+    step_dir = os.path.join(str(manager.directory), str(step))
+    target = os.path.join(step_dir, FILES)
+    if tf.io.gfile.isdir(step_dir) and not tf.io.gfile.exists(target):
+      with tf.io.gfile.GFile(target + ".tmp", "w") as f:
+        json.dump(_step_files(step_dir), f)
+      tf.io.gfile.rename(target + ".tmp", target, overwrite=True)
+
+
+def verify_files(step_dir: str) -> str | None:
+  """Why the files of a sealed step differ from those recorded, or None (also
+  for steps saved before sealing existed or interrupted before it)."""
+  target = os.path.join(step_dir, FILES)
+  if not tf.io.gfile.exists(target):
+    return None
+  with tf.io.gfile.GFile(target) as f:
+    recorded = json.load(f)
+  found = _step_files(step_dir)
+  for rel, (size, digest) in sorted(recorded.items()):
+    if rel not in found:
+      return f"file {rel} is missing"
+    if found[rel][0] != size:
+      return f"file {rel} has {found[rel][0]} bytes, {size} were saved"
+    if found[rel][1] != digest:
+      return f"file {rel} does not match its saved SHA-256"
+  return None
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict | None = None) -> None:
   """Saves (asynchronously) `state` and `meta` + the state's fingerprint; a
   failure of this or of the previous, still running save raises CheckpointError."""
   meta = {**meta, "fingerprint": fingerprint(state)}
+  wait(manager)  # the previous save commits (and is sealed) first
   try:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)),
@@ -95,6 +154,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
   """Waits for the running save; its failure raises CheckpointError."""
   try:
     manager.wait_until_finished()
+    _seal(manager)
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"saving to {manager.directory} failed ({type(e).__name__}: {e}); "
                           "the checkpoints saved before are kept") from e
@@ -105,6 +165,9 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
   checkpoint that cannot be read or does not match its fingerprint raises
   CheckpointError."""
   where = os.path.join(str(manager.directory), str(step))
+  damage = verify_files(where)
+  if damage is not None:
+    raise CheckpointError(f"checkpoint {where} is damaged: {damage}")
   _drop_abandoned_read_errors()  # before the reads start: their errors may come early
   try:
     out = manager.restore(step, args=ocp.args.Composite(

@@ -11,21 +11,34 @@ warning; p_real_calibrated: P(real) after the Platt calibration fitted on the
 dev set, where the checkpoint has one). Unreadable
 files get an `error: ...` row and the rest are still scored; the exit status
 is 1 if any file failed.
+
+Rows are streamed: files are checked and decoded by tf.data in parallel, a
+few batches ahead of the model, and printed as their batch is scored, so
+memory does not depend on the number of files; the closing JSON log line
+gives the throughput (images_per_sec, the model compiled beforehand).
+Decoding is the eval pipeline's (TF's decoders, `ops.decode_image`), so the
+scores are those `--mode=eval` gives for the same files; 8-bit PNG pixels
+equal PIL's, JPEG pixels may differ slightly from PIL's libjpeg.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
+import re
+import struct
 import sys
-from typing import Sequence
+import time
+import zlib
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
-from PIL import Image
 
 from cmfl_jax import backend, checkpointing, evaluate, stats, steps
 from cmfl_jax import config as config_lib
@@ -41,15 +54,139 @@ def config_from_checkpoint(workdir: str, which: str) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(meta["config"])
 
 
-def load_image(path: str, geometry: ops.Geometry, data_config) -> np.ndarray:
-  """Evaluation preprocessing of one file; raises ValueError with the reason."""
-  reason = readers.check_image_file(path, readers.min_image_side(data_config),
-                                    data_config.max_pixels, full_decode=True)
-  if reason is not None:
-    raise ValueError(reason)
-  with Image.open(path) as im:
-    pixels = readers.pil_to_rgb8(im)
-  return np.asarray(ops.resize_and_crop(tf.constant(pixels), geometry))
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _truncation(data: bytes) -> str | None:
+  """Why TF's decoder will refuse a PNG or JPEG whose header is fine, found
+  without decoding: the file ends before its image data does (PNG: no
+  complete IEND chunk, JPEG: no end-of-image marker after the first scan) or
+  a critical PNG chunk fails its CRC (libpng refuses those too). Other
+  formats: None; what this misses is caught when decoding (`_file_batches`)."""
+  if data.startswith(_PNG_SIGNATURE):
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+      length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+      end = pos + 12 + length
+      if end > len(data):
+        break
+      if kind[:1].isupper() and zlib.crc32(memoryview(data)[pos + 4:end - 4]) != int.from_bytes(
+          data[end - 4:end], "big"):
+        return f"corrupt PNG ({kind.decode(errors='replace')} chunk fails its CRC)"
+      if kind == b"IEND":
+        return None
+      pos = end
+    return "truncated PNG (no IEND chunk)"
+  if data.startswith(b"\xff\xd8"):
+    pos = 2  # walk the marker segments (an EXIF thumbnail has scans of its own) to the first scan
+    while pos + 4 <= len(data):
+      if data[pos] != 0xFF:
+        return None  # not the expected layout: TF's decoder decides
+      marker = data[pos + 1]
+      if marker == 0xDA:
+        return None if data.rfind(b"\xff\xd9") > pos else "truncated JPEG (no end-of-image marker)"
+      pos += 1 if marker == 0xFF else 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return "truncated JPEG (ends before its image data)"
+  return None
+
+
+def _read_checked(path: bytes, min_side: int, max_pixels: int) -> tuple[bytes, bytes]:
+  """(file bytes, b"") or (b"", reason) for an `os.fsencode`d path: the header
+  check of `readers.check_image_file` and `_truncation`, on the very bytes TF
+  then decodes. Never raises."""
+  name = os.fsdecode(path)
+  reason = readers.check_image_file(name, min_side, max_pixels, full_decode=False)
+  if reason is None:
+    try:
+      with open(name, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      return b"", f"unreadable file ({e})".encode()
+    reason = _truncation(data)
+    if reason is None:
+      return data, b""
+    reason = f"not a readable image ({reason})"
+  return b"", reason.encode()
+
+
+def file_loader(geometry: ops.Geometry, data_config
+                ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+  """TF function: path -> (model input, reason); a checked file is decoded
+  and cropped as the eval pipeline does (`ops.decode_image`,
+  `ops.resize_and_crop`: TF's decoders, so JPEG pixels can differ slightly
+  from PIL's, while the scores are those `evaluate` gives), a file failing the
+  checks gives zeros and its reason without being decoded."""
+  min_side, max_pixels = readers.min_image_side(data_config), int(data_config.max_pixels)
+  size = geometry.size
+
+  def load(path):
+    data, reason = tf.numpy_function(lambda p: _read_checked(p, min_side, max_pixels), [path],
+                                     [tf.string, tf.string], stateful=False)
+    data.set_shape([])
+    reason.set_shape([])
+    image = tf.cond(tf.equal(reason, ""),
+                    lambda: ops.resize_and_crop(ops.decode_image(data), geometry),
+                    lambda: tf.zeros([size, size, 3], tf.uint8))
+    return tf.ensure_shape(image, [size, size, 3]), reason
+
+  return tf.autograph.experimental.do_not_convert(load)
+
+
+def _tf_reason(error: tf.errors.OpError) -> str:
+  """TF's message without the graph and tf.data decorations."""
+  message = re.sub(r"\{\{.*?\}\}", "", error.message).strip().split("\n")[0]
+  message = re.sub(r"^Error in user-defined function .*? with iterator: \S+: ", "", message)
+  return f"not a readable image (TF: {message.strip() or type(error).__name__})"
+
+
+def _one_by_one(paths: Sequence[str], load: Callable) -> tuple[np.ndarray, list[str]]:
+  """`load` of each path on its own: a decode error costs only its own file."""
+  elements = tf.data.Dataset.from_tensor_slices([os.fsencode(p) for p in paths]).map(load)
+  zeros = np.zeros(elements.element_spec[0].shape, np.uint8)
+  images, reasons = [], []
+  iterator = elements.as_numpy_iterator()
+  for _ in paths:  # the iterator goes on after an element's error
+    try:
+      image, reason = next(iterator)
+      reason = reason.decode()
+    except tf.errors.OpError as e:
+      image, reason = zeros, _tf_reason(e)
+    images.append(image)
+    reasons.append(reason)
+  return np.stack(images), reasons
+
+
+def _file_batches(paths: Sequence[str], load: Callable, batch_size: int
+                  ) -> Iterator[tuple[Sequence[str], np.ndarray, list[str]]]:
+  """(paths, images, reasons) of consecutive batches, in input order, from a
+  tf.data pipeline (parallel, deterministic decode; a few batches ahead).
+  A decode error the checks did not foresee fails a whole batch and shifts
+  the next ones: that batch is then loaded one file at a time and the
+  pipeline restarted after it."""
+  start = 0
+  while start < len(paths):
+    batches = (tf.data.Dataset.from_tensor_slices([os.fsencode(p) for p in paths[start:]])
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(batch_size).prefetch(2).as_numpy_iterator())
+    restart = False
+    while start < len(paths) and not restart:
+      try:
+        images, reasons = next(batches)
+        reasons = [r.decode() for r in reasons]
+      except tf.errors.OpError:
+        images, reasons = _one_by_one(paths[start:start + batch_size], load)
+        restart = True
+      yield paths[start:start + len(images)], images, reasons
+      start += len(images)
+
+
+def _file_rows(paths: Sequence[str], geometry: ops.Geometry, data_config,
+               batch_size: int) -> Iterator[dict]:
+  load = file_loader(geometry, data_config)
+  for names, images, reasons in _file_batches(paths, load, batch_size):
+    for path, image, reason in zip(names, images, reasons):
+      yield {"path": path, "error": f"error: {reason}"} if reason else {"path": path,
+                                                                         "image": image}
 
 
 def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
@@ -68,52 +205,90 @@ def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
   return rows
 
 
-def predict(workdir: str, paths: Sequence[str], which: str = "best",
-            aligned: bool | None = None, align=None) -> tuple[list[dict], float | None]:
-  """Rows {path, score, verdict | error[, calibrated]} in input order, the
-  threshold used and whether a calibration was stored with the checkpoint.
-  With `align` (`AlignOptions`) every photograph is first detected and
-  aligned; rows then carry the face box and detection score."""
-  config = config_from_checkpoint(workdir, which)
-  state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
-  threshold = meta.get("dev_threshold")
-  geometry = ops.Geometry(config.data.image_size,
-                          True if align else config.data.aligned if aligned is None else aligned)
-  rows, images, ok_rows = [], [], []
+def _face_rows(paths: Sequence[str], options, geometry: ops.Geometry) -> Iterator[dict]:
   for path in paths:
     try:
-      found = (aligned_faces(path, align, geometry) if align
-               else [{"path": path, "image": load_image(path, geometry, config.data)}])
+      yield from aligned_faces(path, options, geometry)
     except ImportError:
       raise
     except Exception as e:  # noqa: BLE001 - report every unreadable file, keep going
-      found = [{"path": path, "error": f"error: {e}"}]
-    for row in found:
-      if "image" in row:
-        images.append(row.pop("image"))
-        ok_rows.append(len(rows))
-      rows.append(row)
+      yield {"path": path, "error": f"error: {e}"}
+
+
+def _scored(rows: Iterable[dict], score: Callable[[np.ndarray], np.ndarray],
+            batch_size: int) -> Iterator[dict]:
+  """`rows` in the same order, each "image" replaced by its score; images are
+  scored `batch_size` at a time, so at most one batch of them waits here."""
+  pending: list[dict] = []
+  waiting = 0
+
+  def flush():
+    with_image = [r for r in pending if "image" in r]
+    if with_image:
+      for row, s in zip(with_image, score(np.stack([r.pop("image") for r in with_image]))):
+        row["score"] = float(s)
+    yield from pending
+    pending.clear()
+
+  for row in rows:
+    pending.append(row)
+    waiting += "image" in row
+    if waiting == batch_size or not waiting:
+      yield from flush()
+      waiting = 0
+  yield from flush()
+
+
+@dataclasses.dataclass
+class Predictions:
+  """What `predict` returns: the verdict threshold (None: none stored, 0.5
+  used), whether rows carry "calibrated", and the rows, produced lazily."""
+
+  threshold: float | None
+  calibrated: bool
+  rows: Iterator[dict]
+
+
+def predict(workdir: str, paths: Sequence[str], which: str = "best",
+            aligned: bool | None = None, align=None) -> Predictions:
+  """Rows {path, score, verdict | error[, calibrated]} in input order, streamed:
+  files are checked and decoded by tf.data a few batches ahead and scored in
+  fixed-size batches, so memory does not grow with the number of paths.
+  With `align` (`AlignOptions`) every photograph is first detected and
+  aligned; rows then carry the face box and detection score. The eval step
+  is compiled before this returns."""
+  config = config_from_checkpoint(workdir, which)
+  state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
+  threshold = meta.get("dev_threshold")
+  calibration = meta.get("calibration")
+  geometry = ops.Geometry(config.data.image_size,
+                          True if align else config.data.aligned if aligned is None else aligned)
   batch_size = config.train.eval_batch_size
   sharding = steps.batch_sharding(mesh)
-  scores = []
-  for start in range(0, len(images), batch_size):
-    chunk = np.stack(images[start:start + batch_size])
-    n = len(chunk)
-    pad = batch_size - n  # fixed shape: one compilation
-    batch = {"image": np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.uint8)]),
+  image_shape = (geometry.size, geometry.size, 3)
+
+  def score(images: np.ndarray) -> np.ndarray:
+    n = len(images)  # a partial batch padded: one compilation
+    batch = {"image": np.concatenate([images, np.zeros((batch_size - n, *image_shape), np.uint8)]),
              "label": np.zeros(batch_size, np.int32), "mask": np.arange(batch_size) < n}
-    batch = {k: jax.device_put(v, sharding) for k, v in batch.items()}
-    _, probs = eval_fn(state, batch)
-    scores.append(np.asarray(jax.device_get(probs["joint"]))[:n])
+    _, probs = eval_fn(state, jax.device_put(batch, sharding))
+    return np.asarray(jax.device_get(probs["joint"]))[:n]
+
+  score(np.zeros((0, *image_shape), np.uint8))  # compile now: images/s measures the stream
   cut = 0.5 if threshold is None else threshold
-  calibration = meta.get("calibration")
-  for i, score in zip(ok_rows, np.concatenate(scores) if scores else []):
-    rows[i]["score"] = float(score)
-    rows[i]["verdict"] = "bona fide" if score >= cut else "synthetic"
-    if calibration:
-      rows[i]["calibrated"] = float(stats.apply_calibration(
-          calibration, evaluate.logits_of(np.asarray([score])))[0])
-  return rows, threshold, calibration is not None
+
+  def rows() -> Iterator[dict]:
+    found = (_face_rows(paths, align, geometry) if align
+             else _file_rows(paths, geometry, config.data, batch_size))
+    for row in _scored(found, score, batch_size):
+      if "score" in row:
+        row["verdict"] = "bona fide" if row["score"] >= cut else "synthetic"
+        if calibration:
+          row["calibrated"] = float(stats.apply_calibration(
+              calibration, evaluate.logits_of(np.asarray([row["score"]])))[0])
+      yield row
+
+  return Predictions(threshold, calibration is not None, rows())
 
 
 def main(argv: Sequence[str]) -> int:
@@ -126,11 +301,11 @@ def main(argv: Sequence[str]) -> int:
     if FLAGS.align:
       from cmfl_jax.data import align_files
       align = align_files.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
-    rows, threshold, calibrated = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned,
-                                          align)
+    predictions = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align)
   except (FileNotFoundError, checkpointing.CheckpointError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  threshold, calibrated = predictions.threshold, predictions.calibrated
   if threshold is None:
     logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
   if calibrated:
@@ -140,18 +315,23 @@ def main(argv: Sequence[str]) -> int:
   face_columns = ["face_box", "face_score", "faces_found"] if align else []
   w.writerow(["path", "score", "verdict", *(["p_real_calibrated"] if calibrated else []),
               *face_columns])
-  for r in rows:
+  scored = failed = 0
+  start = time.perf_counter()
+  for r in predictions.rows:
     faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
              r.get("faces_found", "")] if align else []
     extra = ([f"{r['calibrated']:.6f}" if "calibrated" in r else ""] if calibrated else [])
     if "error" in r:
       w.writerow([r["path"], "", r["error"], *extra, *faces])
+      failed += 1
     else:
       w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], *extra, *faces])
+      scored += 1
   sys.stdout.flush()
-  failed = sum("error" in r for r in rows)
-  logging.info("%s", json.dumps({"scored": len(rows) - failed, "failed": failed,
-                                 "threshold": threshold}))
+  seconds = time.perf_counter() - start
+  logging.info("%s", json.dumps({"scored": scored, "failed": failed, "threshold": threshold,
+                                 "seconds": round(seconds, 3),
+                                 "images_per_sec": round(scored / max(seconds, 1e-9), 1)}))
   return 1 if failed else 0
 
 

@@ -476,8 +476,9 @@ def test_predict_on_aligned_files_matches_official_test_script(converted_two_str
   for i, img in enumerate(images):
     paths.append(str(tmp_path / f"{i}.png"))
     Image.fromarray(img).save(paths[-1])
-  rows, threshold, _ = predict.predict(workdir, paths)
-  assert threshold is None
+  predictions = predict.predict(workdir, paths)
+  assert predictions.threshold is None
+  rows = list(predictions.rows)
   got = np.array([r["score"] for r in rows])
   want = torch_probs(torch_model, *official_inputs(images))[0]
   np.testing.assert_allclose(got, want, atol=1e-4)

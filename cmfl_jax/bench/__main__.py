@@ -25,7 +25,7 @@ PNG files in memory -> global batches -> compiled step) against the step alone.
 `pipeline`: the tf.data input pipeline alone (decode + geometry + train
 augmentation or eval path, batched uint8), on generated PNG and JPEG files of
 the given size; images/s with one tf.data thread ("per core") and with all
-cores.
+cores; then each train-path op's cost per image and share of the per-image time.
 Shapes and variants are config overrides: the image size is
 `config.data.image_size`, the batch (train and eval alike) `config.train.batch_size`,
 the compute dtype `config.model.dtype`. Warm-up excluded everywhere; medians
@@ -106,6 +106,8 @@ def main(argv) -> int:
     else:
       for rec in bench_input.pipeline_records(size, _NUM_IMAGES.value, batch, _REPEATS.value,
                                               _OFFICIAL_REPO.value):
+        step.emit(rec)
+      for rec in bench_input.op_costs(size, _NUM_IMAGES.value, _REPEATS.value):
         step.emit(rec)
     return 0
   import jax.numpy as jnp

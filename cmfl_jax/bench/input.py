@@ -20,7 +20,7 @@ from PIL import Image
 
 from cmfl_jax import backend, steps
 from cmfl_jax.bench.timing import timed
-from cmfl_jax.data import pipeline, sources
+from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Encoded, Files, Split
 
 
@@ -145,6 +145,47 @@ def official_loader_throughput(repo: str, split: Split, train: bool,
     if i:
       times.append(time.perf_counter() - start)
   return len(split) / statistics.median(times)
+
+
+def op_costs(size: int, num_images: int, repeats: int) -> list[dict[str, Any]]:
+  """Per-image cost of each op of the train path (JPEG source, one tf.data
+  thread) and its share of the per-image time at the paper's probabilities:
+  each op is timed on every image, over decoding alone."""
+  images = _face_like_images(num_images, size)
+  encoded = []
+  for img in images:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    encoded.append(buf.getvalue())
+  encoded = tf.constant(encoded)
+
+  def seed(i):
+    return tf.stack([tf.constant(7, tf.int64), i])
+
+  def ms_per_image(fn) -> float:
+    ds = tf.data.Dataset.from_tensor_slices((encoded, tf.range(num_images, dtype=tf.int64)))
+    ds = ds.map(lambda e, i: fn(ops.decode_image(e), i)).batch(32)
+    opts = tf.data.Options()
+    opts.threading.private_threadpool_size = 1
+    ds = ds.with_options(opts)
+    return 1e3 * timed(lambda: [None for _ in ds], repeats) / num_images
+
+  prob = pipeline_config(size).augment_prob
+  ops_table = {  # name -> (op applied to every image, fraction of images it applies to)
+      "augment parameters": (lambda img, i: (img, ops.augment_params(seed(i), prob)), 1.0),
+      "gaussian blur": (lambda img, i: ops.gaussian_blur(
+          img, tf.random.stateless_uniform([], seed(i), 0.0, ops.MAX_BLUR_SIGMA)), prob),
+      "jpeg re-encoding": (lambda img, i: tf.image.adjust_jpeg_quality(
+          img, tf.gather(tf.constant(ops.JPEG_QUALITIES), i % len(ops.JPEG_QUALITIES))), prob),
+      "flip": (lambda img, i: tf.image.flip_left_right(img), 0.5),
+  }
+  decode = ms_per_image(lambda img, i: img)
+  costs = {"decode (+ batching)": (decode, 1.0)}
+  costs.update({name: (max(ms_per_image(fn) - decode, 0.0), p)
+                for name, (fn, p) in ops_table.items()})
+  total = sum(c * p for c, p in costs.values())
+  return [{"what": "op_cost", "op": name, "image_size": size, "ms_when_applied": round(c, 3),
+           "applied_to": p, "share": round(c * p / total, 3)} for name, (c, p) in costs.items()]
 
 
 def pipeline_config(image_size: int) -> ml_collections.ConfigDict:

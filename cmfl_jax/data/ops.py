@@ -15,6 +15,7 @@ import tensorflow as tf
 JPEG_QUALITIES = (60, 70, 80, 90, 100)
 MAX_BLUR_SIGMA = 2.0
 _BLUR_RADIUS = int(4.0 * MAX_BLUR_SIGMA + 0.5)  # scipy's truncate=4 at the largest sigma
+_BLUR_BLOCK = 32  # rows per block of the banded blur matrix (measured best of 16/32/64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,21 +81,53 @@ def resize_and_crop(img: tf.Tensor, geometry: Geometry, train: bool = False,
   return crop_to_size(img, geometry, train, seed)
 
 
-def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
-  """scipy.ndimage.gaussian_filter semantics (truncate=4, 'reflect' borders),
-  separable, for sigma in [0, 2]; sigma = 0 is the identity."""
-  x = tf.cast(img, tf.float32)[None]
+def _gaussian_taps(sigma: tf.Tensor) -> tf.Tensor:
+  """scipy's 1-D Gaussian (truncate=4) on 2 * _BLUR_RADIUS + 1 taps, zero
+  beyond its own radius; sigma = 0 is the identity."""
   r = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
   radius = tf.floor(4.0 * sigma + 0.5)
   k = tf.where(tf.abs(r) <= radius, tf.exp(-0.5 * tf.square(r / tf.maximum(sigma, 1e-6))), 0.0)
   k = tf.where(sigma > 0, k, tf.cast(tf.equal(r, 0.0), tf.float32))
-  k = k / tf.reduce_sum(k)
-  x = tf.pad(x, [[0, 0], [_BLUR_RADIUS] * 2, [_BLUR_RADIUS] * 2, [0, 0]], mode="SYMMETRIC")
-  kh = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
-  kw = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
-  x = tf.nn.depthwise_conv2d(x, kh, [1, 1, 1, 1], "VALID")
-  x = tf.nn.depthwise_conv2d(x, kw, [1, 1, 1, 1], "VALID")
-  return tf.cast(tf.clip_by_value(tf.round(x[0]), 0, 255), tf.uint8)
+  return k / tf.reduce_sum(k)
+
+
+def _block_matrices(taps: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+  """[blocks, B, B + 2R]: output row i of block b as a combination of the
+  rows of its frame (rows bB - R ... bB + B + R of the signal, zero-padded),
+  with scipy's 'reflect' border folded into the first and last blocks."""
+  b, r = _BLUR_BLOCK, _BLUR_RADIUS
+  blocks = (n + b - 1) // b
+  out = tf.range(blocks * b)[:, None]
+  src = tf.math.floormod(out + tf.range(-r, r + 1)[None, :], 2 * n)
+  src = tf.where(src >= n, 2 * n - 1 - src, src)  # d c b a | a b c d | d c b a
+  col = src - (out // b) * b + r
+  weights = tf.where(out < n, tf.broadcast_to(taps[None, :], tf.shape(col)), 0.0)
+  flat = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]),
+                                      tf.reshape(out * (b + 2 * r) + col, [-1]),
+                                      blocks * b * (b + 2 * r))
+  return tf.reshape(flat, [blocks, b, b + 2 * r])
+
+
+def _blur_rows(x: tf.Tensor, taps: tf.Tensor) -> tf.Tensor:
+  """Blurs float32 [n, m] along axis 0 as a block-banded matrix product: a
+  few small matmuls instead of a 17-tap convolution, which TF runs 10x slower."""
+  n = tf.shape(x)[0]
+  blocks = (n + _BLUR_BLOCK - 1) // _BLUR_BLOCK
+  padded = tf.pad(x, [[_BLUR_RADIUS, blocks * _BLUR_BLOCK - n + _BLUR_RADIUS], [0, 0]])
+  frames = tf.signal.frame(padded, _BLUR_BLOCK + 2 * _BLUR_RADIUS, _BLUR_BLOCK, axis=0)
+  y = tf.matmul(_block_matrices(taps, n), frames)
+  return tf.reshape(y, [blocks * _BLUR_BLOCK, -1])[:n]
+
+
+def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+  """scipy.ndimage.gaussian_filter semantics (truncate=4, 'reflect' borders,
+  rounded to uint8), separable, for sigma in [0, 2]; sigma = 0 is the identity."""
+  taps = _gaussian_taps(sigma)
+  h, w = tf.shape(img)[0], tf.shape(img)[1]
+  x = tf.cast(tf.reshape(tf.transpose(img, [1, 0, 2]), [w, -1]), tf.float32)
+  x = tf.transpose(tf.reshape(_blur_rows(x, taps), [w, h, 3]), [1, 0, 2])
+  x = _blur_rows(tf.reshape(x, [h, -1]), taps)
+  return _to_uint8(tf.reshape(x, [h, w, 3]))
 
 
 # ----------------------------------------------------------------------------
