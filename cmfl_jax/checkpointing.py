@@ -37,6 +37,7 @@ LATEST = "latest"
 BEST = "best"
 BROKEN = "broken"  # unreadable checkpoints are moved here, never deleted
 FILES = "files.json"  # per step: {relative path: [size, sha256]} of its committed files
+DEV = "dev.json"  # per step, optional: dev statistics refitted after the save (overrides meta)
 
 
 class CheckpointError(RuntimeError):
@@ -91,7 +92,7 @@ def _step_files(step_dir: str) -> dict[str, list]:
     for name in names:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, step_dir)
-      if rel == FILES:
+      if rel in (FILES, DEV):
         continue
       digest = hashlib.sha256()
       with tf.io.gfile.GFile(path, "rb") as f:
@@ -175,7 +176,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
   except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     raise CheckpointError(f"checkpoint {where} cannot be read: {reason}") from e
-  state, meta = out["state"], dict(out["meta"])
+  state, meta = out["state"], {**out["meta"], **read_dev(where)}
   if meta.get("fingerprint") and fingerprint(state) != meta["fingerprint"]:
     raise CheckpointError(f"checkpoint {where} is damaged: its arrays do not match the "
                           "fingerprint saved with them")
@@ -226,7 +227,27 @@ def move_aside(workdir: str, kind: str, step: int) -> str:
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
-  return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  return {**meta, **read_dev(os.path.join(str(manager.directory), str(step)))}
+
+
+def write_dev(manager: ocp.CheckpointManager, step: int, dev: dict) -> None:
+  """Dev statistics fitted after `step` was saved (e.g. on the whole dev split
+  when training validated on a subset); restores return them in the meta."""
+  if jax.process_index() == 0:
+    target = os.path.join(str(manager.directory), str(step), DEV)
+    with tf.io.gfile.GFile(target + ".tmp", "w") as f:
+      json.dump(dev, f)
+    tf.io.gfile.rename(target + ".tmp", target, overwrite=True)
+
+
+def read_dev(step_dir: str) -> dict:
+  """The step's `write_dev` statistics, {} if none."""
+  path = os.path.join(step_dir, DEV)
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
 
 
 def available(workdir: str) -> dict[str, list[int]]:

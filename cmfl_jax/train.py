@@ -126,6 +126,50 @@ class _Checkpoints:
       checkpointing.wait(m)
 
 
+def dev_statistics(labels: np.ndarray, joint: np.ndarray) -> dict[str, Any]:
+  """Fixed on the dev set, travelling with the model: the EER threshold, the
+  operating points at APCER/BPCER = 1 and 5 %, and a Platt calibration of the
+  joint head (order-preserving: rankings and AUC unchanged)."""
+  return {"dev_threshold": metrics.eer(labels, joint)[1],
+          "operating_points": stats.dev_operating_points(labels, joint),
+          "calibration": stats.fit_platt(labels, evaluate.logits_of(joint)),
+          "dev_examples": int(len(labels))}
+
+
+def validation_subset(split: Split, n: int, seed: int) -> Split:
+  """`train.val_examples`: a fixed, seeded subset of `n` examples, stratified
+  by class (each class keeps its share, at least one), the same every epoch so
+  validation losses stay comparable; the whole split when n = 0 or n >= size."""
+  if n <= 0 or n >= len(split):
+    return split
+  rng = np.random.default_rng([seed, 0x7A1])
+  real = np.flatnonzero(split.labels == 1)
+  attack = np.flatnonzero(split.labels != 1)
+  take_real = int(np.clip(round(n * len(real) / len(split)), 1, min(len(real), n - 1)))
+  keep = np.zeros(len(split), bool)
+  keep[rng.choice(real, take_real, replace=False)] = True
+  keep[rng.choice(attack, min(n - take_real, len(attack)), replace=False)] = True
+  return split.select(keep)
+
+
+def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Checkpoints) -> None:
+  """After training on a validation subset: the dev statistics of `best` and
+  of the newest `latest` refitted on the whole dev split."""
+  ckpt.close()
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        state)
+  for manager in (ckpt.best, ckpt.latest):
+    step = max(manager.all_steps(), default=None)
+    if step is None or checkpointing.read_dev(os.path.join(str(manager.directory), str(step))):
+      continue  # nothing saved, or refitted already (a rerun of a finished run)
+    restored, _ = checkpointing.restore(manager, step, target)
+    joint = evaluate.evaluate_split(eval_fn, restored, val_split, config, mesh)["scores"]["joint"]
+    checkpointing.write_dev(manager, step, dev_statistics(val_split.labels, joint))
+    logging.info("%s step %d: dev threshold, operating points and calibration refitted on "
+                 "the whole dev split (%d examples)", os.path.basename(str(manager.directory)),
+                 step, len(val_split))
+
+
 def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, step: int,
               ckpt: _Checkpoints, writer, log_path: str | None) -> dict[str, Any]:
   """End of an epoch: validate, keep best and latest (with the dev threshold)."""
@@ -136,6 +180,7 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
   improved = val_loss < ckpt.best_val
   ckpt.best_val = min(ckpt.best_val, val_loss)
   record = {"step": step, "epoch": step / ckpt.steps_per_epoch, "val_loss": val_loss,
+            "val_examples": len(val_split),
             **{f"val_{k}": float(v) for k, v in val.items() if k.startswith("bce_")}}
   summaries.append_jsonl(log_path, record)
   if improved and summaries.is_main_process():
@@ -145,14 +190,8 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
                                          if k not in ("scores", "count")})
   logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / ckpt.steps_per_epoch, step, val_loss,
                " (best)" if improved else "")
-  # Fixed on the dev set, travelling with the model: the EER threshold, the
-  # operating points at APCER/BPCER = 1 and 5 %, and a Platt calibration of the
-  # joint head (order-preserving: rankings and AUC unchanged).
-  joint = val["scores"]["joint"]
-  dev_threshold = metrics.eer(val_split.labels, joint)[1]
-  meta = ckpt.meta(step, val_loss, dev_threshold)
-  meta["operating_points"] = stats.dev_operating_points(val_split.labels, joint)
-  meta["calibration"] = stats.fit_platt(val_split.labels, evaluate.logits_of(joint))
+  dev = dev_statistics(val_split.labels, val["scores"]["joint"])
+  meta = {**ckpt.meta(step, val_loss, dev["dev_threshold"]), **dev}
   checkpointing.save(ckpt.latest, step, state, meta)
   # After a fallback to an earlier checkpoint the replayed step may already be
   # the best one on disk: exact resume makes it the same model, so it is kept.
@@ -174,6 +213,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   audit_result = audit.audit_data(config.data, workdir)  # warns before the first step
   pipeline.report_skipped(skipped, workdir, extra=audit.summary(audit_result))
   train_split, val_split = splits[config.data.train_split], splits[config.data.val_split]
+  val_subset = validation_subset(val_split, config.train.val_examples, config.seed)
+  if val_subset is not val_split:
+    logging.info("validating on %d of the %d dev examples (train.val_examples)",
+                 len(val_subset), len(val_split))
   global_batch = config.train.batch_size
   if global_batch % jax.device_count():
     raise ValueError(f"batch_size {global_batch} must be divisible by the {jax.device_count()} "
@@ -249,10 +292,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if signals.received is not None:
           ckpt.stop(signals.received, step)
 
-      history.append(_validate(eval_fn, state, val_split, config, mesh, step, ckpt, writer,
+      history.append(_validate(eval_fn, state, val_subset, config, mesh, step, ckpt, writer,
                                log_path))
       if signals.received is not None:
         ckpt.stop(signals.received, step)
+  if val_subset is not val_split:
+    _refit_on_full_dev(eval_fn, state, val_split, config, mesh, ckpt)
   ckpt.close()
   if writer is not None:
     writer.close()

@@ -669,3 +669,29 @@ def test_predict_align_scores_raw_photographs_and_reports_no_face(reference_run,
   assert len(face["face_box"].split()) == 4 and float(face["face_score"]) > 0.9
   assert face["faces_found"] == "1"
   assert rows["noise.png"]["score"] == "" and rows["noise.png"]["verdict"].startswith("no face")
+
+
+def test_validation_subset_during_training_full_dev_split_for_the_stored_threshold(tmp_path):
+  """train.val_examples: each epoch validates on the same seeded, stratified
+  subset; at the end best and latest carry statistics of the whole dev split."""
+  import runpy
+
+  from cmfl_jax import evaluate, metrics, train
+  from cmfl_jax.data import sources
+  config = runpy.run_path(SMOKE)["get_config"]()
+  config.data.toy_sizes = {"train": 32, "dev": 24, "eval": 16, "default": 16}
+  config.train.val_examples = 9
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  vals = [json.loads(l) for l in open(os.path.join(workdir, "train_log.jsonl"))
+          if "val_loss" in json.loads(l)]
+  assert len(vals) == 2 and all(v["val_examples"] == 9 for v in vals)
+  dev = sources.load_splits(config.data, ["dev"])[0]["dev"]
+  subset = train.validation_subset(dev, 9, config.seed)
+  assert len(subset) == 9 and set(subset.labels) == {0, 1}
+  np.testing.assert_array_equal(subset.labels, train.validation_subset(dev, 9, config.seed).labels)
+  for kind in ("best", "latest"):
+    state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, kind)
+    assert meta["dev_examples"] == 24
+    joint = evaluate.evaluate_split(eval_fn, state, dev, config, mesh)["scores"]["joint"]
+    assert meta["dev_threshold"] == pytest.approx(metrics.eer(dev.labels, joint)[1], abs=1e-6)

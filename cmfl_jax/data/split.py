@@ -42,6 +42,28 @@ Storage = Union[Files, Pixels, Encoded, Records]
 
 
 @dataclasses.dataclass(frozen=True)
+class _Indexed:
+  """Random access to `source[indices[i]]` (a subset of a TFDS data source)."""
+  source: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> Any:
+    return self.source[int(self.indices[i])]
+
+
+#: Storage kind -> (storage, bool mask) -> the storage of the kept examples.
+_SELECT = {
+    Files: lambda st, keep: Files(st.paths[keep]),
+    Pixels: lambda st, keep: Pixels(st.images[keep]),
+    Encoded: lambda st, keep: Encoded(st.data[keep]),
+    Records: lambda st, keep: Records(_Indexed(st.source, np.flatnonzero(keep))),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class Split:
   """One split: labels, generator names, the images' storage and, where the
   protocol has them, subject identifiers."""
@@ -70,10 +92,9 @@ class Split:
     return str(self.paths[i]) if self.paths is not None else f"{self.name}/{i}"
 
   def select(self, keep: np.ndarray) -> "Split":
-    """The examples where `keep` (bool [N]) is true; file storage only."""
-    if self.paths is None:
-      raise TypeError("select() needs file storage")
-    return Split(self.name, self.labels[keep], self.generators[keep], Files(self.paths[keep]),
+    """The examples where `keep` (bool [N]) is true, in any storage."""
+    return Split(self.name, self.labels[keep], self.generators[keep],
+                 _SELECT[type(self.storage)](self.storage, keep),
                  None if self.subjects is None else self.subjects[keep])
 
   def check_both_classes(self) -> None:
