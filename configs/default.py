@@ -31,14 +31,28 @@ def get_config() -> ml_collections.ConfigDict:
   data.aligned = True                  # False: resize 256 + (random-resized|centre) crop
   data.balance = "oversample"          # "oversample" | "truncate" (official) | "none"
   data.augment_prob = 0.5              # blur and JPEG probabilities (paper: 0.5)
-  data.verify = "decode"               # up-front file check: "decode" | "header" | "none"
+  # Up-front file check before training/evaluation; unusable files are skipped
+  # and listed in data_report.json. "decode": every pixel once (finds truncated
+  # or corrupt files before they break an epoch; for new or untrusted data).
+  # "header": format and size only, no pixel decoded (finds missing, empty,
+  # non-image, too small/large files, not damaged pixel data; for data already
+  # checked, e.g. by an earlier "decode" start, or too large to decode up front).
+  # "none": no check (trusted data). Verdicts are cached per file by (real path,
+  # size, mtime) with the check's settings, so later starts, resumes and
+  # evaluations re-check only new or changed files (a "decode" verdict also
+  # answers "header"); in verify_cache ("" = the audit's file, below; ":memory:"
+  # = no cache).
+  data.verify = "decode"               # "decode" | "header" | "none"
+  data.verify_cache = ""
   data.min_side = -1                   # smaller images are skipped and reported (-1: crop size)
   data.cache = False                   # decode all images once into RAM (one image size)
   data.max_pixels = 64_000_000         # larger ones too (decompression bombs)
   # Data audit at the start of training/evaluation (cmfl_jax/audit.py): storage
   # shortcuts (metadata-only classifier AUC above the threshold warns), duplicates,
   # subject overlap. Per-file results cached by (path, size, mtime) in audit_cache
-  # ("" = ~/.cache/cmfl_jax/audit/metadata.sqlite).
+  # ("" = ~/.cache/cmfl_jax/audit/metadata.sqlite, or under $XDG_CACHE_HOME; an
+  # unusable location means no cache and one warning, never a failure); the whole
+  # result is reused while the splits, files and settings are unchanged.
   data.audit = True
   data.audit_cache = ""
   data.audit_shortcut_threshold = 0.75
@@ -90,12 +104,24 @@ def get_config() -> ml_collections.ConfigDict:
   train.num_epochs = 25
   train.batch_size = 32                # global, over all devices and hosts
   train.eval_batch_size = 64
+  # Validation each epoch on a fixed, seeded, class-stratified subset of the dev
+  # split of this size (0 = all of it); the dev threshold, operating points and
+  # calibration stored with `best` and the final `latest` are refitted on the
+  # whole dev split when training ends.
+  train.val_examples = 0
   train.log_every_steps = 50
   train.checkpoint_every_steps = 500   # periodic "latest" saves; also each epoch end
   train.max_steps = -1                 # > 0: stop early (smoke runs, benchmarks)
   train.progress_bar = True
+  # SIGTERM/SIGINT: every process saves the same step and stops (exit 143/130).
+  # With several processes a signal may reach one only; they agree (one tiny
+  # all-gather) every this many steps and at every save and epoch end, so a stop
+  # lands at most this many steps after the signal. One process stops after the
+  # next step, with no collective.
+  train.stop_check_every_steps = 10
   train.debug_signal_at_step = -1      # tests only: send debug_signal to self at this step
   train.debug_signal = 15              # 15 = SIGTERM (graceful), 9 = SIGKILL (hard kill)
+  train.debug_signal_process = -1      # the process that signals itself (-1 = every one)
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.checkpoint = "best"               # "best" | "latest" | a step number

@@ -241,6 +241,28 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
   assert third["splits"]["eval"]["classes"]["bona_fide"]["width"]["max"] == 56
 
 
+def test_result_is_reused_only_for_identical_inputs(tmp_path, monkeypatch):
+  """A warm start recomputes nothing while the splits, files and parameters are
+  unchanged; a new label, parameter or file state is a new audit."""
+  paths = [_save(_img(700 + i), tmp_path / f"r{i}", 80 if i % 2 else None) for i in range(12)]
+  split = _split("train", paths, [1, 0] * 6)
+  first = _audit(tmp_path, [split])
+  scored = []
+  real_score = audit.shortcut_score
+  monkeypatch.setattr(audit, "shortcut_score",
+                      lambda *a, **k: scored.append(1) or real_score(*a, **k))
+  again = _audit(tmp_path, [split])
+  assert scored == [] and again["reused_from"] == first["created"]
+  assert {k: again[k] for k in ("splits", "shortcut", "findings", "near_duplicates")} == \
+      {k: first[k] for k in ("splits", "shortcut", "findings", "near_duplicates")}
+  assert again["files"]["read"] == 0 and again["files"]["from_cache"] == 12
+  _audit(tmp_path, [_split("train", paths, [0, 1] * 6)])
+  _audit(tmp_path, [split], hamming=4)
+  os.utime(paths[3], ns=(0, os.stat(paths[3]).st_mtime_ns + 10**9))
+  last = _audit(tmp_path, [split])
+  assert len(scored) == 3 and last["reused_from"] is None and last["files"]["read"] == 1
+
+
 def test_training_warns_about_a_storage_shortcut_before_the_first_step(tmp_path):
   """The audit runs at the start of training: a protocol whose bona fide images
   are PNG and attacks JPEG gets the warning (with the remedy) before step 1,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from cmfl_jax.data import faces
+from cmfl_jax.data import faces, file_cache
 
 MANIFEST = "manifest.jsonl"
 POLICIES = ("largest", "most_confident", "all", "skip_multiple")
@@ -171,6 +171,5 @@ def describe(records: Sequence[dict[str, Any]]) -> str:
 
 
 def default_cache_dir() -> str:
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "cmfl_jax", "aligned")
+  return os.fspath(file_cache.user_cache_dir() / "aligned")
 

@@ -4,7 +4,8 @@ Face-forgery detectors readily learn how files are stored instead of what they s
 ("PNG = fake" when the reals were JPEG; "JPEG q75 = real"), and splits leak through
 shared subjects and (near-)duplicate images. This module reads per-file header
 metadata (no full pixel decode), a content hash and a 64-bit perceptual hash (from a
-reduced decode), caches them per file, and reports:
+reduced decode), caches them per file (and the whole result, reused while the splits,
+every file's size and mtime and the parameters stay the same), and reports:
 
   * per split x class (and generator) storage summaries,
   * a shortcut score: cross-validated ROC AUC of a small classifier that sees only
@@ -13,7 +14,8 @@ reduced decode), caches them per file, and reports:
     multi-index search) and subject overlap, within and across splits,
   * unreadable files with reasons; nothing here stops on a bad file.
 
-Label convention: 1 = bona fide, 0 = attack. No dependency on other project modules.
+Label convention: 1 = bona fide, 0 = attack. The only project module used is
+`file_cache` (the per-file cache, shared with the up-front file check).
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
-import stat as stat_lib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,10 +39,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
+from cmfl_jax.data import file_cache
+
 log = logging.getLogger(__name__)
 
 # Bump when a record's fields or the hash definition change: old cache rows are re-read.
 CACHE_VERSION = 1
+# Bump when what run_audit computes from the records changes: stored results are recomputed.
+RESULT_VERSION = 1
 CLASS_NAMES = {1: "bona_fide", 0: "attack"}
 REMEDY = (
     "Set data.reencode (e.g. --config.data.reencode=jpeg:90) so every training image is "
@@ -286,57 +290,18 @@ def _safe_read(path: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
-# Cache
+# Cache (the per-file cache of `file_cache`, table "files")
 # --------------------------------------------------------------------------------------
 
-def default_cache_path() -> Path:
-  """A per-user cache file ($XDG_CACHE_HOME or ~/.cache), never inside the data root."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-  return Path(base) / "cmfl_jax" / "audit" / "metadata.sqlite"
+default_cache_path = file_cache.default_cache_path
 
 
-class MetadataCache:
-  """File records in sqlite keyed by (absolute path, size, mtime_ns); a row whose size,
-  mtime or CACHE_VERSION differ is a miss. ':memory:' keeps nothing between runs.
-  Used from one thread; sqlite's locking lets several audits share a file."""
+class MetadataCache(file_cache.FileCache):
+  """File records keyed by (absolute path, size, mtime_ns); a row whose size, mtime or
+  CACHE_VERSION differ is a miss. ':memory:' keeps nothing between runs."""
 
   def __init__(self, path: str | os.PathLike | None = None):
-    path = default_cache_path() if path is None else path
-    spath = os.fspath(path)
-    if spath != ":memory:":
-      p = Path(spath).expanduser()
-      if p.is_dir() or spath.endswith(("/", os.sep)):
-        p = p / "metadata.sqlite"
-      p.parent.mkdir(parents=True, exist_ok=True)
-      spath = str(p)
-    self.path = spath
-    self._db = sqlite3.connect(spath, timeout=60)
-    self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
-                     "mtime_ns INTEGER, version INTEGER, record TEXT)")
-    self._db.commit()
-
-  def get_many(self, keys: Mapping[str, tuple[int, int]]) -> dict[str, dict]:
-    """Records for the paths whose stored (size, mtime_ns) equal the given ones."""
-    out: dict[str, dict] = {}
-    paths = list(keys)
-    for i in range(0, len(paths), 500):
-      chunk = paths[i:i + 500]
-      rows = self._db.execute(
-          f"SELECT path, size, mtime_ns, version, record FROM files WHERE path IN "
-          f"({','.join('?' * len(chunk))})", chunk)
-      for p, size, mtime, version, record in rows:
-        if version == CACHE_VERSION and (size, mtime) == keys[p]:
-          out[p] = json.loads(record)
-    return out
-
-  def put_many(self, items: Iterable[tuple[str, int, int, dict]]) -> None:
-    with self._db:
-      self._db.executemany(
-          "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
-          [(p, s, m, CACHE_VERSION, json.dumps(r, separators=(",", ":"))) for p, s, m, r in items])
-
-  def close(self) -> None:
-    self._db.close()
+    super().__init__(path, "files", CACHE_VERSION)
 
 
 def read_records(paths: Iterable[str], cache_path: str | os.PathLike | None = None,
@@ -346,21 +311,15 @@ def read_records(paths: Iterable[str], cache_path: str | os.PathLike | None = No
   release the GIL). Returns (records, stats)."""
   t0 = time.perf_counter()
   uniq = list(dict.fromkeys(os.path.abspath(os.fspath(p)) for p in paths))
-  records: dict[str, dict] = {}
-  keys: dict[str, tuple[int, int]] = {}
-  for p in uniq:
-    try:
-      st = os.stat(p)
-    except FileNotFoundError:
-      records[p] = {"ok": False, "reason": "missing file"}
-      continue
-    except OSError as e:
-      records[p] = {"ok": False, "reason": f"cannot stat ({type(e).__name__}: {e})"}
-      continue
-    if not stat_lib.S_ISREG(st.st_mode):
-      records[p] = {"ok": False, "reason": "not a regular file"}
-      continue
-    keys[p] = (int(st.st_size), int(st.st_mtime_ns))
+  _, keys, problems = file_cache.stat_keys(uniq)
+  return _read_records(uniq, keys, problems, cache_path, workers, time.perf_counter() - t0)
+
+
+def _read_records(uniq: list[str], keys: Mapping[str, file_cache.Key], problems: Mapping[str, str],
+                  cache_path: str | os.PathLike | None, workers: int | None,
+                  stat_s: float) -> tuple[dict[str, dict], dict[str, Any]]:
+  """read_records once every file is stat'ed: keys and problems of file_cache.stat_keys."""
+  records: dict[str, dict] = {p: {"ok": False, "reason": r} for p, r in problems.items()}
   t_stat = time.perf_counter()
   cache = MetadataCache(cache_path)
   try:
@@ -393,7 +352,7 @@ def read_records(paths: Iterable[str], cache_path: str | os.PathLike | None = No
       "unique_files": len(uniq), "from_cache": len(hits), "read": len(misses),
       "unreadable": sum(not r.get("ok") for r in records.values()), "workers": workers,
       "cache_path": cache.path,
-      "seconds": {"stat": t_stat - t0, "cache_lookup": t_lookup - t_stat,
+      "seconds": {"stat": stat_s, "cache_lookup": t_lookup - t_stat,
                   "read": t_end - t_lookup - t_write, "cache_write": t_write},
   }
   return records, stats
@@ -943,10 +902,26 @@ def run_audit(splits: Mapping[str, AuditSplit] | Iterable[AuditSplit],
   if not isinstance(splits, Mapping):
     splits = {s.name: s for s in splits}
   splits = dict(splits)
+  if train_splits is None:
+    train_splits = [s for s in splits if "train" in s.lower()] or list(splits)
+  unknown = [s for s in train_splits if s not in splits]
+  if unknown:
+    raise ValueError(f"train_splits {unknown} not among splits {list(splits)}")
   timings: dict[str, float] = {}
   abs_paths = {name: [os.path.abspath(p) for p in sp.paths.tolist()] for name, sp in splits.items()}
-  records, read_stats = read_records(
-      itertools.chain.from_iterable(abs_paths.values()), cache_path, workers)
+  uniq = list(dict.fromkeys(itertools.chain.from_iterable(abs_paths.values())))
+  _, keys, problems = file_cache.stat_keys(uniq)
+  stat_s = time.perf_counter() - t_start
+  params = {"train_splits": list(train_splits), "shortcut_threshold": shortcut_threshold,
+            "hamming": hamming, "n_folds": n_folds, "seed": seed, "max_listed": max_listed,
+            "shortcut_max_samples": shortcut_max_samples,
+            "shortcut_features": list(shortcut_features or FEATURES)}
+  digest = _input_digest(splits, keys, problems, params)
+  with file_cache.FileCache(cache_path, "results", RESULT_VERSION) as results:
+    reused = results.get_many({digest: (len(uniq), 0)}).get(digest)
+  if reused is not None:
+    return _reuse(reused, len(keys), stat_s, time.perf_counter() - t_start)
+  records, read_stats = _read_records(uniq, keys, problems, cache_path, workers, stat_s)
   timings.update(read_stats.pop("seconds"))
   log.info("audit: %d files, %d from cache, %d read, %d unreadable", read_stats["unique_files"],
            read_stats["from_cache"], read_stats["read"], read_stats["unreadable"])
@@ -957,11 +932,6 @@ def run_audit(splits: Mapping[str, AuditSplit] | Iterable[AuditSplit],
   timings["summaries"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  if train_splits is None:
-    train_splits = [s for s in splits if "train" in s.lower()] or list(splits)
-  unknown = [s for s in train_splits if s not in splits]
-  if unknown:
-    raise ValueError(f"train_splits {unknown} not among splits {list(splits)}")
   scores, warnings_ = [], []
   for name in train_splits:
     sp, recs = splits[name], split_recs[name]
@@ -1030,9 +1000,42 @@ def run_audit(splits: Mapping[str, AuditSplit] | Iterable[AuditSplit],
       "splits": summaries,
       "shortcut": {"threshold": shortcut_threshold, "scores": scores, "warnings": warnings_},
       "exact_duplicates": exact, "near_duplicates": near, "subject_overlap": subjects,
-      "unreadable": unreadable, "findings": findings, "timings": timings,
+      "unreadable": unreadable, "findings": findings, "timings": timings, "reused_from": None,
   }
-  return _jsonable(result)
+  result = _jsonable(result)
+  with file_cache.FileCache(cache_path, "results", RESULT_VERSION) as results:
+    results.put_many([(digest, len(uniq), 0, result)])
+  return result
+
+
+def _input_digest(splits: Mapping[str, AuditSplit], keys: Mapping[str, file_cache.Key],
+                  problems: Mapping[str, str], params: Mapping[str, Any]) -> str:
+  """Everything an audit's result depends on: the splits as given, each file's (size,
+  mtime_ns) or problem, the parameters and the versions of the code."""
+  try:
+    from importlib.metadata import version
+    sklearn_version = version("scikit-learn")
+  except Exception:  # noqa: BLE001 - unknown version: still a stable key
+    sklearn_version = None
+  h = hashlib.sha256(json.dumps([CACHE_VERSION, RESULT_VERSION, sklearn_version, params],
+                                sort_keys=True).encode())
+  for name, sp in splits.items():
+    subjects = None if sp.subjects is None else [str(x) for x in sp.subjects.tolist()]
+    h.update(json.dumps([name, sp.paths.tolist(), sp.labels.tolist(), sp.generators.tolist(),
+                         subjects]).encode())
+  h.update(json.dumps([list(keys.items()), list(problems.items())]).encode())
+  return f"audit:{h.hexdigest()}"
+
+
+def _reuse(result: dict[str, Any], n_cached: int, stat_s: float, total_s: float) -> dict[str, Any]:
+  """A stored result for identical inputs: no file is opened, nothing recomputed."""
+  log.info("audit: %d files unchanged since the audit of %s: its result reused",
+           result["files"]["unique_files"], result["created"])
+  result["reused_from"] = result["created"]
+  result["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  result["files"].update(from_cache=n_cached, read=0)
+  result["timings"] = {"stat": stat_s, "result_lookup": total_s - stat_s, "total": total_s}
+  return result
 
 
 # --------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Reading what the user gives: protocol CSVs, image folders, image headers.
-No TensorFlow (PIL reads headers and, for checks, pixels)."""
+No TensorFlow (PIL reads headers and, for checks, pixels); the verdicts of
+the file check are cached per file (`file_cache`)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from cmfl_jax.data import file_cache
 from cmfl_jax.data.split import DataError, Files, Split
 
 PROTOCOL_HEADER = ("subject", "filename", "attack_type")
@@ -19,18 +22,41 @@ DECODABLE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "MPO")
 REAL_FOLDER = "real"
 
 
+class UnderRoot:
+  """Joins protocol filenames to the data root, refusing paths that escape it,
+  also through symlinks: the result is the file's real path. The root and each
+  directory are resolved once, so a file costs one lstat, not a realpath."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self.real = os.path.realpath(root)
+    self._prefix = os.path.join(self.real, "")
+    self._dirs: dict[str, str] = {}
+
+  def __call__(self, relative: str, where: str) -> str:
+    if not relative:
+      raise DataError(f"{where}: empty filename")
+    if os.path.isabs(relative):
+      raise DataError(f"{where}: absolute path {relative!r} not allowed; filenames are relative "
+                      "to the data root")
+    if ".." in relative.split(os.sep):  # '..' after a symlink: only realpath knows where it goes
+      full = os.path.realpath(os.path.join(self.real, relative))
+    else:
+      head, tail = os.path.split(os.path.normpath(os.path.join(self.real, relative)))
+      real_head = self._dirs.get(head)
+      if real_head is None:
+        real_head = self._dirs[head] = os.path.realpath(head)
+      full = os.path.join(real_head, tail)
+      if os.path.islink(full):
+        full = os.path.realpath(full)
+    if full != self.real and not full.startswith(self._prefix):
+      raise DataError(f"{where}: filename {relative!r} escapes the data root {self.root!r}")
+    return full
+
+
 def resolve_under_root(root: str, relative: str, where: str) -> str:
   """Joins a protocol filename to the data root, refusing paths that escape it."""
-  if not relative:
-    raise DataError(f"{where}: empty filename")
-  if os.path.isabs(relative):
-    raise DataError(f"{where}: absolute path {relative!r} not allowed; filenames are relative "
-                    "to the data root")
-  root_real = os.path.realpath(root)
-  full = os.path.realpath(os.path.join(root_real, relative))
-  if os.path.commonpath([root_real, full]) != root_real:
-    raise DataError(f"{where}: filename {relative!r} escapes the data root {root!r}")
-  return full
+  return UnderRoot(root)(relative, where)
 
 
 def read_protocol_csv(csv_path: str, data_root: str, name: str | None = None) -> Split:
@@ -39,6 +65,7 @@ def read_protocol_csv(csv_path: str, data_root: str, name: str | None = None) ->
   if not os.path.isfile(csv_path):
     raise DataError(f"protocol file not found: {csv_path}")
   paths, labels, gens, subjects = [], [], [], []
+  resolve = UnderRoot(data_root)
   with open(csv_path, newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
@@ -51,7 +78,7 @@ def read_protocol_csv(csv_path: str, data_root: str, name: str | None = None) ->
         raise DataError(f"{csv_path}:{lineno}: expected 3 columns "
                         f"({','.join(PROTOCOL_HEADER)}), got {len(row)}: {row}")
       attack = row[2].strip()
-      paths.append(resolve_under_root(data_root, row[1].strip(), f"{csv_path}:{lineno}"))
+      paths.append(resolve(row[1].strip(), f"{csv_path}:{lineno}"))
       labels.append(0 if attack else 1)
       gens.append(attack or "real")
       subjects.append(row[0].strip())
@@ -102,8 +129,9 @@ def collect_image_paths(inputs: Iterable[str]) -> list[str]:
 def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: bool) -> str | None:
   """Why `path` cannot be used, or None. Never raises.
 
-  Reads the header (format, size) and, with `full_decode`, every pixel, which
-  is the only way to find truncated files before they break an epoch.
+  Reads the header (format, size; no pixel is decoded) and, with `full_decode`,
+  every pixel, which is the only way to find truncated files before they break
+  an epoch.
   """
   try:
     size = os.path.getsize(path)
@@ -125,6 +153,49 @@ def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: boo
   except Exception as e:  # noqa: BLE001 - any decoder failure means "unusable"
     return f"not a readable image ({type(e).__name__}: {e})"
   return None
+
+
+#: The cache table of `check_image_files`; bump the version when a verdict's meaning changes.
+CHECK_TABLE, CHECK_VERSION = "checks", 1
+
+
+def _verdict_key(full_decode: bool, min_side: int, max_pixels: int) -> str:
+  return f"{'decode' if full_decode else 'header'}:{min_side}:{max_pixels}"
+
+
+def check_image_files(paths: Sequence[str], min_side: int, max_pixels: int, full_decode: bool,
+                      cache_path: str | os.PathLike | None = None,
+                      workers: int | None = None) -> list[str | None]:
+  """`check_image_file` of every path (reasons, None = usable), opening only the
+  files whose verdict the per-file cache does not hold for their current size
+  and mtime and these check parameters (a "decode" verdict also answers, and
+  is preferred by, a "header" request). Every file is stat'ed each time: a
+  missing file is always reported, never cached. cache_path: see
+  `file_cache.resolve_path` (file_cache.MEMORY: no cache)."""
+  names, keys, reasons = file_cache.stat_keys(paths, real=True)
+  reasons = dict(reasons)
+  for name, (size, _) in keys.items():
+    if size == 0:
+      reasons[name] = "empty (0-byte) file"
+  todo = {n: k for n, k in keys.items() if n not in reasons}
+  want = _verdict_key(full_decode, min_side, max_pixels)
+  # A decode verdict answers a header request too, and knows more (damaged pixels).
+  accepted = (_verdict_key(True, min_side, max_pixels),) + (() if full_decode else (want,))
+  with file_cache.FileCache(cache_path, CHECK_TABLE, CHECK_VERSION) as cache:
+    rows = cache.get_many(todo)
+    for name, row in rows.items():
+      hit = next((k for k in accepted if k in row), None)
+      if hit is not None:
+        reasons[name] = row[hit]
+    misses = [n for n in todo if n not in reasons]
+    if misses:
+      check = lambda n: check_image_file(n, min_side, max_pixels, full_decode)  # noqa: E731
+      with concurrent.futures.ThreadPoolExecutor(workers or max(4, os.cpu_count() or 1)) as pool:
+        found = list(pool.map(check, misses))
+      reasons.update(zip(misses, found))
+      cache.put_many((n, *todo[n], {**rows.get(n, {}), want: r}) for n, r in zip(misses, found)
+                     if r != "missing file" and file_cache.current_key(n) == todo[n])
+  return [reasons[n] for n in names]
 
 
 def min_image_side(data_config: Any) -> int:

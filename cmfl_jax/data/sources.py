@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import zlib
@@ -104,15 +103,21 @@ def cache_in_memory(split: Split) -> Split:
   return dataclasses.replace(split, storage=Pixels(np.stack(arrays)))
 
 
+def verify_cache_path(data_config: Any) -> str | None:
+  """Where the file check's verdicts are cached: `data.verify_cache`, else the
+  audit's file (`data.audit_cache`, else the per-user default)."""
+  return data_config.get("verify_cache", "") or data_config.get("audit_cache", "") or None
+
+
 def scan_split(split: Split, data_config: Any) -> tuple[Split, list[dict]]:
-  """Drops unusable files (listed with reasons) so no epoch dies on one of them."""
+  """Drops unusable files (listed with reasons) so no epoch dies on one of them.
+  Verdicts come from the per-file cache where the file is unchanged, so only the
+  first start pays for a full decode (`data.verify`)."""
   if split.paths is None or data_config.verify == "none":
     return split, []
-  full = data_config.verify == "decode"
-  min_side = readers.min_image_side(data_config)
-  check = lambda p: readers.check_image_file(p, min_side, data_config.max_pixels, full)  # noqa: E731
-  with concurrent.futures.ThreadPoolExecutor(max(4, os.cpu_count() or 1)) as pool:
-    reasons = list(pool.map(check, split.paths))
+  reasons = readers.check_image_files(
+      split.paths.tolist(), readers.min_image_side(data_config), data_config.max_pixels,
+      data_config.verify == "decode", verify_cache_path(data_config))
   bad = [{"split": split.name, "path": str(p), "reason": r}
          for p, r in zip(split.paths, reasons) if r is not None]
   keep = np.asarray([r is None for r in reasons])
