@@ -99,7 +99,8 @@ def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> 
   if train.val_examples < 0:
     raise ConfigError(f"train.val_examples must be >= 0 (0 = the whole dev split), got "
                       f"{train.val_examples}")
-  for key in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
+  for key in ("num_epochs", "log_every_steps", "checkpoint_every_steps",
+              "stop_check_every_steps"):
     if train[key] <= 0:
       raise ConfigError(f"train.{key} must be positive, got {train[key]}")
   try:

@@ -33,6 +33,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", "gloo",
                                        "Collectives for multi-process CPU runs.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 60,
+    "Multi-process runs: a process whose heartbeats stop this long is declared dead and the "
+    "others exit with an error (status 1) instead of waiting for it; rerun to resume from the "
+    "last complete checkpoint.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "cmfl_jax", "xla"),
     "Persistent XLA compilation cache (reruns, eval, resumes and sweep cells with the same "
@@ -56,11 +61,13 @@ def _init_distributed() -> None:
                                        "MEGASCALE_COORDINATOR_ADDRESS"))
   if not (explicit or auto):
     return
+  timeouts = {"heartbeat_timeout_seconds": _HEARTBEAT.value}
   if explicit:
     jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               **timeouts)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
 
 
 def main(argv) -> int:
@@ -105,7 +112,7 @@ def main(argv) -> int:
       print("\n".join(report.summary_lines(results)))
   except train.Interrupted as e:
     logging.warning("%s", e)
-    return 143
+    return e.exit_status
   except (train.NonFiniteLossError, checkpointing.CheckpointError, FileNotFoundError,
           ValueError) as e:
     logging.error("%s", e)

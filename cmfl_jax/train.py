@@ -1,6 +1,7 @@
 """Training: the epoch loop around the compiled steps of `cmfl_jax.steps`,
 with validation, keep-best/latest Orbax checkpoints, exact resume, and clean
-stops on signals and non-finite losses.
+stops on signals (agreed by every process: all save the same step) and
+non-finite losses.
 
 Reads top to bottom: data, state (fresh or resumed), then the loop, whose
 "is it time to log / save / validate" decisions are named.
@@ -32,13 +33,44 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-  """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can be resumed."""
+  """SIGTERM/SIGINT arrived (on any process); every process saved the same
+  step and stops, and the run can be resumed."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved, rerun the "
+                     "same command to resume")
+    self.signum = signum
+
+  @property
+  def exit_status(self) -> int:
+    """The shell's status for a death by this signal (143 SIGTERM, 130 SIGINT)."""
+    return 128 + self.signum
 
 
-class _SignalFlag:
-  """Records SIGTERM/SIGINT so the loop can checkpoint and stop cleanly."""
+def _agree(received: int | None) -> int | None:
+  """Every process's signal gathered: the same answer everywhere (the highest
+  signal number, SIGTERM over SIGINT), or None when no process got one."""
+  from jax.experimental import multihost_utils
+  got = np.asarray(multihost_utils.process_allgather(np.int32(received or 0)))
+  if not got.any():
+    return None
+  logging.warning("stop requested by process(es) %s (signals %s): every process saves this "
+                  "step and stops", np.flatnonzero(got).tolist(), got[got > 0].tolist())
+  return int(got.max())
 
-  def __init__(self):
+
+class _StopSignals:
+  """SIGTERM/SIGINT recorded here, and the stop decision every process shares.
+
+  A signal may reach one host only (one preempted VM) while saves are
+  collective, so the processes agree with one tiny all-gather every
+  `check_every` steps and at every save and epoch end (`agreed`), and all
+  save and stop at the same step. One process needs no agreement: its own
+  flag decides, at every step, for free.
+  """
+
+  def __init__(self, check_every: int):
+    self.check_every = check_every
     self.received: int | None = None
     self._previous = {}
 
@@ -49,8 +81,18 @@ class _SignalFlag:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("received signal %d: will checkpoint after this step and stop", signum)
+    logging.warning("received signal %d: will checkpoint and stop at the next agreed step",
+                    signum)
     self.received = signum
+
+  def agreed(self, step: int, boundary: bool) -> int | None:
+    """The signal to stop for after `step`, the same on every process, or
+    None; `boundary`: a save or epoch end, where every process checks."""
+    if jax.process_count() == 1:
+      return self.received
+    if not boundary and step % self.check_every:
+      return None
+    return _agree(self.received)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -118,8 +160,7 @@ class _Checkpoints:
 
   def stop(self, signum: int, step: int) -> None:
     checkpointing.wait(self.latest)
-    raise Interrupted(f"stopped by signal {signum} at step {step}; checkpoint saved, "
-                      "rerun the same command to resume")
+    raise Interrupted(signum, step)
 
   def close(self) -> None:
     for m in self.managers.values():
@@ -200,6 +241,13 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
   return record
 
 
+def _is_debug_signal_step(train_config: ml_collections.ConfigDict, step: int) -> bool:
+  """`train.debug_signal_at_step` reached on a process that signals itself
+  (`train.debug_signal_process`, -1 = every process)."""
+  return (step == train_config.debug_signal_at_step
+          and train_config.debug_signal_process in (-1, jax.process_index()))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint if any) and returns a summary."""
   tf.io.gfile.makedirs(workdir)
@@ -249,8 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log_path = summaries.jsonl_path(workdir)
   history = []
   is_time_to_log = lambda s: s % config.train.log_every_steps == 0 or s == total_steps  # noqa: E731
-  with _SignalFlag() as signals, summaries.progress(total_steps, step, "train",
-                                                    config.train.progress_bar) as bar:
+  with _StopSignals(config.train.stop_check_every_steps) as signals, summaries.progress(
+      total_steps, step, "train", config.train.progress_bar) as bar:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
       ds = pipeline.train_dataset(train_split, config.data, global_batch, config.seed, epoch,
@@ -261,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step += 1
         window_metrics.append(step_metrics)
         bar.update(1)
-        if step == config.train.debug_signal_at_step:
+        if _is_debug_signal_step(config.train, step):
           # Test hook: the real signal path (SIGTERM) or a hard kill (SIGKILL).
           jax.block_until_ready(state)
           os.kill(os.getpid(), config.train.debug_signal)
@@ -280,22 +328,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           summaries.append_jsonl(log_path, {"step": step, **means})
           window_start, window_metrics = time.perf_counter(), []
 
-        is_end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-        is_time_to_save = (signals.received is not None
-                           or step % config.train.checkpoint_every_steps == 0)
-        if is_time_to_save or is_end_of_epoch:
+        if step % steps_per_epoch == 0 or step == total_steps:
           ckpt.check_finite(state)
-        if is_end_of_epoch:
-          break  # validated and saved below
-        if is_time_to_save:
+          break  # validated, saved and the stop agreed below
+        is_periodic_save = step % config.train.checkpoint_every_steps == 0
+        stop = signals.agreed(step, boundary=is_periodic_save)
+        if is_periodic_save or stop:
+          ckpt.check_finite(state)
           checkpointing.save(ckpt.latest, step, state, ckpt.meta(step))
-        if signals.received is not None:
-          ckpt.stop(signals.received, step)
+        if stop:
+          ckpt.stop(stop, step)
 
       history.append(_validate(eval_fn, state, val_subset, config, mesh, step, ckpt, writer,
                                log_path))
-      if signals.received is not None:
-        ckpt.stop(signals.received, step)
+      stop = signals.agreed(step, boundary=True)
+      if stop:
+        ckpt.stop(stop, step)
   if val_subset is not val_split:
     _refit_on_full_dev(eval_fn, state, val_split, config, mesh, ckpt)
   ckpt.close()
