@@ -529,8 +529,24 @@ def _flip_byte(step_dir):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _drop_metadata, _flip_byte])
-def test_damaged_newest_checkpoint_resumes_from_the_one_before(reference_run, tmp_path, damage,
+@pytest.mark.parametrize("damage, reason", [(_truncate, "bytes, .* were saved"),
+                                           (_drop_metadata, "state/_METADATA is missing"),
+                                           (_flip_byte, "does not match its saved SHA-256")])
+def test_damage_is_found_before_orbax_reads(reference_run, tmp_path, damage, reason):
+  """The step's file list (sizes, SHA-256) catches each kind of damage before
+  any read is handed to Orbax (no abstract state is even needed)."""
+  from cmfl_jax import checkpointing
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run[0], workdir)
+  manager = checkpointing.make_managers(str(workdir))["latest"]
+  newest = max(manager.all_steps())
+  assert checkpointing.verify_files(str(workdir / "checkpoints" / "latest" / str(newest))) is None
+  damage(workdir / "checkpoints" / "latest" / str(newest))
+  with pytest.raises(checkpointing.CheckpointError, match=f"latest/{newest} is damaged: .*{reason}"):
+    checkpointing.restore(manager, newest, None)
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_one_before(reference_run, tmp_path,
                                                                cache_dir):
   workdir = tmp_path / "run"
   shutil.copytree(reference_run[0], workdir)
@@ -538,7 +554,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(reference_run, tm
   steps_before = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit())
   assert len(steps_before) >= 2  # README: two latest checkpoints are kept for this
   newest, previous = steps_before[-1], steps_before[-2]
-  damage(latest / str(newest))
+  _flip_byte(latest / str(newest))
   proc = run_main(str(workdir), "--mode=train", cache_dir=cache_dir)
   assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
   assert f"latest/{newest}" in proc.stderr and "moved it to" in proc.stderr
