@@ -28,10 +28,8 @@ import dataclasses
 import json
 import os
 import re
-import struct
 import sys
 import time
-import zlib
 from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
@@ -54,45 +52,9 @@ def config_from_checkpoint(workdir: str, which: str) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(meta["config"])
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _truncation(data: bytes) -> str | None:
-  """Why TF's decoder will refuse a PNG or JPEG whose header is fine, found
-  without decoding: the file ends before its image data does (PNG: no
-  complete IEND chunk, JPEG: no end-of-image marker after the first scan) or
-  a critical PNG chunk fails its CRC (libpng refuses those too). Other
-  formats: None; what this misses is caught when decoding (`_file_batches`)."""
-  if data.startswith(_PNG_SIGNATURE):
-    pos = len(_PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-      length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-      end = pos + 12 + length
-      if end > len(data):
-        break
-      if kind[:1].isupper() and zlib.crc32(memoryview(data)[pos + 4:end - 4]) != int.from_bytes(
-          data[end - 4:end], "big"):
-        return f"corrupt PNG ({kind.decode(errors='replace')} chunk fails its CRC)"
-      if kind == b"IEND":
-        return None
-      pos = end
-    return "truncated PNG (no IEND chunk)"
-  if data.startswith(b"\xff\xd8"):
-    pos = 2  # walk the marker segments (an EXIF thumbnail has scans of its own) to the first scan
-    while pos + 4 <= len(data):
-      if data[pos] != 0xFF:
-        return None  # not the expected layout: TF's decoder decides
-      marker = data[pos + 1]
-      if marker == 0xDA:
-        return None if data.rfind(b"\xff\xd9") > pos else "truncated JPEG (no end-of-image marker)"
-      pos += 1 if marker == 0xFF else 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return "truncated JPEG (ends before its image data)"
-  return None
-
-
 def _read_checked(path: bytes, min_side: int, max_pixels: int) -> tuple[bytes, bytes]:
   """(file bytes, b"") or (b"", reason) for an `os.fsencode`d path: the header
-  check of `readers.check_image_file` and `_truncation`, on the very bytes TF
+  check of `readers.check_image_file` and `readers.truncation`, on the very bytes TF
   then decodes. Never raises."""
   name = os.fsdecode(path)
   reason = readers.check_image_file(name, min_side, max_pixels, full_decode=False)
@@ -102,7 +64,7 @@ def _read_checked(path: bytes, min_side: int, max_pixels: int) -> tuple[bytes, b
         data = f.read()
     except OSError as e:
       return b"", f"unreadable file ({e})".encode()
-    reason = _truncation(data)
+    reason = readers.truncation(data)
     if reason is None:
       return data, b""
     reason = f"not a readable image ({reason})"

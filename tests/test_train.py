@@ -414,7 +414,7 @@ def test_predict_loader_decodes_png_as_pil_and_survives_unforeseen_decode_errors
       want[path] = np.asarray(ops.resize_and_crop(tf.constant(readers.pil_to_rgb8(im)), geometry))
   for foreseen in (True, False):
     if not foreseen:
-      monkeypatch.setattr(predict, "_truncation", lambda data: None)
+      monkeypatch.setattr(predict.readers, "truncation", lambda data: None)
     load = predict.file_loader(geometry, data)
     out = [(n, i, r) for names, images, reasons in predict._file_batches(paths, load, 3)
            for n, i, r in zip(names, images, reasons)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import os
+import struct
+import zlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -196,6 +198,42 @@ def check_image_files(paths: Sequence[str], min_side: int, max_pixels: int, full
       cache.put_many((n, *todo[n], {**rows.get(n, {}), want: r}) for n, r in zip(misses, found)
                      if r != "missing file" and file_cache.current_key(n) == todo[n])
   return [reasons[n] for n in names]
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def truncation(data: bytes) -> str | None:
+  """Why TF's decoder will refuse a PNG or JPEG whose header is fine, found
+  without decoding: the file ends before its image data does (PNG: no
+  complete IEND chunk, JPEG: no end-of-image marker after the first scan) or
+  a critical PNG chunk fails its CRC (libpng refuses those too). Other
+  formats: None; what this misses is caught when decoding."""
+  if data.startswith(_PNG_SIGNATURE):
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+      length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+      end = pos + 12 + length
+      if end > len(data):
+        break
+      if kind[:1].isupper() and zlib.crc32(memoryview(data)[pos + 4:end - 4]) != int.from_bytes(
+          data[end - 4:end], "big"):
+        return f"corrupt PNG ({kind.decode(errors='replace')} chunk fails its CRC)"
+      if kind == b"IEND":
+        return None
+      pos = end
+    return "truncated PNG (no IEND chunk)"
+  if data.startswith(b"\xff\xd8"):
+    pos = 2  # walk the marker segments (an EXIF thumbnail has scans of its own) to the first scan
+    while pos + 4 <= len(data):
+      if data[pos] != 0xFF:
+        return None  # not the expected layout: TF's decoder decides
+      marker = data[pos + 1]
+      if marker == 0xDA:
+        return None if data.rfind(b"\xff\xd9") > pos else "truncated JPEG (no end-of-image marker)"
+      pos += 1 if marker == 0xFF else 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return "truncated JPEG (ends before its image data)"
+  return None
 
 
 def min_image_side(data_config: Any) -> int:
