@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -35,9 +36,10 @@ _CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", "gloo",
                                        "Collectives for multi-process CPU runs.")
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 60,
-    "Multi-process runs: a process whose heartbeats stop this long is declared dead and the "
-    "others exit with an error (status 1) instead of waiting for it; rerun to resume from the "
-    "last complete checkpoint.")
+    "Multi-process runs: the bound on waiting for a dead peer. A peer whose process died "
+    "fails the next collective (the others exit 1 at once); one silent this long (host lost, "
+    "process frozen) is declared dead by jax.distributed and the others abort. Rerun to "
+    "resume from the last complete checkpoint.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "cmfl_jax", "xla"),
     "Persistent XLA compilation cache (reruns, eval, resumes and sweep cells with the same "
@@ -68,6 +70,23 @@ def _init_distributed() -> None:
                                **timeouts)
   else:
     jax.distributed.initialize(**timeouts)
+
+
+def _exit_after_failed_collective(error: Exception) -> NoReturn:
+  """Several processes and a collective failed, almost always because a peer
+  died: one clear line and out at once. A normal exit would first wait in
+  jax.distributed's shutdown barrier for the dead peer until its heartbeat
+  timeout, then abort with a fatal log."""
+  first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+  message = (f"a collective operation failed ({first}): another process has most likely died "
+             "or been stopped, see its log. Rerun the same command on every process to resume "
+             "from the last complete checkpoint.")
+  logging.error("%s", message)
+  print(f"error: {message}", file=sys.stderr)
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
 
 
 def main(argv) -> int:
@@ -118,6 +137,10 @@ def main(argv) -> int:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    _exit_after_failed_collective(e)
   return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import ml_collections
 from absl import logging
 
-from cmfl_jax import evaluate, report, train
+from cmfl_jax import evaluate, report, summaries, train
 
 def cell_config(config: ml_collections.ConfigDict,
                 overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -86,7 +86,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dic
         results[name] = res
       else:
         results.setdefault(name, []).append(res)
-  if results:
+  if results and summaries.is_main_process():  # the report is for people: process 0
     report.write_sweep_report(all_cells, results, workdir,
                               compare=tuple(tuple(p) for p in config.sweep.get("compare", ())))
   return results

@@ -72,14 +72,14 @@ class _StopSignals:
   def __init__(self, check_every: int):
     self.check_every = check_every
     self.received: int | None = None
-    self._previous = {}
+    self._previous: dict[int, Any] = {}
 
-  def __enter__(self):
+  def __enter__(self) -> _StopSignals:
     for sig in (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
-  def _handle(self, signum, frame):
+  def _handle(self, signum: int, frame: Any) -> None:
     del frame
     logging.warning("received signal %d: will checkpoint and stop at the next agreed step",
                     signum)
@@ -94,7 +94,7 @@ class _StopSignals:
       return None
     return _agree(self.received)
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
@@ -218,6 +218,8 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
   val_loss = float(val["loss"])
   if not math.isfinite(val_loss):
     raise NonFiniteLossError(f"non-finite validation loss at step {step}")
+  # The same bits on every process (an all-reduced, replicated sum), so every
+  # process takes the same keep-best decision and joins the same best save.
   improved = val_loss < ckpt.best_val
   ckpt.best_val = min(ckpt.best_val, val_loss)
   record = {"step": step, "epoch": step / ckpt.steps_per_epoch, "val_loss": val_loss,

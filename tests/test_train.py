@@ -4,13 +4,16 @@ Each run uses configs/smoke.py (tiny DenseNet, toy data, 32x32) and a shared
 persistent XLA compilation cache so repeated runs skip most compile time.
 """
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,26 +182,132 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_and_checkpoint(reference_run, tmp_path, cache_dir):
-  ref_dir, _ = reference_run
-  workdir = str(tmp_path / "multi")
+@contextlib.contextmanager
+def two_processes(workdir, *args, cache_dir, logs: Path):
+  """Processes 0 and 1 of one `--mode=train` run (gloo on CPU), each writing
+  its output to logs/p<i>.log (files: no pipe can fill and block a process);
+  any process still running at the end is killed."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              JAX_COMPILATION_CACHE_DIR=cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "cmfl_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
-       "--mode=train", *COMMON, f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=500) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-4000:]
-  assert "process 1 of 2" in outs[1][1] and "1 local / 2 global devices" in outs[0][1]
-  assert "12" in os.listdir(os.path.join(workdir, "checkpoints", "latest"))
-  a = [l["train/loss"] for l in train_log(ref_dir)]
-  b = [l["train/loss"] for l in train_log(workdir)]
-  np.testing.assert_allclose(b, a, rtol=1e-4)
+  logs.mkdir(parents=True, exist_ok=True)
+  procs = []
+  try:
+    for i in range(2):
+      with open(logs / f"p{i}.log", "w") as out:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "cmfl_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
+             "--mode=train", *COMMON, f"--coordinator_address=127.0.0.1:{port}",
+             "--num_processes=2", f"--process_id={i}", *args],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+    yield procs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def finish(procs, logs: Path, timeout: float = 500) -> list[tuple[int, str]]:
+  """(exit status, output) of each process, once all have exited."""
+  return [(p.wait(timeout=timeout), (logs / f"p{i}.log").read_text())
+          for i, p in enumerate(procs)]
+
+
+def _validation_lines(log: str) -> list[str]:
+  return re.findall(r"step \d+: val_loss=.*", log)
+
+
+def test_two_processes_sigterm_on_one_stops_both_at_the_same_step(reference_run, tmp_path,
+                                                                   cache_dir):
+  """SIGTERM reaches process 1 only (one preempted host) after step 5: both
+  agree at the next save boundary (step 6, checkpoint_every_steps=3), save it
+  once together, exit 143; rerunning both ends as an uninterrupted
+  single-process run does (two-process training, its checkpoints and exact
+  resume in one)."""
+  ref_dir, _ = reference_run
+  workdir, logs = str(tmp_path / "run"), tmp_path / "logs"
+  with two_processes(workdir, "--config.train.debug_signal_at_step=5",
+                     "--config.train.debug_signal_process=1", cache_dir=cache_dir,
+                     logs=logs) as procs:
+    (code0, log0), (code1, log1) = finish(procs, logs)
+  assert code0 == code1 == 143, log0[-3000:] + log1[-3000:]
+  assert "process 1 of 2" in log1 and "1 local / 2 global devices" in log0
+  assert "received signal 15" in log1 and "received signal" not in log0
+  for log in (log0, log1):
+    assert "stop requested by process(es) [1]" in log
+    assert "stopped by signal 15 at step 6" in log
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  assert sorted(os.listdir(latest)) == ["4", "6"]  # nothing half-written beside them
+  from cmfl_jax import checkpointing
+  assert checkpointing.read_meta(checkpointing.make_managers(workdir)["latest"], 6)["step"] == 6
+  # Keep-best is decided on each process from the global validation loss: the same.
+  assert _validation_lines(log0) == _validation_lines(log1) != []
+  with two_processes(workdir, cache_dir=cache_dir, logs=logs) as procs:
+    results = finish(procs, logs)
+  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+  assert all("resumed from latest step 6" in log for _, log in results)
+  log = train_log(workdir)
+  assert [l["step"] for l in log] == list(range(1, 13))
+  np.testing.assert_allclose([l["train/loss"] for l in log],
+                             [l["train/loss"] for l in train_log(ref_dir)], rtol=1e-4)
+
+
+#: Messages of the two ways a survivor learns that its peer died: a failed
+#: collective (the peer's sockets closed: at once), or jax.distributed's
+#: heartbeat timeout (a peer that vanished without closing them).
+PEER_DIED = ("error: a collective operation failed",
+             "Terminating process because the JAX distributed service detected fatal errors")
+
+
+def test_two_processes_peer_killed_survivor_exits_in_bound_and_rerun_resumes(
+    reference_run, tmp_path, cache_dir):
+  """SIGKILL of process 1 after step 5: process 0 exits with an error within
+  the heartbeat timeout (not a hang); rerunning both resumes from the last
+  complete checkpoint and ends as an uninterrupted run does."""
+  ref_dir, _ = reference_run
+  workdir, logs, heartbeat = str(tmp_path / "run"), tmp_path / "logs", 10
+  with two_processes(workdir, "--config.train.debug_signal_at_step=5",
+                     f"--config.train.debug_signal={int(signal.SIGKILL)}",
+                     "--config.train.debug_signal_process=1",
+                     f"--heartbeat_timeout_seconds={heartbeat}", cache_dir=cache_dir,
+                     logs=logs) as procs:
+    assert procs[1].wait(timeout=500) == -signal.SIGKILL
+    died = time.monotonic()
+    code0 = procs[0].wait(timeout=heartbeat + 30)  # a hang raises TimeoutExpired
+    waited = time.monotonic() - died
+  log0 = (logs / "p0.log").read_text()
+  assert code0 != 0 and any(m in log0 for m in PEER_DIED), log0[-3000:]
+  assert waited < heartbeat + 30
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  complete = sorted(int(d) for d in os.listdir(latest) if d.isdigit())
+  assert complete and max(complete) in (3, 4)  # the periodic save or the epoch end
+  with two_processes(workdir, cache_dir=cache_dir, logs=logs) as procs:
+    results = finish(procs, logs)
+  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+  assert all(f"resumed from latest step {max(complete)}" in log for _, log in results)
+  losses = {l["step"]: l["train/loss"] for l in train_log(workdir)}  # the rerun's win
+  assert sorted(losses) == list(range(1, 13))
+  np.testing.assert_allclose([losses[s] for s in range(1, 13)],
+                             [l["train/loss"] for l in train_log(ref_dir)], rtol=1e-4)
+
+
+def test_stop_is_agreed_every_n_steps_and_at_boundaries_only_with_several_processes(
+    monkeypatch):
+  """Where `_StopSignals.agreed` runs the collective: never with one process
+  (its own flag decides at once), else every stop_check_every_steps steps and
+  at every save/epoch boundary; all processes make the same calls."""
+  from cmfl_jax import train
+  calls = []
+  monkeypatch.setattr(train, "_agree", lambda received: calls.append(received) or received)
+  signals = train._StopSignals(check_every=4)
+  signals.received = signal.SIGINT
+  assert signals.agreed(1, boundary=False) == signal.SIGINT and calls == []
+  monkeypatch.setattr(train.jax, "process_count", lambda: 2)
+  decided = [s for s in range(1, 10) if signals.agreed(s, boundary=s == 3)]
+  assert decided == [3, 4, 8] and calls == [signal.SIGINT] * 3
+  assert train.Interrupted(signal.SIGINT, 3).exit_status == 130
+  assert train.Interrupted(signal.SIGTERM, 3).exit_status == 143
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good(tmp_path, cache_dir):
