@@ -43,6 +43,17 @@ def _to_uint8(img: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
 
+_IMAGE = tf.TensorSpec([None, None, None], tf.uint8)  # HWC; channels may be unknown statically
+
+
+def _one_call(fn: Callable, *specs: tf.TensorSpec) -> Callable:
+  """`fn` as a single function-call op, for the branches of `tf.cond`: in
+  tf.data functions conds become Switch/Merge, where each node of the branch
+  not taken still costs its dispatch (1.4 ms per image for the blur and JPEG
+  branches, measured; BENCHMARKS.md, "Train path")."""
+  return tf.function(fn, input_signature=[_IMAGE, *specs], autograph=False)
+
+
 def resize_shorter_side(img: tf.Tensor, size: int) -> tf.Tensor:
   """Official unaligned geometry, step 1: shorter side to round(size * 256 / 224)."""
   shorter = int(round(size * 256 / 224))
@@ -50,6 +61,11 @@ def resize_shorter_side(img: tf.Tensor, size: int) -> tf.Tensor:
   scale = shorter / tf.minimum(h, w)
   new_hw = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
   return _to_uint8(tf.image.resize(img, new_hw, antialias=True))
+
+
+_resize_square = _one_call(
+    lambda img, size: _to_uint8(tf.image.resize(img, tf.stack([size, size]), antialias=True)),
+    tf.TensorSpec([], tf.int32))
 
 
 def crop_to_size(img: tf.Tensor, geometry: Geometry, train: bool,
@@ -60,8 +76,7 @@ def crop_to_size(img: tf.Tensor, geometry: Geometry, train: bool,
   if geometry.aligned:
     shape = tf.shape(img)[:2]
     same = tf.logical_and(shape[0] == size, shape[1] == size)
-    return tf.cond(same, lambda: img,
-                   lambda: _to_uint8(tf.image.resize(img, [size, size], antialias=True)))
+    return tf.cond(same, lambda: img, lambda: _resize_square(img, size))
   if train:
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(img), tf.zeros([0, 0, 4]), seed=seed, min_object_covered=0.0,
@@ -211,26 +226,32 @@ def reencode(img: tf.Tensor, quality: int) -> tf.Tensor:
 # The paper's train augmentation
 # ----------------------------------------------------------------------------
 def augment_params(seed: tf.Tensor, prob: float) -> dict[str, tf.Tensor]:
-  """Random choices of the paper's train augmentation, from a stateless seed."""
-  seeds = tf.random.experimental.stateless_split(seed, 5)
+  """Random choices of the paper's train augmentation, from a stateless seed
+  (one draw of five uniforms: each op of a tf.data function costs dispatch)."""
+  u = tf.random.stateless_uniform([5], seed)
+  qualities = tf.constant(JPEG_QUALITIES)
   return {
-      "blur": tf.random.stateless_uniform([], seeds[0]) < prob,
-      "sigma": tf.random.stateless_uniform([], seeds[1], 0.0, MAX_BLUR_SIGMA),
-      "jpeg": tf.random.stateless_uniform([], seeds[2]) < prob,
-      "quality": tf.gather(tf.constant(JPEG_QUALITIES), tf.random.stateless_uniform(
-          [], seeds[3], 0, len(JPEG_QUALITIES), tf.int32)),
-      "flip": tf.random.stateless_uniform([], seeds[4]) < 0.5,
+      "blur": u[0] < prob,
+      "sigma": u[1] * MAX_BLUR_SIGMA,
+      "jpeg": u[2] < prob,
+      "quality": tf.gather(qualities, tf.minimum(
+          tf.cast(u[3] * len(JPEG_QUALITIES), tf.int32), len(JPEG_QUALITIES) - 1)),
+      "flip": u[4] < 0.5,
   }
 
 
+_blur_call = _one_call(lambda img, sigma: gaussian_blur(img, sigma), tf.TensorSpec([], tf.float32))
+_jpeg_call = _one_call(tf.image.adjust_jpeg_quality, tf.TensorSpec([], tf.int32))
+_flip_call = _one_call(tf.image.flip_left_right)
+
+
 def blur_and_jpeg(img: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
-  img = tf.cond(params["blur"], lambda: gaussian_blur(img, params["sigma"]), lambda: img)
-  return tf.cond(params["jpeg"], lambda: tf.image.adjust_jpeg_quality(img, params["quality"]),
-                 lambda: img)
+  img = tf.cond(params["blur"], lambda: _blur_call(img, params["sigma"]), lambda: img)
+  return tf.cond(params["jpeg"], lambda: _jpeg_call(img, params["quality"]), lambda: img)
 
 
 def hflip(img: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
-  return tf.cond(params["flip"], lambda: tf.image.flip_left_right(img), lambda: img)
+  return tf.cond(params["flip"], lambda: _flip_call(img), lambda: img)
 
 
 def augment(img: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
