@@ -102,29 +102,39 @@ def _step_files(step_dir: str) -> dict[str, list]:
   return out
 
 
+def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
+def _write_json(path: str, obj: Any) -> None:
+  """Written whole or not at all (a temporary file renamed over `path`)."""
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    json.dump(obj, f)
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
 def _seal(manager: ocp.CheckpointManager) -> None:
   """Writes `files.json` for every committed step that has none (process 0;
   call only when no save is running)."""
   if jax.process_index() != 0:
     return
   for step in manager.all_steps():
-    step_dir = os.path.join(str(manager.directory), str(step))
-    target = os.path.join(step_dir, FILES)
-    if tf.io.gfile.isdir(step_dir) and not tf.io.gfile.exists(target):
-      with tf.io.gfile.GFile(target + ".tmp", "w") as f:
-        json.dump(_step_files(step_dir), f)
-      tf.io.gfile.rename(target + ".tmp", target, overwrite=True)
+    directory = step_dir(manager, step)
+    target = os.path.join(directory, FILES)
+    if tf.io.gfile.isdir(directory) and not tf.io.gfile.exists(target):
+      _write_json(target, _step_files(directory))
 
 
-def verify_files(step_dir: str) -> str | None:
-  """Why the files of a sealed step differ from those recorded, or None (also
-  for steps saved before sealing existed or interrupted before it)."""
-  target = os.path.join(step_dir, FILES)
+def verify_files(directory: str) -> str | None:
+  """Why the files of a sealed step (its directory) differ from those
+  recorded, or None (also for steps saved before sealing existed or
+  interrupted before it)."""
+  target = os.path.join(directory, FILES)
   if not tf.io.gfile.exists(target):
     return None
   with tf.io.gfile.GFile(target) as f:
     recorded = json.load(f)
-  found = _step_files(step_dir)
+  found = _step_files(directory)
   for rel, (size, digest) in sorted(recorded.items()):
     if rel not in found:
       return f"file {rel} is missing"
@@ -165,7 +175,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
   """Restores `step` into the structure/sharding of `abstract_state`; a
   checkpoint that cannot be read or does not match its fingerprint raises
   CheckpointError."""
-  where = os.path.join(str(manager.directory), str(step))
+  where = step_dir(manager, step)
   damage = verify_files(where)
   if damage is not None:
     raise CheckpointError(f"checkpoint {where} is damaged: {damage}")
@@ -176,7 +186,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
   except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     raise CheckpointError(f"checkpoint {where} cannot be read: {reason}") from e
-  state, meta = out["state"], {**out["meta"], **read_dev(where)}
+  state, meta = out["state"], {**out["meta"], **read_dev(manager, step)}
   if meta.get("fingerprint") and fingerprint(state) != meta["fingerprint"]:
     raise CheckpointError(f"checkpoint {where} is damaged: its arrays do not match the "
                           "fingerprint saved with them")
@@ -228,22 +238,19 @@ def move_aside(workdir: str, kind: str, step: int) -> str:
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  return {**meta, **read_dev(os.path.join(str(manager.directory), str(step)))}
+  return {**meta, **read_dev(manager, step)}
 
 
 def write_dev(manager: ocp.CheckpointManager, step: int, dev: dict) -> None:
   """Dev statistics fitted after `step` was saved (e.g. on the whole dev split
   when training validated on a subset); restores return them in the meta."""
   if jax.process_index() == 0:
-    target = os.path.join(str(manager.directory), str(step), DEV)
-    with tf.io.gfile.GFile(target + ".tmp", "w") as f:
-      json.dump(dev, f)
-    tf.io.gfile.rename(target + ".tmp", target, overwrite=True)
+    _write_json(os.path.join(step_dir(manager, step), DEV), dev)
 
 
-def read_dev(step_dir: str) -> dict:
+def read_dev(manager: ocp.CheckpointManager, step: int) -> dict:
   """The step's `write_dev` statistics, {} if none."""
-  path = os.path.join(step_dir, DEV)
+  path = os.path.join(step_dir(manager, step), DEV)
   if not tf.io.gfile.exists(path):
     return {}
   with tf.io.gfile.GFile(path) as f:

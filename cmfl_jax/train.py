@@ -116,11 +116,11 @@ class _Checkpoints:
     self.latest = self.managers[checkpointing.LATEST]
     self.best = self.managers[checkpointing.BEST]
 
-  def meta(self, step: int, val_loss: float | None = None,
-           dev_threshold: float | None = None) -> dict[str, Any]:
+  def meta(self, step: int, val_loss: float | None = None) -> dict[str, Any]:
+    """A save's metadata; an epoch end's adds `dev_statistics`."""
     return {"step": step, "epoch": step // self.steps_per_epoch,
             "step_in_epoch": step % self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
-            "val_loss": val_loss, "best_val_loss": self.best_val, "dev_threshold": dev_threshold,
+            "val_loss": val_loss, "best_val_loss": self.best_val, "dev_threshold": None,
             "config": self.config_json}
 
   def resume(self, abstract_state: steps.TrainState) -> steps.TrainState:
@@ -197,15 +197,19 @@ def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Ch
   """After training on a validation subset: the dev statistics of `best` and
   of the newest `latest` refitted on the whole dev split."""
   ckpt.close()
+  current = int(jax.device_get(state.step))
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                         state)
+  fitted: dict[int, dict[str, Any]] = {}  # best and latest are often the same step
   for manager in (ckpt.best, ckpt.latest):
     step = max(manager.all_steps(), default=None)
-    if step is None or checkpointing.read_dev(os.path.join(str(manager.directory), str(step))):
+    if step is None or checkpointing.read_dev(manager, step):
       continue  # nothing saved, or refitted already (a rerun of a finished run)
-    restored, _ = checkpointing.restore(manager, step, target)
-    joint = evaluate.evaluate_split(eval_fn, restored, val_split, config, mesh)["scores"]["joint"]
-    checkpointing.write_dev(manager, step, dev_statistics(val_split.labels, joint))
+    if step not in fitted:
+      model = state if step == current else checkpointing.restore(manager, step, target)[0]
+      joint = evaluate.evaluate_split(eval_fn, model, val_split, config, mesh)["scores"]["joint"]
+      fitted[step] = dev_statistics(val_split.labels, joint)
+    checkpointing.write_dev(manager, step, fitted[step])
     logging.info("%s step %d: dev threshold, operating points and calibration refitted on "
                  "the whole dev split (%d examples)", os.path.basename(str(manager.directory)),
                  step, len(val_split))
@@ -234,7 +238,7 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
   logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / ckpt.steps_per_epoch, step, val_loss,
                " (best)" if improved else "")
   dev = dev_statistics(val_split.labels, val["scores"]["joint"])
-  meta = {**ckpt.meta(step, val_loss, dev["dev_threshold"]), **dev}
+  meta = {**ckpt.meta(step, val_loss), **dev}
   checkpointing.save(ckpt.latest, step, state, meta)
   # After a fallback to an earlier checkpoint the replayed step may already be
   # the best one on disk: exact resume makes it the same model, so it is kept.

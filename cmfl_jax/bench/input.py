@@ -24,12 +24,13 @@ from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Encoded, Files, Split
 
 
-def encoded_split(n: int, size: int) -> Split:
-  """`n` textured PNGs in memory (decoded by tf.data like the embedded benchmark)."""
+def encoded_split(n: int, size: int, fmt: str = "PNG") -> Split:
+  """`n` textured images encoded in memory (decoded by tf.data like the
+  embedded benchmark); JPEG at quality 95."""
   encoded = []
   for img in _face_like_images(n, size):
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
+    Image.fromarray(img).save(buf, format=fmt, quality=95)
     encoded.append(buf.getvalue())
   labels = (np.arange(n) % 2).astype(np.int32)
   return Split("bench", labels, np.where(labels == 1, "real", "fake"),
@@ -151,13 +152,7 @@ def op_costs(size: int, num_images: int, repeats: int) -> list[dict[str, Any]]:
   """Per-image cost of each op of the train path (JPEG source, one tf.data
   thread) and its share of the per-image time at the paper's probabilities:
   each op is timed on every image, over decoding alone."""
-  images = _face_like_images(num_images, size)
-  encoded = []
-  for img in images:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=95)
-    encoded.append(buf.getvalue())
-  encoded = tf.constant(encoded)
+  encoded = tf.constant(list(encoded_split(num_images, size, "JPEG").storage.data))
 
   def seed(i):
     return tf.stack([tf.constant(7, tf.int64), i])

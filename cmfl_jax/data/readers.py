@@ -56,11 +56,6 @@ class UnderRoot:
     return full
 
 
-def resolve_under_root(root: str, relative: str, where: str) -> str:
-  """Joins a protocol filename to the data root, refusing paths that escape it."""
-  return UnderRoot(root)(relative, where)
-
-
 def read_protocol_csv(csv_path: str, data_root: str, name: str | None = None) -> Split:
   """Reads an official-format protocol CSV: header `subject,filename,attack_type`;
   empty attack_type = bona fide, anything else = attack (its value = generator)."""
@@ -176,9 +171,6 @@ def check_image_files(paths: Sequence[str], min_side: int, max_pixels: int, full
   `file_cache.resolve_path` (file_cache.MEMORY: no cache)."""
   names, keys, reasons = file_cache.stat_keys(paths, real=True)
   reasons = dict(reasons)
-  for name, (size, _) in keys.items():
-    if size == 0:
-      reasons[name] = "empty (0-byte) file"
   todo = {n: k for n, k in keys.items() if n not in reasons}
   want = _verdict_key(full_decode, min_side, max_pixels)
   # A decode verdict answers a header request too, and knows more (damaged pixels).
