@@ -228,10 +228,10 @@ def test_augmentation_statistics():
   assert not any(bool(p["blur"]) or bool(p["jpeg"]) for p in p0)
 
 
-@pytest.mark.parametrize("shape", [(30, 34, 3), (70, 5, 3), (67, 96, 3)])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 9, 3), (30, 34, 3), (70, 5, 3), (67, 96, 3)])
 def test_gaussian_blur_matches_scipy(shape):
   """Over the whole sigma range (radius 0..8), borders included, on sizes that
-  are not multiples of the block, smaller than the kernel and over one block."""
+  are smaller than the kernel (reflected more than once) and larger."""
   from scipy.ndimage import gaussian_filter
   img = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
   for sigma in [0.0, 0.1, 0.13, 0.4, 0.63, 1.0, 1.37, 1.7, 2.0]:
@@ -337,8 +337,8 @@ def test_pipeline_benchmark_runs(tmp_path):
   from cmfl_jax.bench import input as benchmark
   split = benchmark.write_image_split(str(tmp_path), "png", 8, 32)
   assert len(split) == 8 and all(os.path.exists(p) for p in split.paths)
-  ips = benchmark.pipeline_throughput(split, benchmark.pipeline_config(32), True, 4, 1, 1)
-  assert ips > 0
+  ips, build_s = benchmark.pipeline_throughput(split, benchmark.pipeline_config(32), True, 4, 1, 1)
+  assert ips > 0 and build_s > 0
 
 
 def test_unaligned_train_pipeline_order_and_shape(tmp_path):

@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from cmfl_jax import backend, steps
-from cmfl_jax.bench.timing import timed
+from cmfl_jax.bench.timing import interleaved_times, timed
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Encoded, Files, Split
 
@@ -66,12 +66,18 @@ def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) 
       holder[0], m = train_fn(holder[0], fixed)
     jax.block_until_ready(m)
 
-  e2e = n_steps * batch_size / timed(epoch, repeats)
-  alone = n_steps * batch_size / timed(steps_alone, repeats)
+  # Interleaved: at 224x224 one pass takes minutes, and drift between two
+  # back-to-back measurements was as large as the effect being measured.
+  epoch_times, alone_times = interleaved_times([epoch, steps_alone], repeats)
+  e2e = n_steps * batch_size / statistics.median(epoch_times)
+  alone = n_steps * batch_size / statistics.median(alone_times)
   return {"what": "e2e", "arch": config.model.arch, "image_size": size,
           "batch_size": batch_size, "dtype": config.model.dtype,
           "e2e_images_per_sec": round(e2e, 2), "step_alone_images_per_sec": round(alone, 2),
-          "e2e_over_step": round(e2e / alone, 3)}
+          "e2e_over_step": round(e2e / alone, 3),
+          # per round (the two passes of a round are back to back): the spread
+          # says how far the median ratio can be trusted on a busy machine
+          "e2e_over_step_per_round": [round(a / e, 3) for e, a in zip(epoch_times, alone_times)]}
 
 
 def _face_like_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -93,8 +99,11 @@ def write_image_split(root: str, fmt: str, n: int, size: int) -> Split:
 
 
 def pipeline_throughput(split: Split, data_config, train: bool, batch: int,
-                        threads: int | None, repeats: int) -> float:
-  """Median images/s of a full pass over `split` (after one warm-up pass)."""
+                        threads: int | None, repeats: int) -> tuple[float, float]:
+  """(images/s of a pass over `split`, seconds to build the dataset), medians
+  after one warm-up pass. Training builds its dataset once per epoch (tracing
+  the map function), so the build is reported apart: at 256 images it would
+  be a third of the time, at the paper's 70,000 per epoch it is nothing."""
   def make():
     if train:
       ds = pipeline.train_dataset(split, data_config, batch, seed=0, epoch=0)
@@ -105,13 +114,16 @@ def pipeline_throughput(split: Split, data_config, train: bool, batch: int,
       opts.threading.private_threadpool_size = threads
     return ds.with_options(opts)
 
-  times = []
+  passes, builds = [], []
   for i in range(repeats + 1):
     start = time.perf_counter()
-    n = sum(int(b["image"].shape[0]) for b in make().as_numpy_iterator())
+    ds = make()
+    built = time.perf_counter()
+    n = sum(int(b["image"].shape[0]) for b in ds.as_numpy_iterator())
     if i:  # first pass is warm-up (graph tracing, file cache)
-      times.append(time.perf_counter() - start)
-  return n / statistics.median(times)
+      builds.append(built - start)
+      passes.append(time.perf_counter() - built)
+  return n / statistics.median(passes), statistics.median(builds)
 
 
 def official_loader_throughput(repo: str, split: Split, train: bool,
@@ -199,11 +211,12 @@ def pipeline_records(size: int, num_images: int, batch: int, repeats: int,
       split = write_image_split(os.path.join(tmp, fmt), fmt, num_images, size)
       for mode in ("train", "eval"):
         for threads in (1, None):
-          ips = pipeline_throughput(split, pipeline_config(size), mode == "train", batch,
-                                    threads, repeats)
+          ips, build_s = pipeline_throughput(split, pipeline_config(size), mode == "train",
+                                             batch, threads, repeats)
           records.append({"what": "pipeline", "mode": mode, "format": fmt, "image_size": size,
                           "threads": threads or os.cpu_count(), "images_per_sec": round(ips, 1),
-                          "images_per_sec_per_core": round(ips / (threads or os.cpu_count()), 1)})
+                          "images_per_sec_per_core": round(ips / (threads or os.cpu_count()), 1),
+                          "build_seconds_per_epoch": round(build_s, 3)})
         if official_repo:
           ips = official_loader_throughput(official_repo, split, mode == "train", repeats)
           records.append({"what": "official_loader_per_sample", "mode": mode, "format": fmt,
