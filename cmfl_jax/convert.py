@@ -26,12 +26,18 @@ import os
 import sys
 from typing import Sequence
 
+from cmfl_jax import backend
+
+if __name__ == "__main__":  # before the imports below: they take seconds and would run twice
+  backend.reexec_with_tuned_malloc()
+
+# pylint: disable=wrong-import-position
 import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cmfl_jax import backend, checkpointing, models, steps, weights
+from cmfl_jax import checkpointing, models, steps, weights
 from cmfl_jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -122,6 +128,5 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-  backend.reexec_with_tuned_malloc()
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

@@ -32,13 +32,19 @@ import sys
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
+from cmfl_jax import backend
+
+if __name__ == "__main__":  # before the imports below: they take seconds and would run twice
+  backend.reexec_with_tuned_malloc()
+
+# pylint: disable=wrong-import-position
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from cmfl_jax import backend, checkpointing, evaluate, stats, steps
+from cmfl_jax import checkpointing, evaluate, stats, steps
 from cmfl_jax import config as config_lib
 from cmfl_jax.data import ops, readers
 
@@ -313,6 +319,5 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  backend.reexec_with_tuned_malloc()
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

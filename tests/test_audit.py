@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +97,7 @@ def test_planted_storage_shortcut_warns_and_names_format(tmp_path):
   assert cls["bona_fide"]["formats"] == {"JPEG": 24}
   assert cls["bona_fide"]["jpeg_quality"] == {"75": 24}
   assert cls["attack"]["formats"] == {"PNG": 24} and cls["attack"]["width"]["median"] == 48
-  jp, mp = audit.write_audit(res, tmp_path / "report")
+  jp, mp = map(Path, audit.write_audit(res, str(tmp_path / "report")))
   assert json.loads(jp.read_text())["shortcut"]["warnings"][0]["auc"] == warn["auc"]
   assert "Shortcut risk" in mp.read_text() and "data.reencode" in mp.read_text()
   assert any(line.lstrip().startswith("WARNING") for line in audit.summary_lines(res))
@@ -215,7 +214,7 @@ def test_bad_files_are_reported_not_fatal(tmp_path):
   assert reasons["empty.jpg"] == "empty file" and reasons["missing.png"] == "missing file"
   assert "pixel data unreadable" in reasons["truncated.jpg"]
   assert res["splits"]["train"]["unreadable"] == 4
-  _, md = audit.write_audit(res, tmp_path / "report")
+  _, md = map(Path, audit.write_audit(res, str(tmp_path / "report")))
   assert "corrupt.png" in md.read_text() and "missing.png" in md.read_text()
 
 
@@ -263,29 +262,5 @@ def test_result_is_reused_only_for_identical_inputs(tmp_path, monkeypatch):
   assert len(scored) == 3 and last["reused_from"] is None and last["files"]["read"] == 1
 
 
-def test_training_warns_about_a_storage_shortcut_before_the_first_step(tmp_path):
-  """The audit runs at the start of training: a protocol whose bona fide images
-  are PNG and attacks JPEG gets the warning (with the remedy) before step 1,
-  and audit.json / audit.md / data_report.json are written."""
-  import json
-  import subprocess
-  from test_input_pipeline import write_dataset
-  data_root, proto = write_dataset(str(tmp_path / "d"), n_per_class=12, size=32)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  workdir = tmp_path / "run"
-  cmd = [sys.executable, "-m", "cmfl_jax.main", f"--config={root}/configs/smoke.py",
-         f"--workdir={workdir}", "--mode=train", "--config.data.source=csv",
-         f"--config.data.data_root={data_root}", f"--config.data.protocol_dir={proto}",
-         f"--config.data.audit_cache={tmp_path / 'cache.sqlite'}", "--config.train.max_steps=1"]
-  proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = proc.stderr.splitlines()
-  warn = [i for i, l in enumerate(lines) if "DATA AUDIT" in l and "Shortcut risk" in l]
-  first_step = [i for i, l in enumerate(lines) if "step 1:" in l]
-  assert warn and first_step and warn[0] < first_step[0]
-  assert "format" in lines[warn[0]] and any("data.reencode" in l for l in lines)
-  assert any("DATA AUDIT" in l and "subjects shared" in l for l in lines)
-  report = json.loads((workdir / "data_report.json").read_text())
-  assert any(f["kind"] == "shortcut" for f in report["audit"]["findings"])
-  assert (workdir / "audit.json").exists() and (workdir / "audit.md").exists()
+# The audit's warning at the start of training (before step 1), its files in a
+# (non-local) workdir: tests/test_train.py::test_non_posix_workdir_train_eval_reports_and_audit.

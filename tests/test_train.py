@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.py")
 # 3 epochs x 4 steps, periodic checkpoints every 3 steps.
 COMMON = ["--config.train.num_epochs=3", "--config.train.log_every_steps=1"]
+GUARD = ROOT / "tests" / "fixtures" / "workdir_guard.py"
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +31,9 @@ def cache_dir():
   return os.environ["JAX_COMPILATION_CACHE_DIR"]  # set by conftest.py
 
 
-def run_main(workdir, *args, cache_dir, devices=1, extra_env=None, check=True, timeout=400):
+def run_main(workdir, *args, cache_dir, devices=1, extra_env=None, check=True, timeout=400,
+             guard_log=None):
+  """`python -m cmfl_jax.main`; with `guard_log`, under tests/fixtures/workdir_guard.py."""
   env = dict(os.environ)
   env.update({
       "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
@@ -39,8 +42,9 @@ def run_main(workdir, *args, cache_dir, devices=1, extra_env=None, check=True, t
       "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
   })
   env.update(extra_env or {})
-  cmd = [sys.executable, "-m", "cmfl_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
-         *COMMON, *args]
+  flags = [f"--config={SMOKE}", *COMMON, *args]
+  cmd = ([sys.executable, str(GUARD), guard_log, workdir, "--", *flags] if guard_log else
+         [sys.executable, "-m", "cmfl_jax.main", f"--workdir={workdir}", *flags])
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -67,9 +71,9 @@ def restore_latest(workdir):
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, cache_dir):
-  """One uninterrupted train_and_eval run on 1 device."""
+  """One uninterrupted train_and_eval run on 1 device, under the workdir guard."""
   workdir = str(tmp_path_factory.mktemp("ref"))
-  proc = run_main(workdir, cache_dir=cache_dir)
+  proc = run_main(workdir, cache_dir=cache_dir, guard_log=workdir + ".guard.log")
   return workdir, proc
 
 
@@ -218,15 +222,29 @@ def _validation_lines(log: str) -> list[str]:
   return re.findall(r"step \d+: val_loss=.*", log)
 
 
-def test_two_processes_sigterm_on_one_stops_both_at_the_same_step(reference_run, tmp_path,
-                                                                   cache_dir):
-  """SIGTERM reaches process 1 only (one preempted host) after step 5: both
-  agree at the next save boundary (step 6, checkpoint_every_steps=3), save it
-  once together, exit 143; rerunning both ends as an uninterrupted
-  single-process run does (two-process training, its checkpoints and exact
-  resume in one)."""
+#: Messages of the two ways a survivor learns that its peer died: a failed
+#: collective (the peer's sockets closed: at once), or jax.distributed's
+#: heartbeat timeout (a peer that vanished without closing them).
+PEER_DIED = ("error: a collective operation failed",
+             "Terminating process because the JAX distributed service detected fatal errors")
+
+
+def test_two_processes_preemption_then_peer_failure_then_exact_resume(reference_run, tmp_path,
+                                                                      cache_dir):
+  """One two-process run through both failures (one run per phase keeps the
+  suite short):
+  1. SIGTERM reaches process 1 only (one preempted host) after step 5: both
+     agree at the next save boundary (step 6, checkpoint_every_steps=3), save
+     it once together and exit 143.
+  2. The rerun resumes at 6; SIGKILL of process 1 after step 10: process 0
+     exits with an error within the heartbeat timeout (not a hang).
+  3. The rerun resumes from the last complete checkpoint and ends as an
+     uninterrupted single-process run does (two-process training, its
+     checkpoints and exact resume in one)."""
+  from cmfl_jax import checkpointing
   ref_dir, _ = reference_run
-  workdir, logs = str(tmp_path / "run"), tmp_path / "logs"
+  workdir, logs, heartbeat = str(tmp_path / "run"), tmp_path / "logs", 10
+  latest = os.path.join(workdir, "checkpoints", "latest")
   with two_processes(workdir, "--config.train.debug_signal_at_step=5",
                      "--config.train.debug_signal_process=1", cache_dir=cache_dir,
                      logs=logs) as procs:
@@ -237,37 +255,12 @@ def test_two_processes_sigterm_on_one_stops_both_at_the_same_step(reference_run,
   for log in (log0, log1):
     assert "stop requested by process(es) [1]" in log
     assert "stopped by signal 15 at step 6" in log
-  latest = os.path.join(workdir, "checkpoints", "latest")
   assert sorted(os.listdir(latest)) == ["4", "6"]  # nothing half-written beside them
-  from cmfl_jax import checkpointing
   assert checkpointing.read_meta(checkpointing.make_managers(workdir)["latest"], 6)["step"] == 6
   # Keep-best is decided on each process from the global validation loss: the same.
   assert _validation_lines(log0) == _validation_lines(log1) != []
-  with two_processes(workdir, cache_dir=cache_dir, logs=logs) as procs:
-    results = finish(procs, logs)
-  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
-  assert all("resumed from latest step 6" in log for _, log in results)
-  log = train_log(workdir)
-  assert [l["step"] for l in log] == list(range(1, 13))
-  np.testing.assert_allclose([l["train/loss"] for l in log],
-                             [l["train/loss"] for l in train_log(ref_dir)], rtol=1e-4)
 
-
-#: Messages of the two ways a survivor learns that its peer died: a failed
-#: collective (the peer's sockets closed: at once), or jax.distributed's
-#: heartbeat timeout (a peer that vanished without closing them).
-PEER_DIED = ("error: a collective operation failed",
-             "Terminating process because the JAX distributed service detected fatal errors")
-
-
-def test_two_processes_peer_killed_survivor_exits_in_bound_and_rerun_resumes(
-    reference_run, tmp_path, cache_dir):
-  """SIGKILL of process 1 after step 5: process 0 exits with an error within
-  the heartbeat timeout (not a hang); rerunning both resumes from the last
-  complete checkpoint and ends as an uninterrupted run does."""
-  ref_dir, _ = reference_run
-  workdir, logs, heartbeat = str(tmp_path / "run"), tmp_path / "logs", 10
-  with two_processes(workdir, "--config.train.debug_signal_at_step=5",
+  with two_processes(workdir, "--config.train.debug_signal_at_step=10",
                      f"--config.train.debug_signal={int(signal.SIGKILL)}",
                      "--config.train.debug_signal_process=1",
                      f"--heartbeat_timeout_seconds={heartbeat}", cache_dir=cache_dir,
@@ -277,16 +270,17 @@ def test_two_processes_peer_killed_survivor_exits_in_bound_and_rerun_resumes(
     code0 = procs[0].wait(timeout=heartbeat + 30)  # a hang raises TimeoutExpired
     waited = time.monotonic() - died
   log0 = (logs / "p0.log").read_text()
+  assert "resumed from latest step 6" in log0
   assert code0 != 0 and any(m in log0 for m in PEER_DIED), log0[-3000:]
   assert waited < heartbeat + 30
-  latest = os.path.join(workdir, "checkpoints", "latest")
   complete = sorted(int(d) for d in os.listdir(latest) if d.isdigit())
-  assert complete and max(complete) in (3, 4)  # the periodic save or the epoch end
+  assert max(complete) in (8, 9)  # the epoch end or the periodic save before the kill
+
   with two_processes(workdir, cache_dir=cache_dir, logs=logs) as procs:
     results = finish(procs, logs)
   assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
   assert all(f"resumed from latest step {max(complete)}" in log for _, log in results)
-  losses = {l["step"]: l["train/loss"] for l in train_log(workdir)}  # the rerun's win
+  losses = {l["step"]: l["train/loss"] for l in train_log(workdir)}  # the last run's win
   assert sorted(losses) == list(range(1, 13))
   np.testing.assert_allclose([losses[s] for s in range(1, 13)],
                              [l["train/loss"] for l in train_log(ref_dir)], rtol=1e-4)
@@ -820,3 +814,98 @@ def test_validation_subset_during_training_full_dev_split_for_the_stored_thresho
     assert meta["dev_examples"] == 24
     joint = evaluate.evaluate_split(eval_fn, state, dev, config, mesh)["scores"]["joint"]
     assert meta["dev_threshold"] == pytest.approx(metrics.eer(dev.labels, joint)[1], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Remote workdirs (gs:// on TPU pods): no local-filesystem call on the workdir
+# ----------------------------------------------------------------------------
+def test_workdir_guard_records_local_calls_from_cmfl_jax_code_only(tmp_path):
+  """The guard under `reference_run` must catch what it is there to catch."""
+  log, workdir = tmp_path / "guard.log", tmp_path / "run"
+  workdir.mkdir()
+  snippet = "\n".join([
+      f"os.path.exists({str(workdir / 'a')!r})",
+      f"open({str(workdir / 'b')!r}, 'w').close()",
+      f"pathlib.Path({str(workdir)!r}, 'c').write_text('')",
+      f"os.makedirs({str(tmp_path / 'elsewhere')!r})"])  # not the workdir
+  probe = tmp_path / "probe.py"
+  probe.write_text("\n".join([
+      "import os, pathlib, sys",
+      f"sys.path.insert(0, {str(GUARD.parent)!r})",
+      "import workdir_guard",
+      f"workdir_guard.install({str(log)!r}, {str(workdir)!r})",
+      f"exec({snippet!r}, {{'__name__': 'cmfl_jax.fake', 'os': os, 'pathlib': pathlib}})",
+      f"os.path.exists({str(workdir / 'd')!r})"]))  # not cmfl_jax code
+  subprocess.run([sys.executable, str(probe)], check=True)
+  lines = log.read_text().splitlines()
+  assert [l.split(": ")[1].split("(")[0] for l in lines] == [
+      "posixpath.exists", "builtins.open", "Path.write_text"], lines
+  assert all(l.startswith("cmfl_jax.fake:") for l in lines)
+
+
+def test_reference_run_never_touched_its_workdir_through_the_local_filesystem(reference_run):
+  workdir, _ = reference_run
+  log = Path(workdir + ".guard.log")
+  assert not log.exists(), log.read_text()
+
+
+def test_non_posix_workdir_train_eval_reports_and_audit(tmp_path, monkeypatch, caplog):
+  """A whole train + eval run with its workdir on TF's in-memory filesystem
+  (`ram://`, a non-local scheme available offline): TensorBoard, logs, score
+  files, reports, plots, the audit and the data reports all land there, and
+  nothing on the local disk. Only the checkpoints are redirected to a local
+  directory, since Orbax cannot use `ram://` (README, "Remote workdirs").
+  The data has a storage shortcut (bona fide PNG, attacks JPEG): the audit
+  warns, with its remedy, before the first step."""
+  import logging
+  import runpy
+
+  import tensorflow as tf
+
+  from cmfl_jax import checkpointing, evaluate, train
+  from test_input_pipeline import write_dataset
+  data_root, proto = write_dataset(str(tmp_path / "d"), n_per_class=12, size=32)
+  config = runpy.run_path(SMOKE)["get_config"]()
+  config.data.source, config.data.data_root, config.data.protocol_dir = "csv", data_root, proto
+  config.data.audit_cache = str(tmp_path / "cache.sqlite")
+  config.train.num_epochs, config.train.log_every_steps = 1, 1
+  config.eval.conditions = ("jpeg:50",)
+  workdir = f"ram://{tmp_path.name}/run"
+  local_checkpoints = checkpointing.checkpoint_dir
+
+  def checkpoint_dir(path, kind):
+    assert path == workdir
+    return local_checkpoints(str(tmp_path / "ckpt"), kind)
+
+  monkeypatch.setattr(checkpointing, "checkpoint_dir", checkpoint_dir)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)  # a path mangled to a local one ("ram:/...") would land here
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(config, workdir)
+  lines = [r.getMessage() for r in caplog.records]
+  warn = [i for i, l in enumerate(lines) if "DATA AUDIT" in l and "Shortcut risk" in l]
+  first_step = [i for i, l in enumerate(lines) if l.startswith("step 1:")]
+  assert warn and first_step and warn[0] < first_step[0], lines
+  assert "format" in lines[warn[0]] and any("data.reencode" in l for l in lines)
+  assert any("DATA AUDIT" in l and "subjects shared" in l for l in lines)
+  results = evaluate.evaluate_checkpoint(config, workdir)
+  out = results["out_dir"]
+  assert out.startswith(workdir + "/eval/")
+  want = [f"{workdir}/{name}" for name in ("train_log.jsonl", "data_report.json", "audit.json",
+                                           "audit.md", "best_val_scores.csv",
+                                           "eval_data_report.json")]
+  want += [f"{out}/metrics.json", f"{out}/report.md", f"{out}/eval_scores.csv",
+           f"{out}/eval@jpeg50_scores.csv"]
+  missing = [p for p in want if not tf.io.gfile.exists(p)]
+  assert not missing, missing
+  assert tf.io.gfile.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
+  assert tf.io.gfile.glob(f"{out}/*.png")
+  report = json.loads(tf.io.gfile.GFile(f"{workdir}/data_report.json").read())
+  assert any(f["kind"] == "shortcut" for f in report["audit"]["findings"])
+  logged = [json.loads(l)["step"] for l in
+            tf.io.gfile.GFile(f"{workdir}/train_log.jsonl").read().splitlines()]
+  assert logged[:3] == [1, 2, 3]
+  assert json.loads(tf.io.gfile.GFile(f"{out}/metrics.json").read())["splits"]["eval"]
+  assert not list(cwd.iterdir())
+  assert checkpointing.available(workdir)["latest"] == [3]

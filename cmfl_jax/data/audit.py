@@ -33,7 +33,6 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -1168,11 +1167,14 @@ def _markdown(result: Mapping[str, Any]) -> str:
   return "\n".join(out)
 
 
-def write_audit(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-  """Writes audit.json (everything) and audit.md (for people); returns their paths."""
-  out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  jp, mp = out / "audit.json", out / "audit.md"
-  jp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-  mp.write_text(_markdown(result))
-  return jp, mp
+def write_audit(result: Mapping[str, Any], out_dir: str) -> tuple[str, str]:
+  """Writes audit.json (everything) and audit.md (for people) through
+  tf.io.gfile (workdirs may be gs://); returns their paths."""
+  import tensorflow as tf  # only here: the audit itself needs no TF
+  tf.io.gfile.makedirs(out_dir)
+  texts = {"audit.json": json.dumps(result, indent=1, allow_nan=False) + "\n",
+           "audit.md": _markdown(result)}
+  for name, text in texts.items():
+    with tf.io.gfile.GFile(f"{out_dir}/{name}", "w") as f:
+      f.write(text)
+  return f"{out_dir}/audit.json", f"{out_dir}/audit.md"
