@@ -153,3 +153,43 @@ def test_custom_resolution_and_split_sizes(tmp_path):
   assert builder.as_data_source(split="real_dev")[0]["image"].shape == (16, 16, 3)
   with pytest.raises(ValueError, match="unknown cmfl_synth_faces config"):
     sf_builder.make_builder("huge")
+
+
+# ---- difficulty statistics (issue #20) --------------------------------------------
+def test_difficulty_statistics_measure_what_they_claim():
+  from scipy.ndimage import gaussian_filter
+
+  from cmfl_jax.data.synthetic import difficulty
+  rng = np.random.default_rng(0)
+  noise = rng.integers(0, 256, (60, 48, 48, 3)).astype(np.uint8)
+  smooth = np.stack([gaussian_filter(x.astype(float), (2, 2, 0)) for x in noise])
+  smooth = np.clip(np.round(smooth), 0, 255).astype(np.uint8)
+  # Sharpness: blur lowers both statistics; as detectors they separate fully.
+  assert np.all(difficulty.laplacian_variance(smooth) < difficulty.laplacian_variance(noise))
+  hf_noise = difficulty.high_frequency_fraction(noise)
+  # White noise: the share of FFT bins beyond 0.25 cycles/pixel (~80 %).
+  r = np.hypot(*np.meshgrid(np.fft.fftfreq(48), np.fft.fftfreq(48)))
+  assert abs(hf_noise.mean() - np.mean(r > 0.25)) < 0.03
+  assert difficulty.high_frequency_fraction(smooth).max() < 0.05
+  assert difficulty.separability(difficulty.laplacian_variance(noise),
+                                 difficulty.laplacian_variance(smooth)) == 1.0
+  # Two samples of one distribution: near 0.5 either way.
+  other = rng.integers(0, 256, (60, 48, 48, 3)).astype(np.uint8)
+  assert difficulty.separability(difficulty.laplacian_variance(noise),
+                                 difficulty.laplacian_variance(other)) < 0.65
+  freqs, white = difficulty.radial_spectrum(noise)
+  assert freqs[0] > 0 and freqs[-1] < 0.5 and np.ptp(white[2:]) < 0.15  # flat (log10)
+  result = difficulty.measure({"real": noise, "blurred": smooth, "same": other})
+  assert result["classes"]["same"]["max_spectrum_gap_db_to_half_nyquist"] < 1.0
+  assert result["classes"]["blurred"]["spectrum_gap_db_at_nyquist"] < -20
+  assert result["classes"]["blurred"]["auc_high_frequency_fraction"] == 1.0
+
+
+def test_difficulty_command_writes_json_and_picture(tmp_path):
+  import json
+
+  from cmfl_jax.data.synthetic import difficulty
+  difficulty.main(["--size=32", "--num=6", f"--out={tmp_path}"])
+  result = json.loads((tmp_path / "difficulty.json").read_text())
+  assert set(result["classes"]) == {"real2", *sf.FAMILIES}
+  assert (tmp_path / "difficulty.png").stat().st_size > 10_000
