@@ -159,7 +159,7 @@ def test_custom_resolution_and_split_sizes(tmp_path):
 def test_difficulty_statistics_measure_what_they_claim():
   from scipy.ndimage import gaussian_filter
 
-  from cmfl_jax.data.synthetic import difficulty
+  from cmfl_jax.tools import difficulty
   rng = np.random.default_rng(0)
   noise = rng.integers(0, 256, (60, 48, 48, 3)).astype(np.uint8)
   smooth = np.stack([gaussian_filter(x.astype(float), (2, 2, 0)) for x in noise])
@@ -185,11 +185,11 @@ def test_difficulty_statistics_measure_what_they_claim():
   assert result["classes"]["blurred"]["auc_high_frequency_fraction"] == 1.0
 
 
-def test_difficulty_command_writes_json_and_picture(tmp_path):
+def test_difficulty_run_writes_json_and_picture(tmp_path):
   import json
 
-  from cmfl_jax.data.synthetic import difficulty
-  difficulty.main(["--size=32", "--num=6", f"--out={tmp_path}"])
+  from cmfl_jax.tools import difficulty
+  difficulty.run(32, 6, "eval", 0, str(tmp_path))
   result = json.loads((tmp_path / "difficulty.json").read_text())
   assert set(result["classes"]) == {"real2", *sf.FAMILIES}
   assert (tmp_path / "difficulty.png").stat().st_size > 10_000

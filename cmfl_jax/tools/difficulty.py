@@ -7,21 +7,21 @@ statistics a detector could win with without learning any generator trace.
   max(AUC, 1 - AUC), so the direction does not matter).
 * Mean radial power spectra (log, per radial frequency bin) of the bona
   fide images and of each family, and their largest gap in dB up to half
-  Nyquist: a visible quality gap shows up here as a falling spectrum.
+  Nyquist: a visible quality gap (blur, blocks) shows up here as a gap.
 
-Run: `python -m cmfl_jax.data.synthetic.difficulty --size=64 --num=300
---out=DIR` (writes difficulty.json and difficulty.png, a grid of examples per
-class beside the mean log spectra).
+Run: `python -m cmfl_jax.tools.difficulty --size=64 --num=300 --out=DIR`
+(writes difficulty.json and difficulty.png, a grid of examples per class
+beside the mean log spectra).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
+from absl import app, flags
 from sklearn.metrics import roc_auc_score
 
 from cmfl_jax.data.synthetic.simulate import FAMILIES, sample
@@ -137,26 +137,36 @@ def plot(classes: dict[str, np.ndarray], result: dict[str, Any], path: str,
   plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--size", type=int, default=64)  # the default benchmark config
-  parser.add_argument("--num", type=int, default=300, help="images per class")
-  parser.add_argument("--split", default="eval")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
-  classes = {name: np.stack(list(sample(name, args.split, args.num, args.size, args.seed)))
+def run(size: int, num: int, split: str, seed: int, out_dir: str) -> dict[str, Any]:
+  """Measures `num` images per class of one split; writes the JSON and the picture."""
+  classes = {name: np.stack(list(sample(name, split, num, size, seed)))
              for name in ("real", "real2", *FAMILIES)}
-  result = {"size": args.size, "num_per_class": args.num, "split": args.split,
-            "seed": args.seed, **measure(classes)}
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "difficulty.json"), "w") as f:
+  result = {"size": size, "num_per_class": num, "split": split, "seed": seed,
+            **measure(classes)}
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "difficulty.json"), "w") as f:
     json.dump(result, f, indent=1)
-  plot(classes, result, os.path.join(args.out, "difficulty.png"))
-  for name, row in result["classes"].items():
-    print(json.dumps({"class": name, **row}))
+  plot(classes, result, os.path.join(out_dir, "difficulty.png"))
   return result
 
 
+def main(argv: Sequence[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  result = run(f.size, f.num, f.split, f.seed, f.out)
+  for name, row in result["classes"].items():
+    print(json.dumps({"class": name, **row}))
+
+
+def define_flags() -> None:
+  """Flags are defined only when run as a program (modules stay importable together)."""
+  flags.DEFINE_integer("size", 64, "Image size (64: the default benchmark config).")
+  flags.DEFINE_integer("num", 300, "Images per class.")
+  flags.DEFINE_string("split", "eval", "Split to sample.")
+  flags.DEFINE_integer("seed", 0, "Benchmark seed.")
+  flags.DEFINE_string("out", None, "Output directory.", required=True)
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)
