@@ -31,17 +31,20 @@ def cache_dir():
   return os.environ["JAX_COMPILATION_CACHE_DIR"]  # set by conftest.py
 
 
+def main_env(cache_dir, devices=1):
+  """The environment of every `cmfl_jax.main` subprocess: CPU, `devices`
+  simulated devices, the shared compilation cache."""
+  return {**os.environ,
+          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+          "JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
 def run_main(workdir, *args, cache_dir, devices=1, extra_env=None, check=True, timeout=400,
              guard_log=None):
   """`python -m cmfl_jax.main`; with `guard_log`, under tests/fixtures/workdir_guard.py."""
-  env = dict(os.environ)
-  env.update({
-      "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-      "JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-  })
-  env.update(extra_env or {})
+  env = {**main_env(cache_dir, devices), **(extra_env or {})}
   flags = [f"--config={SMOKE}", *COMMON, *args]
   cmd = ([sys.executable, str(GUARD), guard_log, workdir, "--", *flags] if guard_log else
          [sys.executable, "-m", "cmfl_jax.main", f"--workdir={workdir}", *flags])
@@ -191,9 +194,7 @@ def two_processes(workdir, *args, cache_dir, logs: Path):
   """Processes 0 and 1 of one `--mode=train` run (gloo on CPU), each writing
   its output to logs/p<i>.log (files: no pipe can fill and block a process);
   any process still running at the end is killed."""
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             JAX_COMPILATION_CACHE_DIR=cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  port, env = _free_port(), main_env(cache_dir)
   logs.mkdir(parents=True, exist_ok=True)
   procs = []
   try:

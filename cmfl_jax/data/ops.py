@@ -1,5 +1,6 @@
-"""Image operations in TF graph code: decoding, the crop geometry, the paper's
-train augmentation and the robustness conditions (test-time post-processing).
+"""Image operations in TF graph code (the Gaussian blur: OpenCV inside
+`tf.numpy_function`): decoding, the crop geometry, the paper's train
+augmentation and the robustness conditions (test-time post-processing).
 
 Everything is stateless and seeded by the caller, so an example's result
 depends on its seed only (not on parallelism or on resume).

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from absl import app, flags
-from sklearn.metrics import roc_auc_score
 
+from cmfl_jax import metrics
 from cmfl_jax.data.synthetic.simulate import FAMILIES, sample
 
 
@@ -81,7 +81,7 @@ def radial_spectrum(images: np.ndarray, bins: int = 24) -> tuple[np.ndarray, np.
 def separability(bona_fide: np.ndarray, attack: np.ndarray) -> float:
   """max(AUC, 1 - AUC) of one statistic as a detector: 0.5 = useless."""
   labels = np.r_[np.ones(len(bona_fide)), np.zeros(len(attack))]
-  auc = roc_auc_score(labels, np.r_[bona_fide, attack])
+  auc = metrics.roc_auc(labels, np.r_[bona_fide, attack])
   return float(max(auc, 1.0 - auc))
 
 
