@@ -10,6 +10,7 @@ statistics a detector could win with without learning any generator trace.
   Nyquist: a visible quality gap (blur, blocks) shows up here as a gap.
 
 Run: `python -m cmfl_jax.tools.difficulty --size=64 --num=300 --out=DIR`
+[--version=1.0.0]
 (writes difficulty.json and difficulty.png, a grid of examples per class
 beside the mean log spectra).
 """
@@ -24,7 +25,8 @@ import numpy as np
 from absl import app, flags
 
 from cmfl_jax import metrics
-from cmfl_jax.data.synthetic.simulate import FAMILIES, sample
+from cmfl_jax.data.synthetic.sampler import LATEST, sample
+from cmfl_jax.data.synthetic.simulate import FAMILIES
 
 
 def _grey(images: np.ndarray) -> np.ndarray:
@@ -137,12 +139,13 @@ def plot(classes: dict[str, np.ndarray], result: dict[str, Any], path: str,
   plt.close(fig)
 
 
-def run(size: int, num: int, split: str, seed: int, out_dir: str) -> dict[str, Any]:
+def run(size: int, num: int, split: str, seed: int, out_dir: str,
+        version: str = LATEST) -> dict[str, Any]:
   """Measures `num` images per class of one split; writes the JSON and the picture."""
-  classes = {name: np.stack(list(sample(name, split, num, size, seed)))
+  classes = {name: np.stack(list(sample(name, split, num, size, seed, version)))
              for name in ("real", "real2", *FAMILIES)}
-  result = {"size": size, "num_per_class": num, "split": split, "seed": seed,
-            **measure(classes)}
+  result = {"version": version, "size": size, "num_per_class": num, "split": split,
+            "seed": seed, **measure(classes)}
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "difficulty.json"), "w") as f:
     json.dump(result, f, indent=1)
@@ -153,7 +156,7 @@ def run(size: int, num: int, split: str, seed: int, out_dir: str) -> dict[str, A
 def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
-  result = run(f.size, f.num, f.split, f.seed, f.out)
+  result = run(f.size, f.num, f.split, f.seed, f.out, f.version)
   for name, row in result["classes"].items():
     print(json.dumps({"class": name, **row}))
 
@@ -164,6 +167,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("num", 300, "Images per class.")
   flags.DEFINE_string("split", "eval", "Split to sample.")
   flags.DEFINE_integer("seed", 0, "Benchmark seed.")
+  flags.DEFINE_string("version", LATEST, "Benchmark version (1.0.0 or 2.0.0).")
   flags.DEFINE_string("out", None, "Output directory.", required=True)
 
 

@@ -8,7 +8,7 @@ import re
 import tensorflow_datasets as tfds
 
 from cmfl_jax.data import tfds_faces
-from cmfl_jax.data.synthetic import simulate
+from cmfl_jax.data.synthetic import sampler, simulate, v2
 from cmfl_jax.data.synthetic.simulate import FAMILIES, REAL_SOURCES, SPLITS
 
 
@@ -29,8 +29,12 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
   `real_train+stylegan2_train`.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version(sampler.LATEST)
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "2.0.0": "Synthetic families as sharp as bona fide, with small traces; three training "
+               "cameras (issue #20).",
+  }
   BUILDER_CONFIGS = [
       SynthFacesConfig(name="64", description="64x64 (default; 2-core friendly)", size=64,
                        train=512, dev=128, eval_=256),
@@ -46,7 +50,7 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         features=tfds_faces.face_features(self.builder_config.size),
         supervised_keys=("image", "label"),
-        description=simulate.__doc__.split("\n\n")[0])
+        description=_DOCS[str(self.version)].__doc__.split("\n\n")[0])
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
@@ -61,24 +65,45 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, source: str, split: str):
     cfg = self.builder_config
     label = 1 if source in REAL_SOURCES else 0
-    for i, img in enumerate(simulate.sample(source, split, cfg.sizes[split], cfg.size, cfg.seed)):
+    images = sampler.sample(source, split, cfg.sizes[split], cfg.size, cfg.seed, str(self.version))
+    for i, img in enumerate(images):
       name = f"{source}/{split}/{i:06d}.png"
       yield name, {"image": img, "label": label, "generator": source, "filename": name}
 
 
+class CmflSynthFacesV1(CmflSynthFaces, skip_registration=True):
+  """Version 1 (`simulate`), kept buildable: TFDS prepares only a builder's
+  own VERSION, so the old version is a builder of its own (same name and
+  directory layout)."""
+
+  name = "cmfl_synth_faces"
+  VERSION = tfds.core.Version("1.0.0")
+
+
+_DOCS = {"1.0.0": simulate, "2.0.0": v2}
+_BUILDERS = {"2.0.0": CmflSynthFaces, "1.0.0": CmflSynthFacesV1}
+
+
 def make_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """A predefined config ("64", "128", "224", "tiny") or a custom one named
-  `s<size>_t<train>_d<dev>_e<eval>` (images per source and split)."""
-  if name in {c.name for c in CmflSynthFaces.BUILDER_CONFIGS}:
-    return tfds.builder(f"cmfl_synth_faces/{name}", data_dir=data_dir)
-  m = re.fullmatch(r"s(\d+)_t(\d+)_d(\d+)_e(\d+)", name)
+  `s<size>_t<train>_d<dev>_e<eval>` (images per source and split), optionally
+  with a version as in TFDS, `64:1.0.0` (default: the latest, 2.0.0)."""
+  config_name, _, version = name.partition(":")
+  version = version or sampler.LATEST
+  if version not in sampler.VERSIONS:
+    raise ValueError(f"unknown cmfl_synth_faces version {version!r} in {name!r}; choose from "
+                     f"{sorted(sampler.VERSIONS)}")
+  if config_name in {c.name for c in CmflSynthFaces.BUILDER_CONFIGS}:
+    return _BUILDERS[version](config=config_name, data_dir=data_dir)
+  m = re.fullmatch(r"s(\d+)_t(\d+)_d(\d+)_e(\d+)", config_name)
   if not m:
     raise ValueError(f"unknown cmfl_synth_faces config {name!r}: use 64, 128, 224, tiny or "
-                     "s<size>_t<train>_d<dev>_e<eval>, e.g. s96_t2048_d256_e512")
+                     "s<size>_t<train>_d<dev>_e<eval>, e.g. s96_t2048_d256_e512, optionally "
+                     "with :<version>, e.g. 64:1.0.0")
   size, train, dev, eval_ = (int(g) for g in m.groups())
-  config = SynthFacesConfig(name=name, description="custom", size=size, train=train, dev=dev,
-                            eval_=eval_)
-  return CmflSynthFaces(config=config, data_dir=data_dir)
+  config = SynthFacesConfig(name=config_name, description="custom", size=size, train=train,
+                            dev=dev, eval_=eval_)
+  return _BUILDERS[version](config=config, data_dir=data_dir)
 
 
 def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Iterator
-
 import numpy as np
 from PIL import Image
 
@@ -52,8 +50,8 @@ from PIL import Image
 FAMILIES = ("progan", "dcgan", "stylegan2", "stylegan3", "swagan", "diffusion")
 REAL_SOURCES = ("real", "real2")
 SPLITS = ("train", "dev", "eval")
-_SPLIT_SEED = {"train": 1, "dev": 2, "eval": 3}
-_SOURCE_SEED = {name: i for i, name in enumerate(REAL_SOURCES + FAMILIES)}
+SPLIT_SEED = {"train": 1, "dev": 2, "eval": 3}
+SOURCE_SEED = {name: i for i, name in enumerate(REAL_SOURCES + FAMILIES)}
 
 
 # ----------------------------------------------------------------------------
@@ -132,8 +130,9 @@ def _pink_noise(rng: np.random.Generator, size: int, channels: int, slope: float
   return np.moveaxis(x, 0, -1)
 
 
-def render_face(rng: np.random.Generator, size: int) -> np.ndarray:
-  """One face-like image in [0, 1], HxWx3 float64."""
+def render_face(rng: np.random.Generator, size: int, with_masks: bool = False):
+  """One face-like image in [0, 1], HxWx3 float64 (and, `with_masks`, its
+  boolean "face" and "hair" regions, for version 2's detail)."""
   yy, xx = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
   tint = rng.uniform(0.25, 0.8, 3)
   img = np.clip(tint + 0.12 * _pink_noise(rng, size, 3, rng.uniform(0.9, 1.4)), 0, 1)
@@ -172,7 +171,8 @@ def render_face(rng: np.random.Generator, size: int) -> np.ndarray:
   mouth_w = rng.uniform(0.22, 0.36)
   mouth = ((u - yaw * 0.4) / mouth_w) ** 2 + ((v - 0.5) / rng.uniform(0.04, 0.09)) ** 2 < 1
   img = np.where(mouth[..., None], np.array([0.65, 0.2, 0.22]) * rng.uniform(0.7, 1.1), img)
-  return np.clip(img, 0, 1)
+  img = np.clip(img, 0, 1)
+  return (img, {"face": face_mask, "hair": hair_mask}) if with_masks else img
 
 
 # ----------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def _sinc_taps(half: int = 6, beta: float = 6.0) -> np.ndarray:
 
 def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Synthesises `content` ([N, S, S, 3] in [0, 1]) with a family's fixed network."""
-  net = np.random.default_rng(1000 + _SOURCE_SEED[family])  # fixed per family
+  net = np.random.default_rng(1000 + SOURCE_SEED[family])  # fixed per family
   n = content.shape[0]
   if family == "progan":
     kernels = [_mixing_kernel(net, 3, 0.6) for _ in range(2)]
@@ -298,7 +298,7 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
 
 
 # ----------------------------------------------------------------------------
-# Storage and the whole sampler
+# Storage and one image
 # ----------------------------------------------------------------------------
 def store(img_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Same storage distribution for every class: PNG (lossless) or JPEG q 70..95."""
@@ -309,19 +309,9 @@ def store(img_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def sample(source: str, split: str, num: int, size: int, seed: int = 0) -> Iterator[np.ndarray]:
-  """Yields `num` uint8 images of one source ("real", "real2" or a family).
-
-  Image i depends only on (seed, split, source, i): content seeds are disjoint
-  across splits and sources, and the same arguments always give the same pixels.
-  """
-  if size % 8:
-    raise ValueError(f"image size must be a multiple of 8, got {size}")
-  for i in range(num):
-    rng = np.random.default_rng([seed, _SPLIT_SEED[split], _SOURCE_SEED[source], i])
-    content = render_face(rng, size)[None]
-    if source in CAMERAS:
-      img = camera_capture(content, CAMERAS[source], rng)[0]
-    else:
-      img = generate(source, content, rng)[0]
-    yield store(np.round(img * 255).astype(np.uint8), rng)
+def render(source: str, rng: np.random.Generator, size: int) -> np.ndarray:
+  """One version-1 image of `source` in [0, 1] before storage."""
+  content = render_face(rng, size)[None]
+  if source in CAMERAS:
+    return camera_capture(content, CAMERAS[source], rng)[0]
+  return generate(source, content, rng)[0]
