@@ -183,7 +183,7 @@ def _dcgan(base, d, up_ideal, rng, net, w):
 def _stylegan2(base, d, up_ideal, rng, net, w):
   n = base.shape[0]
   k = v1._mixing_kernel(net, 3, 0.3)
-  style = 1 + 0.15 * rng.normal(0, 1, (n, 1, 1, 3))
+  style = 1 + 0.05 * rng.normal(0, 1, (n, 1, 1, 3))
   up = separable(zero_insert(d), np.array([1, 3, 3, 1]) / 4.0)
   up = conv2d(up * style, k) / style.mean(axis=-1, keepdims=True)
   detail = conv2d(base - up_ideal, _detail_kernel(net, 0.3))
@@ -245,7 +245,7 @@ _FAMILIES = {"progan": _progan, "dcgan": _dcgan, "stylegan2": _stylegan2,
 # upsampling), tuned so that the sharpness and spectrum statistics stay bona
 # fide's (tools/difficulty.py) while the trace stays learnable.
 TRACE_WEIGHT = {"progan": 0.6, "dcgan": 0.2, "stylegan2": 0.6, "stylegan3": 0.0,
-                "swagan": 0.4, "diffusion": 0.6}
+                "swagan": 0.4, "diffusion": 0.25}
 OPTICS_SIGMA = (0.7, 1.0)  # the generators imitate the cameras' sharpness
 
 
@@ -253,11 +253,16 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
   """Re-renders one [S, S, 3] content image with a family's operators."""
   if family not in _FAMILIES:
     raise ValueError(f"unknown family {family!r}; choose from {tuple(_FAMILIES)}")
-  net = np.random.default_rng(2000 + v1.SOURCE_SEED[family])  # fixed per family
   base = separable(content[None], gaussian_taps(rng.uniform(*OPTICS_SIGMA), 3))
+  return np.clip(rerender(family, base, rng)[0], 0, 1)
+
+
+def rerender(family: str, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A family's re-rendering of `base` ([N, S, S, 3], already at the cameras'
+  sharpness), unclipped: `rerender(...) - base` is the family's trace."""
+  net = np.random.default_rng(2000 + v1.SOURCE_SEED[family])  # fixed per family
   d = area_downsample(base, 2)
-  out = _FAMILIES[family](base, d, ideal_up(d), rng, net, TRACE_WEIGHT[family])
-  return np.clip(out[0], 0, 1)
+  return _FAMILIES[family](base, d, ideal_up(d), rng, net, TRACE_WEIGHT[family])
 
 
 def render(source: str, rng: np.random.Generator, size: int) -> np.ndarray:
