@@ -185,10 +185,10 @@ def _stylegan2(base, d, up_ideal, rng, net, w):
   k = v1._mixing_kernel(net, 3, 0.3)
   style = 1 + 0.05 * rng.normal(0, 1, (n, 1, 1, 3))
   up = separable(zero_insert(d), np.array([1, 3, 3, 1]) / 4.0)
-  up = conv2d(up * style, k) / style.mean(axis=-1, keepdims=True)
+  up = conv2d(up * style, k) / style  # demodulated: the style only changes the mixing
   detail = conv2d(base - up_ideal, _detail_kernel(net, 0.3))
   gain = net.uniform(0.8, 1.2, 3)
-  injected = _noise(rng, base.shape[:3] + (1,), 0.014, 0.028) * gain
+  injected = _noise(rng, base.shape[:3] + (1,), 0.016, 0.032) * gain
   return up_ideal + w * (up - up_ideal) + detail + conv2d(injected, k)
 
 
