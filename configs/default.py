@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = data = ml_collections.ConfigDict()
   data.source = "csv"                  # "csv" (official) | "folder" | "tfds" | "synthetic" | "toy"
-  data.synthetic_config = "64"         # synthetic: "64" | "128" | "224" | "s<size>_t<n>_d<n>_e<n>"
+  data.synthetic_config = "64"         # synthetic: "64" | "128" | "224" | "s<size>_t<n>_d<n>_e<n>",
+                                       # optionally ":<version>" ("64:1.0.0"; default: latest, 2.0.0)
   data.data_root = ""                  # csv: filenames relative to it; folder: <root>/<split>/<gen>/
   data.tfds_name = "cmfl_faces"        # tfds: builder name (see cmfl_jax/tfds_faces.py)
   data.tfds_data_dir = ""              # tfds: prepared data dir ("" = TFDS default)

@@ -1,5 +1,5 @@
 """TFDS builder of the embedded benchmark (`cmfl_synth_faces`): the images
-of `simulate.sample`, prepared once into ArrayRecord files."""
+of `sampler.sample`, prepared once into ArrayRecord files, per version."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class SynthFacesConfig(tfds.core.BuilderConfig):
 
 
 class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
-  """Simulated bona fide and synthetic faces (see `simulate`).
+  """Simulated bona fide and synthetic faces (version 2: `v2`; 1: `simulate`).
 
   Splits: `<source>_<split>` for source in real + the six families (train,
   dev, eval) and `real2_eval`. Combine with TFDS split arithmetic, e.g.

@@ -1,7 +1,9 @@
-"""The embedded benchmark: simulated bona fide and synthetic face images.
+"""The embedded benchmark, version 1: simulated bona fide and synthetic face
+images, and the primitives version 2 (`v2`) builds on.
 
 Nothing is downloaded: images are generated deterministically from a seed and
-prepared once as a TFDS dataset (`cmfl_synth_faces`, in `builder.py`). The point is to model the
+prepared once as a TFDS dataset (`cmfl_synth_faces`, in `builder.py`; this
+version as `<config>:1.0.0`). The point is to model the
 phenomenon the detector relies on — generators leave architecture-specific
 traces in pixels and spectra; cameras leave different ones — so that training
 on one family and testing on the others is a real cross-model question.
@@ -37,6 +39,8 @@ Limits: faces are cartoon-like, the "networks" are fixed linear/mildly
 non-linear filters rather than trained generators, and there is no
 semantics (GAN-style anatomy errors); results on it rank detectors on
 low-level traces only. It is a sanity benchmark, not a substitute for FFHQ.
+Version 1's synthetic images are visibly blurrier or blockier than bona fide
+(one sharpness number separates them: BENCHMARKS.md), which version 2 fixes.
 """
 
 from __future__ import annotations
@@ -300,12 +304,20 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
 # ----------------------------------------------------------------------------
 # Storage and one image
 # ----------------------------------------------------------------------------
+def storage_choice(rng: np.random.Generator) -> int | None:
+  """PNG (None, p=0.5) or a JPEG quality from 70..95, drawn alike for every class."""
+  if rng.uniform() < 0.5:
+    return None
+  return int(rng.integers(70, 96))
+
+
 def store(img_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Same storage distribution for every class: PNG (lossless) or JPEG q 70..95."""
-  if rng.uniform() < 0.5:
+  quality = storage_choice(rng)
+  if quality is None:
     return img_u8
   buf = io.BytesIO()
-  Image.fromarray(img_u8).save(buf, format="JPEG", quality=int(rng.integers(70, 96)))
+  Image.fromarray(img_u8).save(buf, format="JPEG", quality=quality)
   return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
