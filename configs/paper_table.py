@@ -16,6 +16,8 @@ import runpy
 
 import ml_collections
 
+from cmfl_jax.data.synthetic import FAMILIES
+
 _cross_model = runpy.run_path(os.path.join(os.path.dirname(__file__), "cross_model.py"))
 
 KNOWN = ("stylegan2", "stylegan3", "swagan")   # the paper's three
@@ -31,9 +33,12 @@ VARIANTS = {
 #: Reduced grids by name (`--config=configs/paper_table.py:<grid>`): "seeds" is the
 #: multi-seed rerun of BENCHMARKS.md (2 CPU cores): the four models trained on one
 #: known family (stylegan2) instead of three, 3 seeds each, no robustness conditions.
+#: "families": the spectrum-only and the proposed model trained on each of the six
+#: families in turn (one seed, no robustness): the full cross-family matrix.
 GRIDS = {
     "full": (tuple(VARIANTS), KNOWN, ()),
     "seeds": (tuple(VARIANTS), ("stylegan2",), (0, 1, 2)),
+    "families": (("fft/bce", "two_stream/cmfl"), FAMILIES, ()),
 }
 
 
@@ -57,8 +62,9 @@ def get_config(grid: str = "full"):
   # Several seeds per cell (mean ± std, paired tests over images and seeds):
   # --config.sweep.seeds='(0,1,2)'. () = one run per cell with config.seed.
   config.sweep.seeds = seeds
-  config.sweep.compare = (("two_stream/cmfl", "two_stream/bce"),
-                          ("two_stream/cmfl", "fft/bce"), ("two_stream/cmfl", "rgb/bce"))
+  config.sweep.compare = tuple((a, b) for a, b in (
+      ("two_stream/cmfl", "two_stream/bce"), ("two_stream/cmfl", "fft/bce"),
+      ("two_stream/cmfl", "rgb/bce")) if a in variants and b in variants)
   model = config.model
   model.growth_rate = 12
   model.block_config = (4, 4)

@@ -311,14 +311,17 @@ def storage_choice(rng: np.random.Generator) -> int | None:
   return int(rng.integers(70, 96))
 
 
-def store(img_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Same storage distribution for every class: PNG (lossless) or JPEG q 70..95."""
-  quality = storage_choice(rng)
-  if quality is None:
-    return img_u8
+def jpeg_round_trip(img_u8: np.ndarray, quality: int) -> np.ndarray:
+  """The uint8 image as a JPEG of `quality` decodes (PIL/libjpeg)."""
   buf = io.BytesIO()
   Image.fromarray(img_u8).save(buf, format="JPEG", quality=quality)
   return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def store(img_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Same storage distribution for every class: PNG (lossless) or JPEG q 70..95."""
+  quality = storage_choice(rng)
+  return img_u8 if quality is None else jpeg_round_trip(img_u8, quality)
 
 
 def render(source: str, rng: np.random.Generator, size: int) -> np.ndarray:

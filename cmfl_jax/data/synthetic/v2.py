@@ -39,10 +39,8 @@ it with its own operators:
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
-from PIL import Image
 
 from cmfl_jax.data.synthetic import simulate as v1
 from cmfl_jax.data.synthetic.simulate import (area_downsample, conv2d, gaussian_taps, separable,
@@ -85,6 +83,7 @@ def render_face(rng: np.random.Generator, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class CameraV2:
+  """A version-1 sensor (optics, mosaic, noise, demosaicing) plus in-camera processing."""
   sensor: v1.Camera
   sharpen: float = 0.0               # in-camera unsharp-mask amount
   chroma_nr: float = 0.0             # chroma noise reduction (blur sigma of chroma)
@@ -101,13 +100,6 @@ TRAIN_CAMERAS = (
 HELD_OUT_CAMERA = CameraV2(v1.CAMERAS["real2"])
 
 
-def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
-  buf = io.BytesIO()
-  Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)).save(
-      buf, format="JPEG", quality=quality)
-  return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")) / 255.0
-
-
 _TO_YCC = np.array([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]])
 
 
@@ -122,7 +114,8 @@ def capture(content: np.ndarray, cam: CameraV2, rng: np.random.Generator) -> np.
     x = ycc @ np.linalg.inv(_TO_YCC).T
   x = np.clip(x[0], 0, 1)
   if cam.jpeg:
-    x = _jpeg(x, int(rng.integers(cam.jpeg[0], cam.jpeg[1] + 1)))
+    quality = int(rng.integers(cam.jpeg[0], cam.jpeg[1] + 1))
+    x = v1.jpeg_round_trip(np.round(x * 255).astype(np.uint8), quality) / 255.0
   return x
 
 
