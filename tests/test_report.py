@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cmfl_jax import evaluate, report, sweep
+from cmfl_jax.data.synthetic import FAMILIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,8 +76,22 @@ def test_report_without_threshold_or_robustness(tmp_path):
   assert "not stored (0.5 used)" in text and "Robustness" not in text and "Per head" not in text
 
 
-def paper_table_config():
-  return runpy.run_path(os.path.join(ROOT, "configs", "paper_table.py"))["get_config"]()
+def paper_table_config(grid="full"):
+  return runpy.run_path(os.path.join(ROOT, "configs", "paper_table.py"))["get_config"](grid)
+
+
+def test_paper_table_grids_and_their_comparisons():
+  families = paper_table_config("families")
+  names = [n for n, _ in families.sweep.cells]
+  assert len(names) == 12 and {n.partition("@")[2] for n in names} == set(FAMILIES)
+  assert {n.partition("@")[0] for n in names} == {"fft/bce", "two_stream/cmfl"}
+  # Only comparisons between models of the grid.
+  assert tuple(families.sweep.compare) == (("two_stream/cmfl", "fft/bce"),)
+  assert families.eval.conditions == () and families.sweep.seeds == ()
+  seeds = paper_table_config("seeds")
+  assert len(seeds.sweep.compare) == 3 and tuple(seeds.sweep.seeds) == (0, 1, 2)
+  with pytest.raises(ValueError, match="grid must be one of"):
+    paper_table_config("everything")
 
 
 def _cells(config, variants=None, known=None):
