@@ -167,8 +167,8 @@ def _dcgan(base, d, up_ideal, rng, net, w):
   gain /= gain.mean()
   k = (b[:, :, None, None] * np.eye(3)[None, None]) * np.tile(gain, (2, 2))[:, :, None, None]
   trace = _transposed(d, k) - up_ideal
-  detail = (base - up_ideal) * np.tile(gain, (base.shape[1] // 2, base.shape[2] // 2))[None, :, :,
-                                                                                        None]
+  phases = np.tile(gain, (base.shape[1] // 2, base.shape[2] // 2))[None, :, :, None]
+  detail = (base - up_ideal) * phases  # the transposed conv's phases act on the detail too
   tex = _transposed(_noise(rng, d.shape, 0.007, 0.014), k)
   return up_ideal + w * trace + detail + tex
 
@@ -244,8 +244,6 @@ OPTICS_SIGMA = (0.7, 1.0)  # the generators imitate the cameras' sharpness
 
 def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Re-renders one [S, S, 3] content image with a family's operators."""
-  if family not in _FAMILIES:
-    raise ValueError(f"unknown family {family!r}; choose from {tuple(_FAMILIES)}")
   base = separable(content[None], gaussian_taps(rng.uniform(*OPTICS_SIGMA), 3))
   return np.clip(rerender(family, base, rng)[0], 0, 1)
 
@@ -253,6 +251,8 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
 def rerender(family: str, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """A family's re-rendering of `base` ([N, S, S, 3], already at the cameras'
   sharpness), unclipped: `rerender(...) - base` is the family's trace."""
+  if family not in _FAMILIES:
+    raise ValueError(f"unknown family {family!r}; choose from {tuple(_FAMILIES)}")
   net = np.random.default_rng(2000 + v1.SOURCE_SEED[family])  # fixed per family
   d = area_downsample(base, 2)
   return _FAMILIES[family](base, d, ideal_up(d), rng, net, TRACE_WEIGHT[family])
