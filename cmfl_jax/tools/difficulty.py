@@ -9,9 +9,8 @@ statistics a detector could win with without learning any generator trace.
   fide images and of each family, and their largest gap in dB up to half
   Nyquist: a visible quality gap (blur, blocks) shows up here as a gap.
 
-Run: `python -m cmfl_jax.tools.difficulty --size=64 --num=300 --out=DIR`
-[--version=1.0.0]
-(writes difficulty.json and difficulty.png, a grid of examples per class
+Run: `python -m cmfl_jax.tools.difficulty --size=64 --num=300 --out=DIR
+[--version=1.0.0]` (writes difficulty.json and difficulty.png, a grid of examples per class
 beside the mean log spectra).
 """
 
