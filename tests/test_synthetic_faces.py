@@ -14,7 +14,8 @@ from cmfl_jax.data.synthetic import simulate as sf
 
 V1 = "1.0.0"
 # sha256 of each version's first 2 dev images per source at 32x32: version 1
-# as first released (commit 4f65f14), version 2 as measured in BENCHMARKS.md.
+# as generated before version 2 existed (commit 4f65f14), version 2 as
+# measured in BENCHMARKS.md.
 DIGESTS = {"1.0.0": "383399461f7bd31a0239dbabf97be1fcc820aedcbe4b1c4ef94f4c03536609a8",
            "2.0.0": "27d3ab57d3e9dd7e50a0243368d00cc5e9d2f0ea0f5e3c57696a88a59ab67583"}
 

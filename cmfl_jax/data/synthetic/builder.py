@@ -8,7 +8,7 @@ import re
 import tensorflow_datasets as tfds
 
 from cmfl_jax.data import tfds_faces
-from cmfl_jax.data.synthetic import sampler, simulate, v2
+from cmfl_jax.data.synthetic import sampler
 from cmfl_jax.data.synthetic.simulate import FAMILIES, REAL_SOURCES, SPLITS
 
 
@@ -50,7 +50,7 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         features=tfds_faces.face_features(self.builder_config.size),
         supervised_keys=("image", "label"),
-        description=_DOCS[str(self.version)].__doc__.split("\n\n")[0])
+        description=sampler.VERSIONS[str(self.version)].__doc__.split("\n\n")[0])
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
@@ -80,8 +80,7 @@ class CmflSynthFacesV1(CmflSynthFaces, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
 
 
-_DOCS = {"1.0.0": simulate, "2.0.0": v2}
-_BUILDERS = {"2.0.0": CmflSynthFaces, "1.0.0": CmflSynthFacesV1}
+_BUILDERS = {str(b.VERSION): b for b in (CmflSynthFaces, CmflSynthFacesV1)}
 
 
 def make_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -4,14 +4,16 @@ stay reproducible; version 2 (`v2`) is the default."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from types import ModuleType
+from typing import Iterator
 
 import numpy as np
 
 from cmfl_jax.data.synthetic import simulate, v2
 
-VERSIONS: dict[str, Callable[[str, np.random.Generator, int], np.ndarray]] = {
-    "1.0.0": simulate.render, "2.0.0": v2.render}
+# Version -> its module: `render(source, rng, size)` draws one image, the
+# docstring's first paragraph is the TFDS description.
+VERSIONS: dict[str, ModuleType] = {"1.0.0": simulate, "2.0.0": v2}
 LATEST = "2.0.0"
 
 
@@ -31,7 +33,7 @@ def sample(source: str, split: str, num: int, size: int, seed: int = 0,
   if source not in simulate.REAL_SOURCES + simulate.FAMILIES:
     raise ValueError(f"unknown source {source!r}; choose from "
                      f"{simulate.REAL_SOURCES + simulate.FAMILIES}")
-  render = VERSIONS[version]
+  render = VERSIONS[version].render
   for i in range(num):
     rng = np.random.default_rng([seed, simulate.SPLIT_SEED[split], simulate.SOURCE_SEED[source],
                                  i])

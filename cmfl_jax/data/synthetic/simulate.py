@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+
 import numpy as np
 from PIL import Image
 
@@ -102,7 +103,7 @@ def area_downsample(x: np.ndarray, f: int) -> np.ndarray:
   return x.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
 
 
-def _mixing_kernel(rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
+def mixing_kernel(rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
   """A fixed random kxk conv: per-channel smoothing plus a zero-mean random
   spatial pattern (the family's fingerprint) and weak cross-channel mixing.
   Every output channel has DC gain exactly 1, so colours stay sane."""
@@ -229,13 +230,13 @@ def camera_capture(x: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.n
 # ----------------------------------------------------------------------------
 # Generator families
 # ----------------------------------------------------------------------------
-def _match_stats(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def match_stats(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
   mx, sx = x.mean(axis=(1, 2), keepdims=True), x.std(axis=(1, 2), keepdims=True) + 1e-6
   mr, sr = ref.mean(axis=(1, 2), keepdims=True), ref.std(axis=(1, 2), keepdims=True)
   return np.clip((x - mx) / sx * sr + mr, 0, 1)
 
 
-def _sinc_taps(half: int = 6, beta: float = 6.0) -> np.ndarray:
+def sinc_taps(half: int = 6, beta: float = 6.0) -> np.ndarray:
   """Kaiser-windowed sinc for x2 upsampling (cut-off at the old Nyquist)."""
   t = np.arange(-2 * half + 1, 2 * half) / 2.0
   taps = np.sinc(t) * np.kaiser(len(t), beta)
@@ -247,7 +248,7 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
   net = np.random.default_rng(1000 + SOURCE_SEED[family])  # fixed per family
   n = content.shape[0]
   if family == "progan":
-    kernels = [_mixing_kernel(net, 3, 0.6) for _ in range(2)]
+    kernels = [mixing_kernel(net, 3, 0.6) for _ in range(2)]
     x = area_downsample(content, 4)
     for k in kernels:
       x = conv2d(x.repeat(2, axis=1).repeat(2, axis=2), k)
@@ -264,7 +265,7 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
       x = conv2d(zero_insert(x), k)
   elif family == "stylegan2":
     fir = np.array([1, 3, 3, 1]) / 4.0
-    kernels = [_mixing_kernel(net, 3, 0.3) for _ in range(2)]
+    kernels = [mixing_kernel(net, 3, 0.3) for _ in range(2)]
     noise_gain = net.uniform(0.015, 0.03, (2, 3))
     x = area_downsample(content, 4)
     for s, k in enumerate(kernels):
@@ -273,7 +274,7 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
       x = conv2d(x * style, k) / style.mean(axis=-1, keepdims=True)  # demodulated gain
       x = x + noise_gain[s] * rng.normal(0, 1, x.shape[:3] + (1,))
   elif family == "stylegan3":
-    taps = _sinc_taps()
+    taps = sinc_taps()
     x = area_downsample(content, 4)
     for _ in range(2):
       x = separable(zero_insert(x), taps)
@@ -291,14 +292,14 @@ def generate(family: str, content: np.ndarray, rng: np.random.Generator) -> np.n
       up[:, 1::2, 1::2] = x - lh - hl + hh
       x = up
   elif family == "diffusion":
-    kernels = [_mixing_kernel(net, 3, 0.4) for _ in range(3)]
+    kernels = [mixing_kernel(net, 3, 0.4) for _ in range(3)]
     x = area_downsample(content, 8)
     for k in kernels:
       x = conv2d(x.repeat(2, axis=1).repeat(2, axis=2), k)
     x = separable(x, gaussian_taps(0.9, 3)) + 0.004 * rng.normal(0, 1, x.shape)
   else:
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
-  return _match_stats(x, content)
+  return match_stats(x, content)
 
 
 # ----------------------------------------------------------------------------

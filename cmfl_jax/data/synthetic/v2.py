@@ -101,6 +101,7 @@ HELD_OUT_CAMERA = CameraV2(v1.CAMERAS["real2"])
 
 
 _TO_YCC = np.array([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]])
+_FROM_YCC = np.linalg.inv(_TO_YCC)
 
 
 def capture(content: np.ndarray, cam: CameraV2, rng: np.random.Generator) -> np.ndarray:
@@ -111,7 +112,7 @@ def capture(content: np.ndarray, cam: CameraV2, rng: np.random.Generator) -> np.
   if cam.chroma_nr:
     ycc = x @ _TO_YCC.T
     ycc[..., 1:] = separable(ycc[..., 1:], gaussian_taps(cam.chroma_nr, 3))
-    x = ycc @ np.linalg.inv(_TO_YCC).T
+    x = ycc @ _FROM_YCC.T
   x = np.clip(x[0], 0, 1)
   if cam.jpeg:
     quality = int(rng.integers(cam.jpeg[0], cam.jpeg[1] + 1))
@@ -122,7 +123,7 @@ def capture(content: np.ndarray, cam: CameraV2, rng: np.random.Generator) -> np.
 # ----------------------------------------------------------------------------
 # Generator families
 # ----------------------------------------------------------------------------
-_SINC = v1._sinc_taps()
+_SINC = v1.sinc_taps()
 
 
 def ideal_up(x: np.ndarray) -> np.ndarray:
@@ -151,7 +152,7 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...], lo: float, hi: floa
 
 
 def _progan(base, d, up_ideal, rng, net, w):
-  k = v1._mixing_kernel(net, 3, 0.6)
+  k = v1.mixing_kernel(net, 3, 0.6)
   trace = conv2d(_nn_up(d), k) - up_ideal
   tex = conv2d(_nn_up(_noise(rng, d.shape, 0.007, 0.014)), k)
   return base + w * trace + tex
@@ -175,7 +176,7 @@ def _dcgan(base, d, up_ideal, rng, net, w):
 
 def _stylegan2(base, d, up_ideal, rng, net, w):
   n = base.shape[0]
-  k = v1._mixing_kernel(net, 3, 0.3)
+  k = v1.mixing_kernel(net, 3, 0.3)
   style = 1 + 0.05 * rng.normal(0, 1, (n, 1, 1, 3))
   up = separable(zero_insert(d), np.array([1, 3, 3, 1]) / 4.0)
   up = conv2d(up * style, k) / style  # demodulated: the style only changes the mixing
@@ -197,7 +198,7 @@ def _stylegan3(base, d, up_ideal, rng, net, w):
   detail = _band_limit(base - up_ideal)
   tex = _band_limit(_noise(rng, base.shape, 0.01, 0.0175))
   x = up_ideal + 1.15 * detail + tex
-  return v1._match_stats(0.5 + 0.6 * np.tanh((x - 0.5) / 0.6), base)
+  return v1.match_stats(0.5 + 0.6 * np.tanh((x - 0.5) / 0.6), base)
 
 
 def _swagan(base, d, up_ideal, rng, net, w):
@@ -220,7 +221,7 @@ def _swagan(base, d, up_ideal, rng, net, w):
 
 
 def _diffusion(base, d, up_ideal, rng, net, w):
-  kernels = [v1._mixing_kernel(net, 3, 0.4) for _ in range(3)]
+  kernels = [v1.mixing_kernel(net, 3, 0.4) for _ in range(3)]
   z = area_downsample(base, 8)
   smooth = ideal_up(ideal_up(ideal_up(z)))
   for k in kernels:
