@@ -39,6 +39,15 @@ def test_deterministic_and_splits_disjoint(version):
   assert a.dtype == np.uint8 and a.shape == (4, 32, 32, 3)
 
 
+def test_worker_processes_draw_the_same_images_in_the_same_order():
+  """Generation runs on every core; the pixels must not depend on it (40
+  images: three pool chunks, the last one short)."""
+  serial = np.stack(list(sampler.sample("swagan", "eval", 40, 32, workers=1)))
+  parallel = np.stack(list(sampler.sample("swagan", "eval", 40, 32, workers=2)))
+  np.testing.assert_array_equal(serial, parallel)
+  assert len({img.tobytes() for img in parallel}) == 40
+
+
 @pytest.mark.parametrize("version", sorted(sampler.VERSIONS))
 def test_published_versions_keep_their_pixels(version):
   # Each version's published tables stay reproducible: its pixels are pinned.

@@ -4,6 +4,11 @@ stay reproducible; version 2 (`v2`) is the default."""
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
+import functools
+import multiprocessing
+import os
 from types import ModuleType
 from typing import Iterator
 
@@ -18,12 +23,13 @@ LATEST = "2.0.0"
 
 
 def sample(source: str, split: str, num: int, size: int, seed: int = 0,
-           version: str = LATEST) -> Iterator[np.ndarray]:
+           version: str = LATEST, workers: int | None = None) -> Iterator[np.ndarray]:
   """Yields `num` uint8 images of one source ("real", "real2" or a family).
 
   Image i depends only on (version, seed, split, source, i): content seeds are
   disjoint across splits and sources, and the same arguments always give the
-  same pixels.
+  same pixels, however many `workers` (processes; default: one per core) draw
+  them.
   """
   if size % 8:
     raise ValueError(f"image size must be a multiple of 8, got {size}")
@@ -33,8 +39,63 @@ def sample(source: str, split: str, num: int, size: int, seed: int = 0,
   if source not in simulate.REAL_SOURCES + simulate.FAMILIES:
     raise ValueError(f"unknown source {source!r}; choose from "
                      f"{simulate.REAL_SOURCES + simulate.FAMILIES}")
+  draw = functools.partial(_draw_range, version, seed, split, source, size)
+  workers = _available_cores() if workers is None else workers
+  if workers <= 1 or num < 2 * _CHUNK:
+    for start in range(0, num, _CHUNK):
+      yield from draw(start, min(start + _CHUNK, num))
+    return
+  # In order, at most 2 chunks per worker in flight: memory stays bounded
+  # however slowly the consumer (TFDS's encoder and writer) takes them.
+  pool = _pool(workers)
+  starts = iter(range(0, num, _CHUNK))
+  pending: list[concurrent.futures.Future] = []
+  while True:
+    while len(pending) < 2 * workers and (start := next(starts, None)) is not None:
+      pending.append(pool.submit(draw, start, min(start + _CHUNK, num)))
+    if not pending:
+      return
+    yield from pending.pop(0).result()
+
+
+#: Images per task of the process pool.
+_CHUNK = 16
+
+
+def _draw_range(version: str, seed: int, split: str, source: str, size: int, start: int,
+                stop: int) -> list[np.ndarray]:
+  """Images `start..stop-1` of one source (run in a worker process or here)."""
   render = VERSIONS[version].render
-  for i in range(num):
+  out = []
+  for i in range(start, stop):
     rng = np.random.default_rng([seed, simulate.SPLIT_SEED[split], simulate.SOURCE_SEED[source],
                                  i])
-    yield simulate.store(np.round(render(source, rng, size) * 255).astype(np.uint8), rng)
+    out.append(simulate.store(np.round(render(source, rng, size) * 255).astype(np.uint8), rng))
+  return out
+
+
+def _available_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+_POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+  """One pool per worker count, kept for the process's lifetime. Spawned, not
+  forked: the parent may run TensorFlow and JAX threads."""
+  if workers not in _POOLS:
+    if not _POOLS:
+      atexit.register(_shutdown_pools)
+    _POOLS[workers] = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
+  return _POOLS[workers]
+
+
+def _shutdown_pools() -> None:
+  """At exit, while the modules the pools need at shutdown are still there."""
+  while _POOLS:
+    _POOLS.popitem()[1].shutdown()
