@@ -48,6 +48,7 @@ from absl import app, flags, logging
 from cmfl_jax import checkpointing, evaluate, stats, steps
 from cmfl_jax import config as config_lib
 from cmfl_jax.data import ops, readers
+from cmfl_jax.exporting.errors import ExportError
 
 FLAGS = flags.FLAGS
 
@@ -300,7 +301,7 @@ def main(argv: Sequence[str]) -> int:
     if (FLAGS.workdir is None) == (FLAGS.model is None):
       raise app.UsageError("give one of --workdir or --model")
     predictions = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align, FLAGS.model)
-  except (FileNotFoundError, checkpointing.CheckpointError, ImportError) as e:
+  except (FileNotFoundError, checkpointing.CheckpointError, ImportError, ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   threshold, calibrated = predictions.threshold, predictions.calibrated

@@ -181,6 +181,18 @@ def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_proces
   assert [r["path"] for r in rows] == images[0]
 
 
+def test_predict_model_refuses_what_is_not_a_readable_export(exported, tmp_path):
+  from cmfl_jax.exporting import ExportError, artifact
+  bad = tmp_path / "bad"
+  shutil.copytree(exported, bad)
+  data = (bad / "model.jax_exported").read_bytes()
+  (bad / "model.jax_exported").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ExportError, match="model.jax_exported cannot be read"):
+    artifact.load(str(bad))
+  with pytest.raises(ExportError, match="is not an exported model"):
+    artifact.load(str(tmp_path / "elsewhere"))
+
+
 def _leftovers(parent, name):
   return sorted(f for f in os.listdir(parent) if f.startswith(f".{name}."))
 

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from cmfl_jax.exporting import card, jax_export, savedmodel
+from cmfl_jax.exporting.errors import ExportError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,28 +30,36 @@ class Artifact:
 
 
 def read_card(directory: str) -> dict:
-  """model_card.json of an export; FileNotFoundError if `directory` is not one."""
+  """model_card.json of an export; ExportError if `directory` is not one."""
   path = os.path.join(directory, card.JSON_NAME)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{directory} is not an exported model (no {card.JSON_NAME}; "
-                            "make one with python -m cmfl_jax.export)")
-  with open(path) as f:
-    found = json.load(f)
-  if found.get("format") != card.FORMAT:
-    raise FileNotFoundError(f"{path} is not a {card.FORMAT} model card")
+    raise ExportError(f"{directory} is not an exported model (no {card.JSON_NAME}; "
+                      "make one with python -m cmfl_jax.export)")
+  try:
+    with open(path) as f:
+      found = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ExportError(f"{path} cannot be read: {str(e).splitlines()[0]}") from None
+  if not isinstance(found, dict) or found.get("format") != card.FORMAT:
+    raise ExportError(f"{path} is not a {card.FORMAT} model card")
   return found
 
 
 def load(directory: str) -> Artifact:
-  """The export at `directory`, ready to score."""
+  """The export at `directory`, ready to score; ExportError if it cannot be read."""
   found = read_card(directory)
   config = ml_collections.ConfigDict(found["config"])
   try:
     import jax
   except ImportError:
     jax = None
-  if jax is not None and os.path.isfile(os.path.join(directory, jax_export.FILENAME)):
-    exported = jax_export.read(os.path.join(directory, jax_export.FILENAME))
+  path = os.path.join(directory, jax_export.FILENAME)
+  if jax is not None and os.path.isfile(path):
+    try:
+      exported = jax_export.read(path)
+    except Exception as e:  # noqa: BLE001 - a damaged flatbuffer raises many types
+      raise ExportError(f"{path} cannot be read: {(str(e) or type(e).__name__).splitlines()[0]}"
+                        ) from None
     return Artifact(found, config, "jax_exported", lambda images: {
         k: np.asarray(v) for k, v in jax.device_get(exported.call(images)).items()})
   import tensorflow as tf
