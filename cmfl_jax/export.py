@@ -24,7 +24,7 @@ if __name__ == "__main__":  # before the imports below: they take seconds and wo
 # pylint: disable=wrong-import-position
 from absl import app, flags, logging
 
-from cmfl_jax.exporting import ExportError, bundle
+from cmfl_jax.exporting import ExportError, staging
 
 FLAGS = flags.FLAGS
 
@@ -33,6 +33,8 @@ def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
+    staging.check_target(FLAGS.output, FLAGS.overwrite)  # before the seconds-long imports
+    from cmfl_jax.exporting import bundle  # pylint: disable=import-outside-toplevel
     model_card = bundle.export_model(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint,
                                      FLAGS.calibration, FLAGS.overwrite)
   except ExportError as e:
