@@ -289,3 +289,21 @@ def test_staged_directory_replaces_only_when_complete(tmp_path):
     open(os.path.join(d, "new"), "w").close()
   assert sorted(os.listdir(out)) == ["new"] and not _leftovers(tmp_path, "out")
   assert oct(os.stat(out).st_mode & 0o777) != oct(0o700)
+
+
+def test_outputs_follow_the_architecture_and_the_stored_numbers():
+  from cmfl_jax import models
+  from cmfl_jax.exporting import ExportError, serving_fn
+  bare = serving_fn.Constants.of({}, None)  # no dev threshold, no Platt fit: 0.5, identity
+  assert (bare.dev_threshold, bare.platt["a"], bare.platt["b"]) == (0.5, 1.0, 0.0)
+  assert serving_fn.output_names(models.ModelConfig(arch="one_stream"), bare) == [
+      "p_real", "p_real_calibrated", "threshold_dev"]
+  full = serving_fn.Constants.of(
+      {"dev_threshold": 0.3, "calibration": {"method": "platt", "a": 2.0, "b": -1.0}},
+      {"threshold": 0.7})
+  assert (full.dev_threshold, full.calibration_threshold, full.platt["a"]) == (0.3, 0.7, 2.0)
+  assert serving_fn.output_names(models.ModelConfig(arch="two_stream"), full) == [
+      "p_real", "p_real_rgb", "p_real_freq", "p_real_calibrated", "threshold_dev",
+      "threshold_calibration"]
+  with pytest.raises(ExportError, match="not an increasing Platt map"):
+    serving_fn.Constants.of({"calibration": {"method": "platt", "a": -1.0, "b": 0.0}}, None)
