@@ -1,6 +1,7 @@
 """Score new images with a trained model.
 
   python -m cmfl_jax.predict --workdir=DIR [--checkpoint=best|latest|STEP] [--unaligned] PATH...
+  python -m cmfl_jax.predict --model=EXPORTED_DIR [--unaligned] PATH...
 
 PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
 With --align, raw photographs are detected and aligned first (the same code
@@ -47,6 +48,7 @@ from absl import app, flags, logging
 from cmfl_jax import checkpointing, evaluate, stats, steps
 from cmfl_jax import config as config_lib
 from cmfl_jax.data import ops, readers
+from cmfl_jax.exporting.errors import ExportError
 
 FLAGS = flags.FLAGS
 
@@ -217,23 +219,14 @@ class Predictions:
   rows: Iterator[dict]
 
 
-def predict(workdir: str, paths: Sequence[str], which: str = "best",
-            aligned: bool | None = None, align=None) -> Predictions:
-  """Rows {path, score, verdict | error[, calibrated]} in input order, streamed:
-  files are checked and decoded by tf.data a few batches ahead and scored in
-  fixed-size batches, so memory does not grow with the number of paths.
-  With `align` (`AlignOptions`) every photograph is first detected and
-  aligned; rows then carry the face box and detection score. The eval step
-  is compiled before this returns."""
+def _checkpoint_scorer(workdir: str, which: str):
+  """(config, dev threshold, Platt calibration, score) of a checkpoint, scored
+  in process; the eval step is compiled before this returns."""
   config = config_from_checkpoint(workdir, which)
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
-  threshold = meta.get("dev_threshold")
-  calibration = meta.get("calibration")
-  geometry = ops.Geometry(config.data.image_size,
-                          True if align else config.data.aligned if aligned is None else aligned)
   batch_size = config.train.eval_batch_size
   sharding = steps.batch_sharding(mesh)
-  image_shape = (geometry.size, geometry.size, 3)
+  image_shape = (config.data.image_size, config.data.image_size, 3)
 
   def score(images: np.ndarray) -> np.ndarray:
     n = len(images)  # a partial batch padded: one compilation
@@ -243,6 +236,42 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best",
     return np.asarray(jax.device_get(probs["joint"]))[:n]
 
   score(np.zeros((0, *image_shape), np.uint8))  # compile now: images/s measures the stream
+  return config, meta.get("dev_threshold"), meta.get("calibration"), score
+
+
+def _artifact_scorer(model: str):
+  """The same from an exported model (`cmfl_jax.export`): its card's config,
+  threshold and calibration, its `p_real` as the score."""
+  from cmfl_jax.exporting import artifact
+  loaded = artifact.load(model)
+  config, card = loaded.config, loaded.card
+  batch_size = config.train.eval_batch_size
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+
+  def score(images: np.ndarray) -> np.ndarray:
+    n = len(images)  # padded to one batch shape: one compilation
+    padded = np.concatenate([images, np.zeros((batch_size - n, *image_shape), np.uint8)])
+    return loaded.call(padded)["p_real"][:n]
+
+  score(np.zeros((0, *image_shape), np.uint8))
+  threshold = card["thresholds"]["dev"] if card["thresholds"]["dev_stored"] else None
+  return config, threshold, card["calibration"]["platt"], score
+
+
+def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
+            aligned: bool | None = None, align=None, model: str | None = None) -> Predictions:
+  """Rows {path, score, verdict | error[, calibrated]} in input order, streamed:
+  files are checked and decoded by tf.data a few batches ahead and scored in
+  fixed-size batches, so memory does not grow with the number of paths.
+  With `align` (`AlignOptions`) every photograph is first detected and
+  aligned; rows then carry the face box and detection score. Scores come from
+  checkpoint `which` of `workdir`, or with `model` from an exported model
+  directory. The model is compiled before this returns."""
+  config, threshold, calibration, score = (_artifact_scorer(model) if model else
+                                           _checkpoint_scorer(workdir, which))
+  geometry = ops.Geometry(config.data.image_size,
+                          True if align else config.data.aligned if aligned is None else aligned)
+  batch_size = config.train.eval_batch_size
   cut = 0.5 if threshold is None else threshold
 
   def rows() -> Iterator[dict]:
@@ -269,8 +298,10 @@ def main(argv: Sequence[str]) -> int:
     if FLAGS.align:
       from cmfl_jax.data import align_files
       align = align_files.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
-    predictions = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align)
-  except (FileNotFoundError, checkpointing.CheckpointError, ImportError) as e:
+    if (FLAGS.workdir is None) == (FLAGS.model is None):
+      raise app.UsageError("give one of --workdir or --model")
+    predictions = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align, FLAGS.model)
+  except (FileNotFoundError, checkpointing.CheckpointError, ImportError, ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   threshold, calibrated = predictions.threshold, predictions.calibrated
@@ -304,8 +335,10 @@ def main(argv: Sequence[str]) -> int:
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.", required=True)
+  flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.")
   flags.DEFINE_string("checkpoint", "best", "best | latest | STEP.")
+  flags.DEFINE_string("model", None, "Score with an exported model (python -m cmfl_jax.export "
+                      "--output=DIR) instead of a --workdir checkpoint.")
   flags.DEFINE_bool("align", False, "Detect and align each photograph first (MTCNN, as "
                     "`python -m cmfl_jax.align`; needs the align extra); one row per face, "
                     "'no face: <reason>' rows for photographs without one.")

@@ -1,0 +1,126 @@
+"""The function every artifact serves: uint8 images -> named P(real) outputs,
+built from a checkpoint.
+
+It is the model's own `__call__` (ImageNet normalisation and the log-FFT
+spectrum computed inside, from the raw pixels), the heads' sigmoids, the
+dev-set Platt calibration and the verdict thresholds, closed over the
+restored weights so that each artifact is one self-contained function. The
+model is rebuilt with XLA's own operations (`ops="xla"`): the GEMM-built CPU
+kernels used for training (`cmfl_jax.models.kernels`) have the same
+parameters and values but are a CPU speed device, not a portable program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from cmfl_jax import checkpointing, models, steps
+from cmfl_jax.exporting.errors import ExportError
+
+#: Head of the model -> output name.
+HEAD_OUTPUTS = {"joint": "p_real", "rgb": "p_real_rgb", "freq": "p_real_freq"}
+#: Every output an artifact may have, with what it means (the card lists these).
+OUTPUTS = {
+    "p_real": "P(real) of the joint head (the score of predict and evaluate)",
+    "p_real_rgb": "P(real) of the RGB head (two_stream only)",
+    "p_real_freq": "P(real) of the spectrum head (two_stream only)",
+    "p_real_calibrated": "p_real after the Platt calibration fitted on the dev set "
+                         "(same ranking; equals p_real when the checkpoint has none)",
+    "threshold_dev": "verdict threshold on p_real: the dev-set EER threshold (0.5 where the "
+                     "checkpoint has none); repeated per image",
+    "threshold_calibration": "verdict threshold on p_real of the chosen --calibration; "
+                             "repeated per image (only with --calibration)",
+}
+#: Probabilities are clipped as `evaluate.logits_of` does before the calibration.
+_P_CLIP = 1e-7
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint, read back: its config, weights (host arrays) and metadata."""
+
+  config: ml_collections.ConfigDict
+  model: models.ModelConfig     # with portable XLA ops
+  params: Any
+  batch_stats: Any
+  meta: dict
+  kind: str
+  step: int
+
+
+def restore(workdir: str, which: str) -> Restored:
+  """Checkpoint `which` (best | latest | STEP) of `workdir`; ExportError if it
+  is missing or cannot be read (damaged files, fingerprint mismatch)."""
+  try:
+    kind, step = checkpointing.select_step(workdir, which)
+    manager = checkpointing.make_managers(workdir)[kind]
+    config = ml_collections.ConfigDict(checkpointing.read_meta(manager, step)["config"])
+    abstract, programs = steps.create_train_state(config, steps.make_mesh(), abstract=True)
+    state, meta = checkpointing.restore(manager, step, abstract)
+  except (FileNotFoundError, checkpointing.CheckpointError) as e:
+    raise ExportError(str(e)) from None
+  except Exception as e:  # noqa: BLE001 - Orbax raises many types for a broken checkpoint
+    raise ExportError(f"checkpoint {which!r} of {workdir} cannot be read: "
+                      f"{(str(e).strip() or type(e).__name__).splitlines()[0][:300]}") from None
+  portable = dataclasses.replace(programs.model, ops="xla")
+  return Restored(config, portable, jax.device_get(state.params),
+                  jax.device_get(state.batch_stats), dict(meta), kind, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constants:
+  """Numbers baked into the artifact beside the weights."""
+
+  dev_threshold: float
+  platt: dict              # {"method": "platt", "a", "b"}; a=1, b=0 when none was fitted
+  calibration_threshold: float | None
+
+  @classmethod
+  def of(cls, meta: dict, calibration: dict | None) -> "Constants":
+    dev = meta.get("dev_threshold")
+    platt = meta.get("calibration") or {"method": "platt", "a": 1.0, "b": 0.0}
+    if platt.get("method") != "platt" or not float(platt["a"]) > 0:
+      raise ExportError(f"the checkpoint's calibration {platt} is not an increasing Platt map")
+    return cls(0.5 if dev is None else float(dev), dict(platt),
+               None if calibration is None else float(calibration["threshold"]))
+
+
+def output_names(model: models.ModelConfig, constants: Constants) -> list[str]:
+  """The artifact's outputs, in the order the card lists them."""
+  names = ["p_real", *(["p_real_rgb", "p_real_freq"] if model.arch == "two_stream" else []),
+           "p_real_calibrated", "threshold_dev"]
+  return names + (["threshold_calibration"] if constants.calibration_threshold is not None else [])
+
+
+def serving_function(restored: Restored, constants: Constants
+                     ) -> Callable[[jax.Array], dict[str, jax.Array]]:
+  """images uint8 [batch, H, W, 3] -> {output name: float32 [batch]}; pure."""
+  module = models.create_model(restored.model, rngs=nnx.Rngs(0))
+  module.eval()
+  graphdef = nnx.split(module, nnx.Param, nnx.BatchStat)[0]
+  model = nnx.merge(graphdef, restored.params, restored.batch_stats)
+  a, b = float(constants.platt["a"]), float(constants.platt["b"])
+
+  def serve(images: jax.Array) -> dict[str, jax.Array]:
+    out = {HEAD_OUTPUTS[head]: jax.nn.sigmoid(logit) for head, logit in model(images).items()}
+    p = jnp.clip(out["p_real"], _P_CLIP, 1 - _P_CLIP)  # as predict: logit of the clipped P
+    out["p_real_calibrated"] = jax.nn.sigmoid(a * (jnp.log(p) - jnp.log1p(-p)) + b)
+    ones = jnp.ones_like(out["p_real"])
+    out["threshold_dev"] = ones * constants.dev_threshold
+    if constants.calibration_threshold is not None:
+      out["threshold_calibration"] = ones * constants.calibration_threshold
+    return out
+
+  return serve
+
+
+def probe_images(size: int, count: int = 2, seed: int = 0) -> np.ndarray:
+  """Random uint8 images for the self-check of a written artifact."""
+  return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)

@@ -1,0 +1,309 @@
+"""`python -m cmfl_jax.export` (issue #31): the SavedModel and the jax.export
+artifact give predict's scores in processes that cannot import JAX or
+TensorFlow respectively, the card records what it must, `predict --model`
+scores with the export, and bad input leaves nothing behind."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import ROOT, main_env
+
+N = 5
+TOL = 1e-5
+# Installed first in the loader subprocesses: importing a blocked package fails.
+BLOCKER = textwrap.dedent("""
+  import sys
+  class Blocker:
+    def find_spec(self, name, path=None, target=None):
+      if name.split(".")[0] in BLOCKED:
+        raise ImportError(f"{name} is blocked in this test")
+  sys.meta_path.insert(0, Blocker())
+""")
+SAVED_MODEL_LOADER = """
+import numpy as np, tensorflow as tf
+images = np.load(sys.argv[1])
+fn = tf.saved_model.load(sys.argv[2] + "/saved_model").signatures["serving_default"]
+spec = fn.structured_input_signature[1]["images"]
+assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, *images.shape[1:]], spec
+ones = [{k: v.numpy() for k, v in fn(images=tf.constant(images[i:i + 1])).items()}
+        for i in range(len(images))]
+out = {f"one/{k}": np.concatenate([o[k] for o in ones]) for k in ones[0]}
+out.update({f"all/{k}": v.numpy() for k, v in fn(images=tf.constant(images)).items()})
+out["blocked"] = np.asarray([m in sys.modules for m in ("jax", "cmfl_jax")])
+np.savez(sys.argv[3], **out)
+"""
+JAX_EXPORT_LOADER = """
+import numpy as np, jax
+from jax import export
+images = np.load(sys.argv[1])
+with open(sys.argv[2] + "/model.jax_exported", "rb") as f:
+  exported = export.deserialize(bytearray(f.read()))
+ones = [jax.device_get(exported.call(images[i:i + 1])) for i in range(len(images))]
+out = {f"one/{k}": np.concatenate([o[k] for o in ones]) for k in ones[0]}
+out.update({f"all/{k}": np.asarray(v) for k, v in jax.device_get(exported.call(images)).items()})
+out["blocked"] = np.asarray([m in sys.modules for m in ("tensorflow", "cmfl_jax")])
+np.savez(sys.argv[3], **out)
+"""
+
+
+def _export_cmd(workdir, output, *extra, cache_dir):
+  return subprocess.run([sys.executable, "-m", "cmfl_jax.export", f"--workdir={workdir}",
+                         f"--output={output}", *extra], cwd=ROOT, env=main_env(cache_dir),
+                        capture_output=True, text=True, timeout=400)
+
+
+@pytest.fixture(scope="module")
+def run_copy(reference_run, tmp_path_factory):
+  """A copy of the reference run (with a hand-made calibration file), so the
+  shared workdir stays as it is."""
+  workdir = str(tmp_path_factory.mktemp("export") / "run")
+  shutil.copytree(reference_run[0], workdir)
+  os.makedirs(os.path.join(workdir, "calibrations"))
+  with open(os.path.join(workdir, "calibrations", "strict.json"), "w") as f:
+    json.dump({"threshold": 0.625, "method": "hand-made for tests"}, f)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def exported(run_copy, cache_dir):
+  output = os.path.join(os.path.dirname(run_copy), "out")
+  proc = _export_cmd(run_copy, output, "--calibration=strict", cache_dir=cache_dir)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return output
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  """N smooth-ish 32x32 PNGs: (paths, uint8 array read back with PIL)."""
+  folder = tmp_path_factory.mktemp("export_images")
+  rng = np.random.default_rng(7)
+  paths = []
+  for i in range(N):
+    base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize((32, 32), Image.BILINEAR)
+    paths.append(str(folder / f"{i}.png"))
+    image.save(paths[-1])
+  return paths, np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def in_process(run_copy, images):
+  """predict's scores and calibrated scores, and every head's P(real) from the
+  eval step, all in this process from the checkpoint."""
+  import jax
+  from cmfl_jax import evaluate, predict, steps
+  paths, pixels = images
+  rows = list(predict.predict(run_copy, paths).rows)
+  config = predict.config_from_checkpoint(run_copy, "best")
+  state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, run_copy, "best")
+  b = config.train.eval_batch_size
+  batch = {"image": np.concatenate([pixels, np.zeros((b - N, 32, 32, 3), np.uint8)]),
+           "label": np.zeros(b, np.int32), "mask": np.arange(b) < N}
+  _, probs = eval_fn(state, jax.device_put(batch, steps.batch_sharding(mesh)))
+  probs = {k: np.asarray(v)[:N] for k, v in jax.device_get(probs).items()}
+  return {"p_real": np.asarray([r["score"] for r in rows]),
+          "p_real_calibrated": np.asarray([r["calibrated"] for r in rows]),
+          "p_real_rgb": probs["rgb"], "p_real_freq": probs["freq"], "joint": probs["joint"],
+          "threshold_dev": np.full(N, meta["dev_threshold"]),
+          "threshold_calibration": np.full(N, 0.625)}
+
+
+def _load_elsewhere(loader, blocked, exported, pixels, tmp_path):
+  np.save(tmp_path / "images.npy", pixels)
+  script = f"BLOCKED = {blocked!r}\n{BLOCKER}\n{loader}"
+  env = {k: v for k, v in main_env("").items() if k not in ("PYTHONPATH",
+                                                            "JAX_COMPILATION_CACHE_DIR")}
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "images.npy"), exported,
+                         str(tmp_path / "out.npz")], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return dict(np.load(tmp_path / "out.npz"))
+
+
+@pytest.mark.parametrize("loader,blocked", [
+    (SAVED_MODEL_LOADER, ("jax", "jaxlib", "flax", "cmfl_jax")),
+    (JAX_EXPORT_LOADER, ("tensorflow", "tf_keras", "keras", "cmfl_jax")),
+], ids=["saved_model_without_jax", "jax_export_without_tensorflow"])
+def test_artifact_gives_predict_scores_at_batch_1_and_n(loader, blocked, exported, images,
+                                                        in_process, tmp_path):
+  out = _load_elsewhere(loader, blocked, exported, images[1], tmp_path)
+  assert not out.pop("blocked").any()  # neither the other framework nor this project loaded
+  names = {"p_real", "p_real_rgb", "p_real_freq", "p_real_calibrated", "threshold_dev",
+           "threshold_calibration"}
+  for batch in ("one", "all"):
+    assert {k.split("/")[1] for k in out if k.startswith(batch)} == names
+    for name in names:
+      np.testing.assert_allclose(out[f"{batch}/{name}"], in_process[name], rtol=0, atol=TOL,
+                                 err_msg=f"{batch}/{name}")
+  assert np.ptp(in_process["p_real"]) > 1e-4  # the images give different scores
+
+
+def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
+  from cmfl_jax import checkpointing
+  card = json.load(open(os.path.join(exported, "model_card.json")))
+  kind, step = checkpointing.select_step(run_copy, "best")
+  meta = checkpointing.read_meta(checkpointing.make_managers(run_copy)[kind], step)
+  assert card["checkpoint"]["step"] == step and card["checkpoint"]["kind"] == kind
+  assert card["checkpoint"]["fingerprint"] == meta["fingerprint"]
+  assert card["input"]["shape"] == ["batch", 32, 32, 3] and card["input"]["dtype"] == "uint8"
+  assert card["input"]["value_range"] == [0, 255] and card["input"]["aligned"] is True
+  assert card["thresholds"] == {"dev": meta["dev_threshold"], "dev_stored": True,
+                                "calibration": 0.625}
+  assert card["calibration"]["platt"] == meta["calibration"]
+  assert card["calibration"]["chosen"]["record"]["method"] == "hand-made for tests"
+  assert card["architecture"]["arch"] == "two_stream" and card["config"]["model"]["growth_rate"] == 4
+  assert card["training_data"]["train_split"] == "train"
+  d_eer = card["evaluation"]["splits"]["eval"]["metrics"]["d_eer"]
+  assert d_eer["low"] <= d_eer["value"] <= d_eer["high"]
+  assert card["artifacts"]["saved_model"]["inputs"]["images"] == ["uint8", [None, 32, 32, 3]]
+  text = open(os.path.join(exported, "MODEL_CARD.md")).read()
+  for heading in ("## Training data", "## Input contract", "## Evaluation", "## Known limits"):
+    assert heading in text
+  assert meta["fingerprint"] in text and "| eval | 16 |" in text
+
+
+def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_process):
+  from cmfl_jax import predict
+  predictions = predict.predict(None, images[0], model=exported)
+  rows = list(predictions.rows)
+  assert predictions.threshold == pytest.approx(in_process["threshold_dev"][0])
+  np.testing.assert_allclose([r["score"] for r in rows], in_process["p_real"], atol=TOL, rtol=0)
+  np.testing.assert_allclose([r["calibrated"] for r in rows], in_process["p_real_calibrated"],
+                             atol=TOL, rtol=0)
+  assert [r["path"] for r in rows] == images[0]
+
+
+def test_predict_model_refuses_what_is_not_a_readable_export(exported, tmp_path):
+  from cmfl_jax.exporting import ExportError, artifact
+  bad = tmp_path / "bad"
+  shutil.copytree(exported, bad)
+  data = (bad / "model.jax_exported").read_bytes()
+  (bad / "model.jax_exported").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ExportError, match="model.jax_exported cannot be read"):
+    artifact.load(str(bad))
+  with pytest.raises(ExportError, match="is not an exported model"):
+    artifact.load(str(tmp_path / "elsewhere"))
+
+
+def _leftovers(parent, name):
+  return sorted(f for f in os.listdir(parent) if f.startswith(f".{name}."))
+
+
+def test_existing_output_is_refused_with_one_line(exported, run_copy, cache_dir):
+  before = sorted(os.listdir(exported))
+  proc = _export_cmd(run_copy, exported, cache_dir=cache_dir)
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "already exists" in last and "--overwrite" in last
+  assert sorted(os.listdir(exported)) == before
+
+
+def test_bad_input_is_refused_before_anything_is_written(run_copy, tmp_path):
+  from cmfl_jax.exporting import ExportError, bundle
+  out = str(tmp_path / "out")
+  cases = {
+      "unknown calibration": (dict(workdir=run_copy, calibration="lenient"),
+                              "unknown calibration 'lenient'", "available: strict"),
+      "missing checkpoint": (dict(workdir=run_copy, which="999"), "no checkpoint '999'",
+                             "it holds best"),
+      "no run at all": (dict(workdir=str(tmp_path / "nothing")), "no checkpoint 'best'",
+                        "no checkpoints"),
+  }
+  for case, (kwargs, *expected) in cases.items():
+    with pytest.raises(ExportError) as error:
+      bundle.export_model(output=out, **kwargs)
+    message = str(error.value)
+    assert "\n" not in message and all(e in message for e in expected), (case, message)
+    assert not os.path.exists(out) and not _leftovers(tmp_path, "out"), case
+  broken = os.path.join(run_copy, "calibrations", "broken.json")
+  with open(broken, "w") as f:
+    json.dump({"threshold": "high"}, f)
+  try:
+    with pytest.raises(ExportError, match="no valid 'threshold'"):
+      bundle.export_model(run_copy, out, calibration="broken")
+  finally:
+    os.remove(broken)
+  assert not os.path.exists(out)
+
+
+def test_damaged_checkpoint_is_refused(run_copy, tmp_path):
+  from cmfl_jax.exporting import ExportError, bundle
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_copy, workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "best")
+  step_dir = os.path.join(step_dir, os.listdir(step_dir)[0])
+  data = max((os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state"))
+              for f in fs), key=os.path.getsize)
+  with open(data, "r+b") as f:
+    f.seek(os.path.getsize(data) // 2)
+    byte = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(ExportError, match="damaged"):
+    bundle.export_model(workdir, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out") and not _leftovers(tmp_path, "out")
+
+
+def test_write_failure_leaves_previous_output_and_no_partial_one(exported, run_copy, tmp_path,
+                                                                 monkeypatch):
+  """A disk-full error after both artifacts are written (while writing the
+  card), with --overwrite: the earlier export stays as it was."""
+  from cmfl_jax.exporting import ExportError, bundle, card
+  out = tmp_path / "out"
+  shutil.copytree(exported, out)
+  before = {f: os.path.getsize(out / f) for f in ("model_card.json", "model.jax_exported")}
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(card, "write", full_disk)
+  with pytest.raises(ExportError, match="writing the export failed: No space left on device"):
+    bundle.export_model(run_copy, str(out), overwrite=True)
+  assert {f: os.path.getsize(out / f) for f in before} == before
+  assert not _leftovers(tmp_path, "out")
+
+
+def test_staged_directory_replaces_only_when_complete(tmp_path):
+  from cmfl_jax.exporting import ExportError, staging
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "old").write_text("old")
+  with pytest.raises(ExportError, match="already exists"):
+    with staging.staged_directory(str(out), overwrite=False):
+      pass
+  with pytest.raises(RuntimeError):
+    with staging.staged_directory(str(out), overwrite=True) as d:
+      open(os.path.join(d, "new"), "w").close()
+      raise RuntimeError("interrupted")
+  assert sorted(os.listdir(out)) == ["old"] and not _leftovers(tmp_path, "out")
+  with staging.staged_directory(str(out), overwrite=True) as d:
+    open(os.path.join(d, "new"), "w").close()
+  assert sorted(os.listdir(out)) == ["new"] and not _leftovers(tmp_path, "out")
+  assert oct(os.stat(out).st_mode & 0o777) != oct(0o700)
+
+
+def test_outputs_follow_the_architecture_and_the_stored_numbers():
+  from cmfl_jax import models
+  from cmfl_jax.exporting import ExportError, serving_fn
+  bare = serving_fn.Constants.of({}, None)  # no dev threshold, no Platt fit: 0.5, identity
+  assert (bare.dev_threshold, bare.platt["a"], bare.platt["b"]) == (0.5, 1.0, 0.0)
+  assert serving_fn.output_names(models.ModelConfig(arch="one_stream"), bare) == [
+      "p_real", "p_real_calibrated", "threshold_dev"]
+  full = serving_fn.Constants.of(
+      {"dev_threshold": 0.3, "calibration": {"method": "platt", "a": 2.0, "b": -1.0}},
+      {"threshold": 0.7})
+  assert (full.dev_threshold, full.calibration_threshold, full.platt["a"]) == (0.3, 0.7, 2.0)
+  assert serving_fn.output_names(models.ModelConfig(arch="two_stream"), full) == [
+      "p_real", "p_real_rgb", "p_real_freq", "p_real_calibrated", "threshold_dev",
+      "threshold_calibration"]
+  with pytest.raises(ExportError, match="not an increasing Platt map"):
+    serving_fn.Constants.of({"calibration": {"method": "platt", "a": -1.0, "b": 0.0}}, None)
