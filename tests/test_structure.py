@@ -3,12 +3,14 @@ step code, and behaviour kept across restructurings (a checkpoint written by
 the code before the package was restructured evaluates to the same scores)."""
 
 import ast
+import csv
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,4 +113,11 @@ def test_checkpoint_from_before_the_restructuring_scores_identically(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("eval_scores.csv", "eval_scores_rgb.csv", "eval_scores_freq.csv",
                "eval@jpeg50_scores.csv"):
-    assert (workdir / "eval" / "best_12" / name).read_text() == (FIXTURE / name).read_text(), name
+    # Same rows and scores; the scores to float32 rounding, which differs with
+    # the XLA:CPU build and the processor's vector units (a 6e-8 change seen).
+    new, old = (list(csv.DictReader(open(d / name))) for d in (workdir / "eval" / "best_12",
+                                                                FIXTURE))
+    assert [{k: v for k, v in r.items() if k != "score"} for r in new] == [
+        {k: v for k, v in r.items() if k != "score"} for r in old], name
+    np.testing.assert_allclose([float(r["score"]) for r in new],
+                               [float(r["score"]) for r in old], rtol=0, atol=1e-6, err_msg=name)
