@@ -3,7 +3,7 @@ re-reads only the files that are new or changed.
 
 One SQLite file per user (`default_cache_path`, never inside the data root);
 each kind of result has its own table and version: the data audit's records
-(`audit`, table "files") and the up-front file check's verdicts (`readers`,
+(`auditing.metadata`, table "files") and the up-front file check's verdicts (`readers`,
 table "checks"). A row is found by the file's path and counts only while the
 file keeps its size and mtime_ns and the kind keeps its version; files that
 cannot be stat'ed are never cached (a missing file is always found missing).
