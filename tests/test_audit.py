@@ -263,4 +263,5 @@ def test_result_is_reused_only_for_identical_inputs(tmp_path, monkeypatch):
 
 
 # The audit's warning at the start of training (before step 1), its files in a
-# (non-local) workdir: tests/test_train.py::test_non_posix_workdir_train_eval_reports_and_audit.
+# (non-local) workdir:
+# tests/test_remote_workdir.py::test_non_posix_workdir_train_eval_reports_and_audit.
