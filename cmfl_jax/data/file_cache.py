@@ -80,7 +80,7 @@ class RealPaths:
   def _in_real_dir(self, path: str) -> tuple[str, bool]:
     """(name, final): the real path when `final`, else the file's name in its
     real directory (the file itself may still be a symlink)."""
-    if ".." in path.replace(os.sep, "/").split("/"):
+    if ".." in path and ".." in path.replace(os.sep, "/").split("/"):
       return os.path.realpath(path), True
     head, tail = os.path.split(os.path.abspath(path))
     real_head = self._dirs.get(head)
