@@ -31,3 +31,27 @@ def test_the_blur_and_the_benchmark_share_the_definition():
   from cmfl_jax.data.synthetic import simulate
   assert simulate.gaussian_taps is gaussian.gaussian_taps
   assert ops.gaussian is gaussian
+
+
+def test_bit_identical_to_the_two_definitions_it_replaces():
+  """ops._gaussian_taps and simulate.gaussian_taps as they were before the
+  merge (commit daec2ce): the blur's weights and the benchmark's pixels stay."""
+  def former_ops(sigma):
+    r = np.arange(-int(4.0 * sigma + 0.5), int(4.0 * sigma + 0.5) + 1)
+    k = np.exp(-0.5 * np.square(r / sigma))
+    return k / k.sum()
+
+  def former_simulate(sigma, radius):
+    r = np.arange(-radius, radius + 1)
+    t = np.exp(-0.5 * (r / max(sigma, 1e-6)) ** 2)
+    return t / t.sum()
+
+  rng = np.random.default_rng(0)
+  sigmas = np.concatenate([rng.uniform(1e-7, 2.0, 500), np.linspace(0.0, 2.0, 201)[1:]])
+  for sigma in sigmas.tolist():
+    np.testing.assert_array_equal(gaussian.gaussian_taps(sigma), former_ops(sigma))
+    for radius in (1, 2, 3):
+      np.testing.assert_array_equal(gaussian.gaussian_taps(sigma, radius),
+                                    former_simulate(sigma, radius))
+  for radius in (1, 2, 3):  # chroma_nr may be 0: an impulse
+    np.testing.assert_array_equal(gaussian.gaussian_taps(0.0, radius), former_simulate(0.0, radius))
