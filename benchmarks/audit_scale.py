@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 def _load_audit():
-  from cmfl_jax.data import audit
+  from cmfl_jax.data import auditing as audit
   return audit
 
 

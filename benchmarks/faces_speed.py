@@ -1,4 +1,4 @@
-"""Images/s per core of cmfl_jax.data.faces (MTCNN detect + align to 224) on
+"""Images/s per core of cmfl_jax.data.face_detection (MTCNN detect + align to 224) on
 the scikit-image astronaut photograph resized to 1024x1024 and 512x512, one
 TensorFlow thread. Prints one JSON line.
 
@@ -32,7 +32,7 @@ tf.config.threading.set_intra_op_parallelism_threads(1)
 
 from PIL import Image  # noqa: E402
 
-from cmfl_jax.data import faces  # noqa: E402
+from cmfl_jax.data import face_detection  # noqa: E402
 
 
 def _times(fn, runs: int) -> list[float]:
@@ -54,7 +54,7 @@ def main() -> None:
 
   from skimage import data
   astronaut = Image.fromarray(data.astronaut())
-  settings = faces.DetectorSettings()
+  settings = face_detection.DetectorSettings()
   result = {"bench": "faces_speed", "threads": 1, "runs": args.runs, "output_size": 224,
             "tensorflow": tf.__version__, "machine": platform.machine(), "sizes": {}}
   try:
@@ -68,8 +68,8 @@ def main() -> None:
     upstream = MTCNN()
   for size in args.sizes:
     image = np.asarray(astronaut.resize((size, size), Image.Resampling.BICUBIC))
-    found = faces.detect_and_align(image, settings)
-    ts = _times(lambda: faces.detect_and_align(image, settings), args.runs)
+    found = face_detection.detect_and_align(image, settings)
+    ts = _times(lambda: face_detection.detect_and_align(image, settings), args.runs)
     med = statistics.median(ts)
     row = {"median_s": round(med, 4), "min_s": round(min(ts), 4),
            "images_per_s": round(1.0 / med, 2), "faces": len(found) if found else 0}

@@ -33,16 +33,16 @@ FLAGS = flags.FLAGS
 
 
 def _options():
-  from cmfl_jax.data import align_files, faces
-  return align_files.AlignOptions(
+  from cmfl_jax.data import aligned_crops, face_detection
+  return aligned_crops.AlignOptions(
       FLAGS.mode, FLAGS.policy, FLAGS.size, FLAGS.margin, FLAGS.max_outside,
-      faces.DetectorSettings(min_face_size=FLAGS.min_face_size))
+      face_detection.DetectorSettings(min_face_size=FLAGS.min_face_size))
 
 
 def run(inputs: Sequence[str], output: str, options, data_root: str | None = None,
         workers: int | None = None, progress: bool = True) -> dict:
   """Aligns every input; returns {"records": [...], "protocols": {name: path}}."""
-  from cmfl_jax.data import align_files, readers
+  from cmfl_jax.data import aligned_crops, readers
   data_dir = os.path.join(output, "data")
   jobs, protocols = [], {}
   for item in inputs:
@@ -51,16 +51,16 @@ def run(inputs: Sequence[str], output: str, options, data_root: str | None = Non
         raise ValueError(f"{item}: a protocol CSV needs --data_root")
       split = readers.read_protocol_csv(item, data_root)
       protocols[item] = split
-      jobs += align_files.mirrored_jobs(split.paths, data_root, data_dir)
+      jobs += aligned_crops.mirrored_jobs(split.paths, data_root, data_dir)
     elif os.path.isdir(item):
-      jobs += align_files.mirrored_jobs(readers.collect_image_paths([item]), item,
-                                        os.path.join(data_dir, os.path.basename(
-                                            os.path.normpath(item))))
+      jobs += aligned_crops.mirrored_jobs(readers.collect_image_paths([item]), item,
+                                          os.path.join(data_dir, os.path.basename(
+                                              os.path.normpath(item))))
     else:
-      jobs += align_files.mirrored_jobs([item], None, data_dir)
+      jobs += aligned_crops.mirrored_jobs([item], None, data_dir)
   jobs = list(dict.fromkeys(jobs))
-  records = align_files.align_many(jobs, options, os.path.join(output, align_files.MANIFEST),
-                                   workers, progress)
+  records = aligned_crops.align_many(jobs, options, os.path.join(output, aligned_crops.MANIFEST),
+                                     workers, progress)
   written = {}
   for csv_path, split in protocols.items():
     target = os.path.join(output, "protocols", os.path.basename(csv_path))
@@ -90,13 +90,13 @@ def main(argv: Sequence[str]) -> int:
   except (ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return config_lib.USAGE_ERROR if isinstance(e, ValueError) else 1
-  from cmfl_jax.data import align_files
+  from cmfl_jax.data import aligned_crops
   records = result["records"]
   for record in records:
     if not record["outputs"]:
       print(f"no face: {record['input']}: {record['reason']}", file=sys.stderr)
-  print(f"{align_files.describe(records)}; crops under {os.path.join(FLAGS.output, 'data')}, "
-        f"manifest {os.path.join(FLAGS.output, align_files.MANIFEST)}")
+  print(f"{aligned_crops.describe(records)}; crops under {os.path.join(FLAGS.output, 'data')}, "
+        f"manifest {os.path.join(FLAGS.output, aligned_crops.MANIFEST)}")
   for source, target in result["protocols"].items():
     print(f"protocol {source} -> {target}")
   return 0

@@ -8,7 +8,7 @@ summary in the log and in `data_report.json`, the full results as
 classifier could separate the classes from storage metadata alone (with the
 remedy: `data.reencode`) or when the splits share images or subjects.
 File-backed sources only (`csv`, `folder`); in-memory and TFDS records have
-no files to audit. The library is `cmfl_jax.data.audit`.
+no files to audit. The library is `cmfl_jax.data.auditing`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def audit_data(data: Any, workdir: str, names: Sequence[str] | None = None) -> d
   Returns the result, or None where nothing was audited."""
   import jax
 
-  from cmfl_jax.data import audit as audit_lib
+  from cmfl_jax.data import auditing as audit_lib
   from cmfl_jax.data import sources
   if not data.audit or jax.process_index() != 0:
     return None
@@ -94,7 +94,7 @@ def main(argv: Sequence[str]) -> int:
   if result is None:
     print(f"nothing to audit: data.source={config.data.source!r} keeps no image files")
     return 0
-  from cmfl_jax.data import audit as audit_lib
+  from cmfl_jax.data import auditing as audit_lib
   print("\n".join(audit_lib.summary_lines(result)))
   print(f"full results: {os.path.join(workdir, 'audit.md')}")
   return 0

@@ -162,8 +162,8 @@ def _file_rows(paths: Sequence[str], geometry: ops.Geometry, data_config,
 def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
   """Rows for the faces of one photograph (detected and aligned as
   `cmfl_jax.align` does), each with its model input; one "no face" row if none."""
-  from cmfl_jax.data import align_files
-  result = align_files.align_image(path, options)
+  from cmfl_jax.data import aligned_crops
+  result = aligned_crops.align_image(path, options)
   if not result:
     return [{"path": path, "error": f"no face: {result.reason}", "faces_found": 0}]
   rows = []
@@ -296,8 +296,8 @@ def main(argv: Sequence[str]) -> int:
   align = None
   try:
     if FLAGS.align:
-      from cmfl_jax.data import align_files
-      align = align_files.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
+      from cmfl_jax.data import aligned_crops
+      align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
     if (FLAGS.workdir is None) == (FLAGS.model is None):
       raise app.UsageError("give one of --workdir or --model")
     predictions = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align, FLAGS.model)

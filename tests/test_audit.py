@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmfl_jax.data import audit
+from cmfl_jax.data import auditing as audit
 
 
 def _img(seed: int, size: int = 48) -> Image.Image:
@@ -247,8 +247,8 @@ def test_result_is_reused_only_for_identical_inputs(tmp_path, monkeypatch):
   split = _split("train", paths, [1, 0] * 6)
   first = _audit(tmp_path, [split])
   scored = []
-  real_score = audit.shortcut_score
-  monkeypatch.setattr(audit, "shortcut_score",
+  real_score = audit.shortcut.shortcut_score
+  monkeypatch.setattr(audit.shortcut, "shortcut_score",
                       lambda *a, **k: scored.append(1) or real_score(*a, **k))
   again = _audit(tmp_path, [split])
   assert scored == [] and again["reused_from"] == first["created"]
@@ -263,4 +263,5 @@ def test_result_is_reused_only_for_identical_inputs(tmp_path, monkeypatch):
 
 
 # The audit's warning at the start of training (before step 1), its files in a
-# (non-local) workdir: tests/test_train.py::test_non_posix_workdir_train_eval_reports_and_audit.
+# (non-local) workdir:
+# tests/test_remote_workdir.py::test_non_posix_workdir_train_eval_reports_and_audit.

@@ -1,4 +1,4 @@
-"""cmfl_jax.data.faces: file loading, geometry, and MTCNN detection + alignment
+"""cmfl_jax.data.face_detection: file loading, geometry, and MTCNN detection + alignment
 on real photographs that ship inside installed packages (scikit-image's
 astronaut, matplotlib's Grace Hopper). No network; detection tests skip where
 the `align` extra (mtcnn) or scikit-image is missing. Each photograph is
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmfl_jax.data import faces
+from cmfl_jax.data import face_detection as faces
 
 NoFace = faces.NoFace
 S = 224
@@ -380,7 +380,7 @@ def test_align_folder_and_protocol_with_reasons_and_resume(photo_dir, tmp_path):
   import csv
 
   from cmfl_jax import align
-  from cmfl_jax.data import align_files
+  from cmfl_jax.data import aligned_crops as align_files
   proto = tmp_path / "train.csv"
   with open(proto, "w", newline="") as f:
     w = csv.writer(f)

@@ -10,7 +10,8 @@ import os
 import pytest
 from PIL import Image, ImageFile
 
-from cmfl_jax.data import audit, file_cache, readers, sources
+from cmfl_jax.data import auditing as audit
+from cmfl_jax.data import file_cache, readers, sources
 from test_input_pipeline import data_config, write_dataset
 
 

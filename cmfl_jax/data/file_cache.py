@@ -3,7 +3,7 @@ re-reads only the files that are new or changed.
 
 One SQLite file per user (`default_cache_path`, never inside the data root);
 each kind of result has its own table and version: the data audit's records
-(`audit`, table "files") and the up-front file check's verdicts (`readers`,
+(`auditing.metadata`, table "files") and the up-front file check's verdicts (`readers`,
 table "checks"). A row is found by the file's path and counts only while the
 file keeps its size and mtime_ns and the kind keeps its version; files that
 cannot be stat'ed are never cached (a missing file is always found missing).
@@ -65,39 +65,72 @@ def _warn_once(path: str, what: str, error: BaseException) -> None:
               path, what, type(error).__name__, error)
 
 
+class RealPaths:
+  """Real paths (os.path.realpath's answer: symlinks resolved) of many files,
+  each directory resolved once, so a file costs one lstat, not a realpath.
+  The one resolver behind the cache's names (`stat_keys(real=True)`) and the
+  data-root check of protocol filenames (`readers.UnderRoot`), which relies
+  on it for security: a symlink must not lead out of the root unnoticed. A
+  path with a '..' component is resolved whole: after a symlink, only
+  realpath knows where '..' goes."""
+
+  def __init__(self):
+    self._dirs: dict[str, str] = {}
+
+  def _in_real_dir(self, path: str) -> tuple[str, bool]:
+    """(name, final): the real path when `final`, else the file's name in its
+    real directory (the file itself may still be a symlink)."""
+    if ".." in path and ".." in path.replace(os.sep, "/").split("/"):
+      return os.path.realpath(path), True
+    head, tail = os.path.split(os.path.abspath(path))
+    real_head = self._dirs.get(head)
+    if real_head is None:
+      real_head = self._dirs[head] = os.path.realpath(head)
+    return os.path.join(real_head, tail), False
+
+  def __call__(self, path: str | os.PathLike) -> str:
+    """The real path of `path`, also for a file that does not exist."""
+    name, final = self._in_real_dir(os.fspath(path))
+    return name if final or not os.path.islink(name) else os.path.realpath(name)
+
+  def stat(self, path: str | os.PathLike) -> tuple[str, os.stat_result]:
+    """(real path, os.stat of it): one lstat for a file that is not a symlink.
+    Raises OSError whose `filename` is the real path reached."""
+    name, final = self._in_real_dir(os.fspath(path))
+    if final:
+      return name, os.stat(name)
+    st = os.lstat(name)
+    if stat_lib.S_ISLNK(st.st_mode):
+      name = os.path.realpath(name)
+      st = os.stat(name)
+    return name, st
+
+
 def stat_keys(paths: Sequence[str], real: bool = False
               ) -> tuple[list[str], dict[str, Key], dict[str, str]]:
   """(names, keys, problems) for `paths`: each path's name in the cache (absolute;
-  with `real`, symlinks resolved), name -> (size, mtime_ns) of the regular files,
-  name -> reason for the others ("missing file", ...). One stat per file; with
-  `real`, one realpath per directory (and per symlinked file or '..' path)."""
+  with `real`, symlinks resolved by `RealPaths`), name -> (size, mtime_ns) of the
+  regular files, name -> reason for the others ("missing file", ...). One stat
+  per file; with `real`, one realpath per directory (and per symlinked file or
+  '..' path)."""
   names: list[str] = []
   keys: dict[str, Key] = {}
   problems: dict[str, str] = {}
-  real_dirs: dict[str, str] = {}
+  real_paths = RealPaths() if real else None
   for p in paths:
     p = os.fspath(p)
     try:
-      if not real:
+      if real_paths is None:
         name = os.path.abspath(p)
         st = os.stat(name)
-      elif ".." in p.replace(os.sep, "/").split("/"):  # '..' after a symlink: only realpath knows
-        name = os.path.realpath(p)
-        st = os.stat(name)
       else:
-        head, tail = os.path.split(os.path.abspath(p))
-        real_head = real_dirs.get(head)
-        if real_head is None:
-          real_head = real_dirs[head] = os.path.realpath(head)
-        name = os.path.join(real_head, tail)
-        st = os.lstat(name)
-        if stat_lib.S_ISLNK(st.st_mode):
-          name = os.path.realpath(name)
-          st = os.stat(name)
-    except FileNotFoundError:
-      problems[name] = "missing file"
+        name, st = real_paths.stat(p)
     except OSError as e:
-      problems[name] = f"cannot stat ({type(e).__name__}: {e})"
+      name = e.filename  # the (real) path that could not be stat'ed
+      if isinstance(e, FileNotFoundError):
+        problems[name] = "missing file"
+      else:
+        problems[name] = f"cannot stat ({type(e).__name__}: {e})"
     else:
       if stat_lib.S_ISREG(st.st_mode):
         keys[name] = (int(st.st_size), int(st.st_mtime_ns))

@@ -27,13 +27,14 @@ REAL_FOLDER = "real"
 class UnderRoot:
   """Joins protocol filenames to the data root, refusing paths that escape it,
   also through symlinks: the result is the file's real path. The root and each
-  directory are resolved once, so a file costs one lstat, not a realpath."""
+  directory are resolved once (`file_cache.RealPaths`), so a file costs one
+  lstat, not a realpath."""
 
   def __init__(self, root: str):
     self.root = root
     self.real = os.path.realpath(root)
     self._prefix = os.path.join(self.real, "")
-    self._dirs: dict[str, str] = {}
+    self._real_paths = file_cache.RealPaths()
 
   def __call__(self, relative: str, where: str) -> str:
     if not relative:
@@ -41,16 +42,7 @@ class UnderRoot:
     if os.path.isabs(relative):
       raise DataError(f"{where}: absolute path {relative!r} not allowed; filenames are relative "
                       "to the data root")
-    if ".." in relative.split(os.sep):  # '..' after a symlink: only realpath knows where it goes
-      full = os.path.realpath(os.path.join(self.real, relative))
-    else:
-      head, tail = os.path.split(os.path.normpath(os.path.join(self.real, relative)))
-      real_head = self._dirs.get(head)
-      if real_head is None:
-        real_head = self._dirs[head] = os.path.realpath(head)
-      full = os.path.join(real_head, tail)
-      if os.path.islink(full):
-        full = os.path.realpath(full)
+    full = self._real_paths(os.path.join(self.real, relative))
     if full != self.real and not full.startswith(self._prefix):
       raise DataError(f"{where}: filename {relative!r} escapes the data root {self.root!r}")
     return full

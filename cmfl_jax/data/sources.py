@@ -133,17 +133,17 @@ def align_split(split: Split, data: Any) -> tuple[Split, list[dict]]:
   import jax
   from jax.experimental import multihost_utils
 
-  from cmfl_jax.data import align_files
-  options = align_files.AlignOptions(data.align, data.align_policy, data.align_size)
-  cache = os.path.join(data.align_dir or align_files.default_cache_dir(),
+  from cmfl_jax.data import aligned_crops
+  options = aligned_crops.AlignOptions(data.align, data.align_policy, data.align_size)
+  cache = os.path.join(data.align_dir or aligned_crops.default_cache_dir(),
                        f"{data.align}_{data.align_policy}_{data.align_size}")
-  jobs = align_files.cache_jobs(split.paths, cache)
-  manifest = os.path.join(cache, align_files.MANIFEST)
+  jobs = aligned_crops.cache_jobs(split.paths, cache)
+  manifest = os.path.join(cache, aligned_crops.MANIFEST)
   if jax.process_index() == 0:
-    align_files.align_many(jobs, options, manifest, progress=False)
+    aligned_crops.align_many(jobs, options, manifest, progress=False)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"aligned {split.name}")
-  records = align_files.read_manifest(manifest)
+  records = aligned_crops.read_manifest(manifest)
   outputs = [records[p]["outputs"][:1] for p in split.paths]
   keep = np.asarray([bool(o) for o in outputs])
   skipped = [{"split": split.name, "path": str(p), "reason": f"no face: {records[p]['reason']}"}

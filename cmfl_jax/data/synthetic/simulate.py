@@ -51,6 +51,9 @@ import io
 import numpy as np
 from PIL import Image
 
+# The data code's one Gaussian (also `ops.gaussian_blur`'s); every call here passes its radius.
+from cmfl_jax.data.gaussian import gaussian_taps
+
 
 FAMILIES = ("progan", "dcgan", "stylegan2", "stylegan3", "swagan", "diffusion")
 REAL_SOURCES = ("real", "real2")
@@ -82,13 +85,6 @@ def separable(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
   kv = taps[:, None, None, None] * eye[None, None]
   kh = taps[None, :, None, None] * eye[None, None]
   return conv2d(conv2d(x, kv), kh)
-
-
-def gaussian_taps(sigma: float, radius: int | None = None) -> np.ndarray:
-  radius = radius or max(1, int(3 * sigma + 0.5))
-  r = np.arange(-radius, radius + 1)
-  t = np.exp(-0.5 * (r / max(sigma, 1e-6)) ** 2)
-  return t / t.sum()
 
 
 def zero_insert(x: np.ndarray) -> np.ndarray:

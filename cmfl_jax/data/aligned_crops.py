@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from cmfl_jax.data import faces, file_cache
+from cmfl_jax.data import face_detection, file_cache
 
 MANIFEST = "manifest.jsonl"
 POLICIES = ("largest", "most_confident", "all", "skip_multiple")
@@ -39,7 +39,7 @@ class AlignOptions:
   size: int = 224
   margin: float = 0.0
   max_outside: float = 0.02
-  settings: faces.DetectorSettings = faces.DetectorSettings()
+  settings: face_detection.DetectorSettings = face_detection.DetectorSettings()
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -50,17 +50,18 @@ class AlignOptions:
       raise ValueError(f"align size must be >= 16, got {self.size}")
 
 
-def align_image(path: str, options: AlignOptions) -> list[faces.Face] | faces.NoFace:
+def align_image(path: str,
+                options: AlignOptions) -> list[face_detection.Face] | face_detection.NoFace:
   """The faces of one file, or why there are none (never raises for a bad file)."""
-  image = faces.load_rgb(path)
-  if isinstance(image, faces.NoFace):
+  image = face_detection.load_rgb(path)
+  if isinstance(image, face_detection.NoFace):
     return image
-  return faces.detect_and_align(image, options.settings, options.mode, options.policy,
-                                options.size, margin=options.margin,
-                                max_outside=options.max_outside)
+  return face_detection.detect_and_align(image, options.settings, options.mode, options.policy,
+                                         options.size, margin=options.margin,
+                                         max_outside=options.max_outside)
 
 
-def _face_record(face: faces.Face) -> dict[str, Any]:
+def _face_record(face: face_detection.Face) -> dict[str, Any]:
   return {"box": [round(float(v), 2) for v in face.box],
           "landmarks": np.round(face.landmarks, 2).tolist(), "score": round(face.score, 4),
           "transform": np.round(face.transform, 6).tolist(), "outside": round(face.outside, 4)}
@@ -84,7 +85,7 @@ def align_one(source: str, stem: str, options: AlignOptions) -> dict[str, Any]:
   """Aligns `source` into `stem[_k].png`; returns its manifest record."""
   result = align_image(source, options)
   record: dict[str, Any] = {"input": source}
-  if isinstance(result, faces.NoFace):
+  if isinstance(result, face_detection.NoFace):
     return {**record, "reason": result.reason, "outputs": [], "faces_found": 0}
   outputs = output_names(stem, len(result), options.policy)
   for face, out in zip(result, outputs):
