@@ -1,0 +1,168 @@
+"""cmfl_jax.verdicts: the conformal threshold's guarantee by simulation, the
+unsure band, the stability check, named calibrations and `decide`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cmfl_jax import verdicts
+from cmfl_jax.verdicts import conformal, selective, stability, store
+
+
+# ----------------------------------------------------------------------------
+# The guarantee, by simulation.
+
+@pytest.mark.parametrize("alpha,n", [(0.05, 19), (0.05, 60), (0.1, 200), (0.01, 150)])
+def test_marginal_false_alarm_rate_is_at_most_the_target(alpha, n):
+  """Many random calibration sets and new images: the realised false-alarm
+  rate is <= the target within binomial error, and not far below it (the
+  threshold is not needlessly strict: >= alpha - 1/(n+1))."""
+  rng = np.random.default_rng(n)
+  trials, fresh = 4000, 50
+  cal = rng.beta(5, 2, (trials, n))          # any continuous score distribution
+  new = rng.beta(5, 2, (trials, fresh))
+  k = conformal.order_statistic(n, alpha)
+  t = np.sort(cal, axis=1)[:, k - 1:k]
+  for row in cal[:3]:  # the function itself gives the same thresholds
+    assert conformal.threshold(row, alpha)["threshold"] == np.sort(row)[k - 1]
+  # Draws within a trial share the threshold: the trial means are independent.
+  per_trial = (new < t).mean(axis=1)
+  rate, sem = per_trial.mean(), per_trial.std(ddof=1) / math.sqrt(trials)
+  assert rate <= alpha + 3 * sem, (rate, sem)
+  assert rate >= alpha - 1 / (n + 1) - 3 * sem, (rate, sem)
+  assert rate == pytest.approx(k / (n + 1), abs=4 * sem)  # exact without ties
+
+
+def test_pac_threshold_holds_with_the_stated_confidence():
+  """Uniform scores, so the threshold's own false-alarm rate is t itself:
+  it exceeds alpha in at most delta of the calibration draws."""
+  alpha, delta, n, trials = 0.05, 0.1, 200, 4000
+  rng = np.random.default_rng(7)
+  k = conformal.order_statistic(n, alpha, delta)
+  assert 1 <= k < conformal.order_statistic(n, alpha)   # stricter than the marginal one
+  t = np.sort(rng.random((trials, n)), axis=1)[:, k - 1]
+  exceed = np.mean(t > alpha)
+  assert exceed <= delta + 3 * math.sqrt(delta * (1 - delta) / trials), exceed
+  assert exceed > delta / 4  # and it uses its budget: not a trivially strict threshold
+
+
+@pytest.mark.parametrize("alpha,delta,need", [(0.05, None, 19), (0.1, None, 9), (0.01, None, 99),
+                                              (0.05, 0.05, 59)])
+def test_too_few_images_says_how_many_are_needed(alpha, delta, need):
+  assert conformal.images_needed(alpha, delta) == need
+  conformal.threshold(np.linspace(0, 1, need), alpha, delta)          # enough
+  with pytest.raises(conformal.NotEnoughImages, match=f"at least {need} are needed"):
+    conformal.threshold(np.linspace(0, 1, need - 1), alpha, delta)
+
+
+def test_threshold_states_its_guarantee():
+  out = conformal.threshold(np.arange(100) / 100, 0.05)
+  assert out["k"] == 5 and out["threshold"] == 0.04 and out["kind"] == "marginal"
+  assert out["bound"] == pytest.approx(5 / 101) and "5/101" in out["guarantee"]
+  with pytest.raises(ValueError):
+    conformal.threshold([0.1, float("nan")] * 20, 0.05)
+
+
+# ----------------------------------------------------------------------------
+# The unsure band.
+
+def _dev(n=400, seed=0, overlap=1.0):
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(n) % 2).astype(np.int32)
+  logits = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, overlap, n)
+  return labels, 1 / (1 + np.exp(-logits))
+
+
+def test_band_meets_the_target_error_with_the_widest_coverage():
+  labels, scores = _dev(n=200)
+  t = 0.5
+  plain = np.mean((scores >= t) != (labels == 1))
+  band = selective.fit_band(labels, scores, t, 0.05)
+  assert plain > 0.1  # without a band the error is well above the target
+  s = selective.summary(labels, scores, band)
+  assert band["lo"] <= t <= band["hi"]
+  assert s["selective_error"] <= 0.05 and s["coverage"] == pytest.approx(band["dev_coverage"])
+  assert 0.3 < s["coverage"] < 1.0
+  # Widest: a brute force over every (lo, hi) pair of dev scores covers no more.
+  cands = np.concatenate([[0.0, t, 1.01], scores])
+  best = 0.0
+  for lo in cands[cands <= t]:
+    for hi in cands[cands >= t]:
+      v = selective.verdicts(scores, {"lo": lo, "hi": hi})
+      given = v >= 0
+      if given.any() and np.mean(v[given] != labels[given]) <= 0.05:
+        best = max(best, given.mean())
+  assert s["coverage"] == pytest.approx(best, abs=1.5 / len(scores))
+  # A looser target covers more; target 0 on separable data covers all.
+  assert selective.fit_band(labels, scores, t, 0.12)["dev_coverage"] > band["dev_coverage"]
+  sep = selective.fit_band([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 0.5, 0.0)
+  assert sep["dev_coverage"] == 1.0 and sep["dev_error"] == 0.0
+
+
+def test_band_on_held_out_data_and_risk_coverage():
+  labels, scores = _dev(seed=1)
+  band = selective.fit_band(labels, scores, 0.5, 0.05)
+  test_labels, test_scores = _dev(n=4000, seed=2)
+  s = selective.summary(test_labels, test_scores, band)
+  plain = np.mean((test_scores >= 0.5) != (test_labels == 1))
+  # Fitted on 400 dev images, the band is optimistic on new data (an estimate,
+  # not a guarantee) but still removes a good part of the errors.
+  assert s["selective_error"] < 0.75 * plain and 0 < s["unsure_share"] < 0.6, (s, plain)
+  curve = selective.risk_coverage(test_labels, test_scores, 0.5)
+  assert curve["coverage"][-1] == 1.0
+  assert curve["risk"][-1] == pytest.approx(np.mean((test_scores >= 0.5) != (test_labels == 1)))
+  assert curve["risk"][10] < curve["risk"][-1]  # abstaining near the threshold helps
+
+
+# ----------------------------------------------------------------------------
+# Stability and decide.
+
+def test_stability_flags_a_verdict_that_flips():
+  assert stability.unstable(0.6, {"jpeg:95": 0.62, "resize:0.9": 0.55}, 0.5) is None
+  reason = stability.unstable(0.52, {"jpeg:95": 0.47, "resize:0.9": 0.55}, 0.5)
+  assert reason == "verdict changes after jpeg:95 (0.470)"
+  with pytest.raises(ValueError):
+    stability.check_conditions(["jpeg:101"])
+  # The perturbations are the mild ones, applied for real.
+  rng = np.random.default_rng(0)
+  smooth = np.repeat(np.repeat(rng.integers(0, 255, (1, 8, 8, 3), np.uint8), 4, 1), 4, 2)
+  for c in stability.CONDITIONS:
+    out = stability.perturbed(smooth, c)
+    diff = np.abs(out.astype(int) - smooth).mean()
+    assert out.shape == smooth.shape and 0 < diff < 25, (c, diff)
+
+
+def test_decide_orders_the_reasons():
+  band = {"lo": 0.4, "hi": 0.7, "target_error": 0.05}
+  assert verdicts.decide(0.8, 0.5, band) == ("real", "")
+  assert verdicts.decide(0.3, 0.5, band) == ("synthetic", "")
+  v, why = verdicts.decide(0.55, 0.5, band)
+  assert v == "unsure" and why.startswith("score in the unsure band [0.400, 0.700)")
+  assert verdicts.decide(0.9, 0.5, band, unstable="verdict changes after x") == (
+      "unsure", "verdict changes after x")
+  assert verdicts.decide(0.9, 0.5, band, "flip", "face too small (12 px)") == (
+      "unsure", "face too small (12 px)")
+  assert verdicts.decide(0.45, 0.5) == ("synthetic", "")
+
+
+def test_store_refuses_to_overwrite_and_reads_plain_json(tmp_path):
+  cal = {**conformal.threshold(np.linspace(0, 1, 40), 0.05), "band": None}
+  where = store.save(str(tmp_path), "phone", cal)
+  assert where == str(tmp_path / "calibrations" / "phone.json")
+  assert verdicts.load_calibration(str(tmp_path), "phone")["threshold"] == cal["threshold"]
+  with pytest.raises(store.CalibrationError, match="exists.*--overwrite"):
+    store.save(str(tmp_path), "phone", {**cal, "threshold": 0.9})
+  assert json.load(open(where))["threshold"] == cal["threshold"]  # untouched
+  store.save(str(tmp_path), "phone", {**cal, "threshold": 0.9}, overwrite=True)
+  assert store.load(str(tmp_path), "phone")["threshold"] == 0.9
+  with pytest.raises(store.CalibrationError, match="it has: phone"):
+    store.load(str(tmp_path), "camera")
+  with pytest.raises(store.CalibrationError, match="bad calibration name"):
+    store.path(str(tmp_path), "../x")
+  (tmp_path / "calibrations" / "bad.json").write_text("{not json")
+  with pytest.raises(store.CalibrationError, match="not valid JSON"):
+    store.load(str(tmp_path), "bad")
