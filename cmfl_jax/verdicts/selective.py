@@ -102,3 +102,16 @@ def risk_coverage(labels: np.ndarray, scores: np.ndarray, threshold: float,
   counts = np.unique(np.clip(np.round(np.linspace(1, n, points)).astype(int), 1, n))
   risk = np.cumsum(wrong)[counts - 1] / counts
   return {"coverage": (counts / n).tolist(), "risk": risk.tolist()}
+
+
+def report_entry(labels: np.ndarray, scores: np.ndarray, threshold: float | None,
+                 band: dict[str, Any] | None) -> dict[str, Any]:
+  """A split's verdict numbers for metrics.json: with a band, the share
+  unsure and the error on the images given a verdict; always the
+  risk-coverage curve around the threshold (0.5 if none)."""
+  out: dict[str, Any] = {"threshold": 0.5 if threshold is None else float(threshold),
+                         "risk_coverage": risk_coverage(labels, scores,
+                                                        0.5 if threshold is None else threshold)}
+  if band:
+    out.update(band=band, **summary(labels, scores, band))
+  return out
