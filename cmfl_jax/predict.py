@@ -353,7 +353,7 @@ def main(argv: Sequence[str]) -> int:
     logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
   if calibrated:
     logging.info("p_real_calibrated: P(real) after the Platt calibration fitted on the dev set "
-                 "(same ranking as score; verdicts use the dev EER threshold on score)")
+                 "(same ranking as score; verdicts use the threshold on score)")
   w = csv.writer(sys.stdout)
   face_columns = ["face_box", "face_score", "faces_found", "framing"] if align else []
   w.writerow(["path", "score", "verdict", "reason",
