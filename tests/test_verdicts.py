@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cmfl_jax import verdicts
-from cmfl_jax.verdicts import conformal, selective, stability, store
+from cmfl_jax.verdicts import calibration, conformal, selective, stability, store
 
 
 # ----------------------------------------------------------------------------
@@ -166,3 +166,79 @@ def test_store_refuses_to_overwrite_and_reads_plain_json(tmp_path):
   (tmp_path / "calibrations" / "bad.json").write_text("{not json")
   with pytest.raises(store.CalibrationError, match="not valid JSON"):
     store.load(str(tmp_path), "bad")
+
+
+# ----------------------------------------------------------------------------
+# End to end: the embedded benchmark's held-out camera (real2).
+
+@pytest.fixture(scope="module")
+def camera_run(reference_run, tmp_path_factory):
+  """The session's smoke model and 48 bona fide images of the embedded
+  benchmark's held-out camera (`real2_eval` of a 32x32 benchmark: the
+  sampler's images, without preparing the whole TFDS dataset) as PNG files."""
+  from PIL import Image
+
+  from cmfl_jax.data.synthetic import sampler
+  root = tmp_path_factory.mktemp("real2")
+  paths = []
+  for i, image in enumerate(sampler.sample("real2", "eval", 48, 32)):
+    paths.append(str(root / f"{i:03d}.png"))
+    Image.fromarray(image).save(paths[-1])
+  return reference_run[0], paths
+
+
+def test_calibrating_on_the_held_out_camera_keeps_its_false_alarms_within_the_guarantee(
+    camera_run, tmp_path):
+  """Calibrate (the command) on half of the held-out camera's images; on the
+  other half the share called synthetic stays within the guarantee (binomial
+  error), and over many random halves of its scores it is <= the target."""
+  import csv
+  import io
+  import os
+  import subprocess
+  import sys
+
+  from cmfl_jax import predict
+  from helpers import ROOT, main_env
+  workdir, paths = camera_run
+  calib, rest = paths[::2], paths[1::2]
+  alpha = 0.1
+  env = main_env(os.environ["JAX_COMPILATION_CACHE_DIR"])
+  proc = subprocess.run([sys.executable, "-m", "cmfl_jax.calibrate", f"--workdir={workdir}",
+                         f"--real={os.path.dirname(calib[0])}", "--name=cam", "--false_alarm=0.01"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: 48 bona fide images cannot guarantee a false-alarm rate of 0.01: at least 99 "
+      "are needed")
+  proc = subprocess.run([sys.executable, "-m", "cmfl_jax.calibrate", f"--workdir={workdir}",
+                         *[f"--real={p}" for p in calib], "--name=cam", f"--false_alarm={alpha}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "the 2-th smallest of 24 bona fide scores" in proc.stdout
+  assert "price on dev: detects " in proc.stdout
+  stored = json.load(open(os.path.join(workdir, "calibrations", "cam.json")))
+  assert stored["k"] == 2 and stored["n"] == 24 and stored["bound"] == pytest.approx(2 / 25)
+  assert 0.0 <= stored["dev"]["detection"] <= 1.0 and stored["band"]["lo"] <= stored["threshold"]
+  with pytest.raises(store.CalibrationError, match="exists.*--overwrite"):  # before scoring
+    calibration.check_before_scoring(workdir, "cam", len(calib), alpha, None, overwrite=False)
+
+  predictions = predict.predict(workdir, paths, calibration="cam", stability=("jpeg:95",))
+  rows = {r["path"]: r for r in predictions.rows}
+  assert predictions.threshold == stored["threshold"]
+  called = np.asarray([rows[p]["verdict"] == "synthetic" for p in rest])
+  bound = stored["bound"]
+  assert called.mean() <= bound + 2.6 * math.sqrt(bound * (1 - bound) / len(rest)), called.mean()
+  for r in rows.values():
+    assert r["verdict"] in ("real", "synthetic", "unsure") and (r["verdict"] == "unsure") == bool(
+        r["reason"])
+  # The same on many random halves (scores of every image: exchangeable).
+  scores = np.asarray([rows[p]["score"] for p in paths])
+  rng = np.random.default_rng(0)
+  rates = []
+  for _ in range(2000):
+    perm = rng.permutation(len(scores))
+    t = conformal.threshold(scores[perm[:24]], alpha)["threshold"]
+    rates.append(np.mean(scores[perm[24:]] < t))
+  rates = np.asarray(rates)
+  assert rates.mean() <= 2 / 25 + 3 * rates.std() / math.sqrt(len(rates)), rates.mean()
