@@ -242,3 +242,62 @@ def test_calibrating_on_the_held_out_camera_keeps_its_false_alarms_within_the_gu
     rates.append(np.mean(scores[perm[24:]] < t))
   rates = np.asarray(rates)
   assert rates.mean() <= 2 / 25 + 3 * rates.std() / math.sqrt(len(rates)), rates.mean()
+
+
+def test_eval_report_gives_the_unsure_share_and_risk_coverage(reference_run):
+  """The band fitted on the dev split travels with the checkpoint; the
+  evaluation gives per split the share unsure, the error on the images that
+  got a verdict (recomputed here from the score file) and the curve."""
+  import glob
+  import os
+
+  from cmfl_jax import checkpointing, score_files
+  workdir, _ = reference_run
+  kind, step = checkpointing.select_step(workdir, "best")
+  meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
+  band = meta["unsure_band"]
+  assert band["lo"] <= meta["dev_threshold"] <= band["hi"] and band["target_error"] == 0.05
+  assert band["dev_error"] <= 0.05
+  (out,) = glob.glob(os.path.join(workdir, "eval", f"best_{step}"))
+  results = json.load(open(os.path.join(out, "metrics.json")))
+  entry = results["splits"]["eval"]["verdicts"]
+  labels, scores, _ = score_files.read_scores(os.path.join(out, "eval_scores.csv"))
+  want = selective.summary(labels, scores, band)
+  for key in ("unsure_share", "selective_error", "false_alarm", "missed_attack"):
+    assert entry[key] == pytest.approx(want[key], abs=1e-9), key
+  curve = entry["risk_coverage"]
+  assert curve["coverage"][-1] == 1.0
+  assert curve["risk"][-1] == pytest.approx(np.mean((scores >= meta["dev_threshold"]) != labels))
+  report = open(os.path.join(out, "report.md")).read()
+  assert "## Verdicts: real, synthetic, unsure" in report and "risk_coverage.png" in report
+  assert os.path.getsize(os.path.join(out, "risk_coverage.png")) > 1000
+
+
+def test_predict_align_marks_faces_too_small_and_tight_crops(reference_run, tmp_path):
+  """predict --align: a face that would be enlarged more than max_upscale to
+  the model's input is scored but `unsure: face too small`; a tight face
+  crop is handled (framing "tight")."""
+  pytest.importorskip("mtcnn")
+  skdata = pytest.importorskip("skimage.data")
+  from PIL import Image
+
+  from cmfl_jax import predict
+  from cmfl_jax.data import align_files
+  astronaut = skdata.astronaut()
+  small = np.full((320, 320, 3), 120, np.uint8)
+  small[100:228, 150:278] = np.asarray(Image.fromarray(astronaut).resize(
+      (128, 128), Image.Resampling.BICUBIC))
+  Image.fromarray(small).save(tmp_path / "small.png")
+  tight = np.asarray(Image.fromarray(astronaut[60:250, 150:340]).resize((128, 128)))
+  Image.fromarray(tight).save(tmp_path / "tight.png")
+  # The smoke model's input is 32 px: the small face (44 px crop) is 0.7x, the
+  # tight one 0.25x; with max_upscale 0.5 the first has too few pixels.
+  options = align_files.AlignOptions(max_upscale=0.5)
+  rows = {r["path"].rsplit("/", 1)[-1]: r for r in predict.predict(
+      reference_run[0], [str(tmp_path / "small.png"), str(tmp_path / "tight.png")],
+      align=options).rows}
+  assert rows["small.png"]["verdict"] == "unsure"
+  assert rows["small.png"]["reason"].startswith("face too small (26 px")
+  assert 0 <= rows["small.png"]["score"] <= 1
+  assert rows["tight.png"]["framing"] == "tight" and "score" in rows["tight.png"]
+  assert not rows["tight.png"]["reason"].startswith("face too small")
