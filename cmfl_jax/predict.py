@@ -202,7 +202,7 @@ def _scored(rows: Iterable[dict], score: Callable[[np.ndarray], np.ndarray],
     with_image = [r for r in pending if "image" in r]
     if with_image:
       for row, s in zip(with_image, score(np.stack([r.pop("image") for r in with_image]))):
-        row.update(s) if isinstance(s, dict) else row.update(score=float(s))
+        row.update(s if isinstance(s, dict) else {"score": float(s)})
     yield from pending
     pending.clear()
 

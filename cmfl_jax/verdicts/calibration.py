@@ -17,11 +17,9 @@ def check_before_scoring(workdir: str, name: str, count: int, alpha: float,
                          delta: float | None, overwrite: bool) -> None:
   """The mistakes found before any image is scored: a bad or taken name,
   fewer images than the requested rate needs (ValueError, one line)."""
-  target = store.path(workdir, name)
-  import tensorflow as tf
-  if tf.io.gfile.exists(target) and not overwrite:
-    raise store.CalibrationError(f"calibration {name!r} exists ({target}); choose another "
-                                 "--name or pass --overwrite")
+  if store.exists(workdir, name) and not overwrite:
+    raise store.CalibrationError(f"calibration {name!r} exists ({store.path(workdir, name)}); "
+                                 "choose another --name or pass --overwrite")
   need = conformal.images_needed(alpha, delta)
   if count < need:
     raise conformal.NotEnoughImages(

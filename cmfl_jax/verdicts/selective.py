@@ -19,7 +19,7 @@ import numpy as np
 MAX_CANDIDATES = 1024  # per side: an O(candidates^2) search, on quantiles for large dev sets
 
 
-def _candidates(sorted_scores: np.ndarray, below: bool) -> np.ndarray:
+def _candidates(sorted_scores: np.ndarray) -> np.ndarray:
   """How many dev scores each side may keep: all counts, or a quantile grid."""
   m = len(sorted_scores)
   if m + 1 <= MAX_CANDIDATES:
@@ -44,7 +44,7 @@ def fit_band(labels: np.ndarray, scores: np.ndarray, threshold: float,
   # Errors: bona fide called synthetic (below lo), attacks called real (>= hi).
   err_low = np.concatenate([[0], np.cumsum(low_labels == 1)])
   err_high = np.concatenate([[0], np.cumsum(high_labels != 1)])
-  a, b = _candidates(low_scores, True), _candidates(high_scores, False)
+  a, b = _candidates(low_scores), _candidates(high_scores)
   covered = a[:, None] + b[None, :]
   errors = err_low[a][:, None] + err_high[b][None, :]
   ok = errors <= target_error * covered + 1e-9

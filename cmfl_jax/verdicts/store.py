@@ -27,6 +27,10 @@ def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, DIRNAME, f"{name}.json")
 
 
+def exists(workdir: str, name: str) -> bool:
+  return tf.io.gfile.exists(path(workdir, name))
+
+
 def names(workdir: str) -> list[str]:
   folder = os.path.join(workdir, DIRNAME)
   if not tf.io.gfile.isdir(folder):
@@ -37,7 +41,7 @@ def names(workdir: str) -> list[str]:
 def save(workdir: str, name: str, calibration: dict[str, Any], overwrite: bool = False) -> str:
   """Writes the calibration (atomically); refuses to replace one unless `overwrite`."""
   target = path(workdir, name)
-  if tf.io.gfile.exists(target) and not overwrite:
+  if exists(workdir, name) and not overwrite:
     raise CalibrationError(f"calibration {name!r} exists ({target}); choose another --name "
                            "or pass --overwrite")
   tf.io.gfile.makedirs(os.path.dirname(target))
