@@ -192,8 +192,6 @@ def test_calibrating_on_the_held_out_camera_keeps_its_false_alarms_within_the_gu
   """Calibrate (the command) on half of the held-out camera's images; on the
   other half the share called synthetic stays within the guarantee (binomial
   error), and over many random halves of its scores it is <= the target."""
-  import csv
-  import io
   import os
   import subprocess
   import sys
