@@ -36,7 +36,7 @@ def _options():
   from cmfl_jax.data import aligned_crops, face_detection
   return aligned_crops.AlignOptions(
       FLAGS.mode, FLAGS.policy, FLAGS.size, FLAGS.margin, FLAGS.max_outside,
-      face_detection.DetectorSettings(min_face_size=FLAGS.min_face_size))
+      face_detection.DetectorSettings(min_face_size=FLAGS.min_face_size), FLAGS.max_upscale)
 
 
 def run(inputs: Sequence[str], output: str, options, data_root: str | None = None,
@@ -111,8 +111,11 @@ def define_flags() -> None:
                     "Which faces of a photograph are kept.")
   flags.DEFINE_integer("size", 224, "Output crop size (pixels).")
   flags.DEFINE_float("margin", 0.0, "box mode: margin in output pixels.")
-  flags.DEFINE_float("max_outside", 0.02, "Drop faces whose crop lies more than this fraction "
-                     "outside the photograph (filled black, never invented).")
+  flags.DEFINE_float("max_outside", 0.02, "Faces whose crop lies more than this fraction "
+                     "outside the photograph are cut as the largest square inside it where "
+                     "the face fills the frame (framing 'tight'), else dropped.")
+  flags.DEFINE_float("max_upscale", 2.0, "Faces that would be enlarged more than this to "
+                     "--size get no crop ('unsure: face too small (N px)').")
   flags.DEFINE_float("min_face_size", 20.0, "Smallest face (pixels) MTCNN looks for.")
   flags.DEFINE_string("data_root", None, "For protocol CSV inputs: their data root.")
   flags.DEFINE_integer("workers", None, "Parallel images (default: all cores).")

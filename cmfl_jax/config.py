@@ -87,6 +87,8 @@ def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> 
   unknown = sorted(set(config.eval.robustness_splits) - set(data.eval_splits))
   if unknown:
     raise ConfigError(f"eval.robustness_splits {unknown} are not in data.eval_splits")
+  if not 0.0 <= config.eval.get("unsure_error", 0.05) < 1.0:
+    raise ConfigError(f"eval.unsure_error must be in [0, 1), got {config.eval.unsure_error}")
   smallest = min_image_size(model)
   if data.image_size < smallest:
     raise ConfigError(f"data.image_size {data.image_size} is smaller than the network's minimum "

@@ -21,6 +21,7 @@ from cmfl_jax import (audit, backend, checkpointing, metrics, report, score_file
                       steps, summaries)
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Split
+from cmfl_jax.verdicts import selective
 
 
 def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split,
@@ -184,6 +185,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
             config.eval.confidence, config.seed)
       entry["calibration"] = calibration_entry(split.labels, joint, meta.get("calibration"),
                                                config.eval.calibration_bins)
+      entry["verdicts"] = selective.report_entry(split.labels, joint, meta.get("dev_threshold"),
+                                                 meta.get("unsure_band"))
     logging.info("eval %s on %s [%s]: loss=%.5f D-EER=%.4f", name, split_name, condition,
                  entry["loss"], entry["metrics_joint"]["d_eer"])
     return entry

@@ -1,15 +1,19 @@
 """Score new images with a trained model.
 
-  python -m cmfl_jax.predict --workdir=DIR [--checkpoint=best|latest|STEP] [--unaligned] PATH...
-  python -m cmfl_jax.predict --model=EXPORTED_DIR [--unaligned] PATH...
+  python -m cmfl_jax.predict --workdir=DIR [--checkpoint=best|latest|STEP] [--unaligned]
+      [--calibration=NAME] [--stability=jpeg:95,resize:0.9] PATH...
+  python -m cmfl_jax.predict --model=EXPORTED_DIR [--unaligned] [--stability=...] PATH...
 
 PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
 With --align, raw photographs are detected and aligned first (the same code
 as `python -m cmfl_jax.align`), one row per face with its box and score.
-Prints CSV `path,score,verdict[,p_real_calibrated]` (score = P(real); verdict
-from the dev-set EER threshold stored with the checkpoint, else 0.5 with a
-warning; p_real_calibrated: P(real) after the Platt calibration fitted on the
-dev set, where the checkpoint has one). Unreadable
+Prints CSV `path,score,verdict,reason[,p_real_calibrated]` (score = P(real);
+verdict real, synthetic or unsure, from the threshold of --calibration, else
+the dev-set EER threshold stored with the checkpoint, else 0.5 with a
+warning; unsure, with its reason, in the dev-fitted band around it, when the
+verdict changes under --stability post-processing, or for a face too small
+to judge; p_real_calibrated: P(real) after the Platt calibration fitted on
+the dev set, where the checkpoint has one). Unreadable
 files get an `error: ...` row and the rest are still scored; the exit status
 is 1 if any file failed.
 
@@ -31,7 +35,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from cmfl_jax import backend
 
@@ -161,7 +165,9 @@ def _file_rows(paths: Sequence[str], geometry: ops.Geometry, data_config,
 
 def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
   """Rows for the faces of one photograph (detected and aligned as
-  `cmfl_jax.align` does), each with its model input; one "no face" row if none."""
+  `cmfl_jax.align` does), each with its model input; one "no face" row if none.
+  A face enlarged more than `options.max_upscale` times to the model's input
+  carries "unsupported" (its verdict is unsure)."""
   from cmfl_jax.data import aligned_crops
   result = aligned_crops.align_image(path, options)
   if not result:
@@ -171,7 +177,9 @@ def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
     rows.append({"path": path if len(result) == 1 else f"{path}#{k}",
                  "image": np.asarray(ops.resize_and_crop(tf.constant(face.crop), geometry)),
                  "face_box": " ".join(f"{v:.1f}" for v in face.box),
-                 "face_score": face.score, "faces_found": face.faces_found})
+                 "face_score": face.score, "faces_found": face.faces_found,
+                 "framing": face.framing,
+                 "unsupported": aligned_crops.too_small(face, geometry.size, options.max_upscale)})
   return rows
 
 
@@ -196,7 +204,7 @@ def _scored(rows: Iterable[dict], score: Callable[[np.ndarray], np.ndarray],
     with_image = [r for r in pending if "image" in r]
     if with_image:
       for row, s in zip(with_image, score(np.stack([r.pop("image") for r in with_image]))):
-        row["score"] = float(s)
+        row.update(s if isinstance(s, dict) else {"score": float(s)})
     yield from pending
     pending.clear()
 
@@ -212,80 +220,149 @@ def _scored(rows: Iterable[dict], score: Callable[[np.ndarray], np.ndarray],
 @dataclasses.dataclass
 class Predictions:
   """What `predict` returns: the verdict threshold (None: none stored, 0.5
-  used), whether rows carry "calibrated", and the rows, produced lazily."""
+  used), whether rows carry "calibrated", the rows, produced lazily, the
+  unsure band (None: none) and the named calibration used (None: the dev
+  threshold)."""
 
   threshold: float | None
   calibrated: bool
   rows: Iterator[dict]
+  band: dict | None = None
+  calibration: str | None = None
 
 
-def _checkpoint_scorer(workdir: str, which: str):
-  """(config, dev threshold, Platt calibration, score) of a checkpoint, scored
-  in process; the eval step is compiled before this returns."""
+@dataclasses.dataclass
+class Model:
+  """A restored checkpoint or an exported model, compiled, with `score(uint8
+  images) -> P(real)`; `state`, `eval_fn` and `mesh` for a checkpoint only."""
+
+  config: ml_collections.ConfigDict
+  meta: dict
+  name: str
+  score: Callable[[np.ndarray], np.ndarray]
+  state: Any = None
+  eval_fn: Callable | None = None
+  mesh: Any = None
+
+
+def _padded_scorer(call: Callable[[np.ndarray], np.ndarray], batch_size: int, size: int
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+  """`call` on fixed-size batches (a partial one zero-padded: one compilation)."""
+
+  def score(images: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, max(len(images), 1), batch_size):
+      chunk = images[start:start + batch_size]
+      n = len(chunk)
+      out.append(call(np.concatenate([chunk, np.zeros((batch_size - n, size, size, 3),
+                                                      np.uint8)]))[:n])
+    return np.concatenate(out)
+
+  score(np.zeros((0, size, size, 3), np.uint8))  # compile now: images/s measures the stream
+  return score
+
+
+def load_model(workdir: str, which: str = "best") -> Model:
+  """Restores and compiles checkpoint `which`; `score` returns the joint
+  head's P(real)."""
   config = config_from_checkpoint(workdir, which)
-  state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
+  state, eval_fn, mesh, meta, name = evaluate.restore_for_eval(config, workdir, which)
   batch_size = config.train.eval_batch_size
   sharding = steps.batch_sharding(mesh)
-  image_shape = (config.data.image_size, config.data.image_size, 3)
 
-  def score(images: np.ndarray) -> np.ndarray:
-    n = len(images)  # a partial batch padded: one compilation
-    batch = {"image": np.concatenate([images, np.zeros((batch_size - n, *image_shape), np.uint8)]),
-             "label": np.zeros(batch_size, np.int32), "mask": np.arange(batch_size) < n}
+  def call(images: np.ndarray) -> np.ndarray:
+    batch = {"image": images, "label": np.zeros(batch_size, np.int32),
+             "mask": np.ones(batch_size, bool)}
     _, probs = eval_fn(state, jax.device_put(batch, sharding))
-    return np.asarray(jax.device_get(probs["joint"]))[:n]
+    return np.asarray(jax.device_get(probs["joint"]))
 
-  score(np.zeros((0, *image_shape), np.uint8))  # compile now: images/s measures the stream
-  return config, meta.get("dev_threshold"), meta.get("calibration"), score
+  return Model(config, meta, name, _padded_scorer(call, batch_size, config.data.image_size),
+               state, eval_fn, mesh)
 
 
-def _artifact_scorer(model: str):
-  """The same from an exported model (`cmfl_jax.export`): its card's config,
-  threshold and calibration, its `p_real` as the score."""
+def load_exported(directory: str) -> Model:
+  """An exported model (`cmfl_jax.export`): its card's config, thresholds and
+  calibrations, its `p_real` as the score."""
   from cmfl_jax.exporting import artifact
-  loaded = artifact.load(model)
-  config, card = loaded.config, loaded.card
-  batch_size = config.train.eval_batch_size
-  image_shape = (config.data.image_size, config.data.image_size, 3)
+  loaded = artifact.load(directory)
+  card = loaded.card
+  chosen = card["calibration"]["chosen"]
+  meta = {"dev_threshold": card["thresholds"]["dev"] if card["thresholds"]["dev_stored"] else None,
+          "calibration": card["calibration"]["platt"],
+          "unsure_band": card.get("unsure_band"),
+          "chosen_calibration": chosen and {**chosen["record"], "threshold": chosen["threshold"]}}
+  config = loaded.config
+  return Model(config, meta, f"{card['checkpoint']['kind']}_{card['checkpoint']['step']}",
+               _padded_scorer(lambda images: loaded.call(images)["p_real"],
+                              config.train.eval_batch_size, config.data.image_size))
 
-  def score(images: np.ndarray) -> np.ndarray:
-    n = len(images)  # padded to one batch shape: one compilation
-    padded = np.concatenate([images, np.zeros((batch_size - n, *image_shape), np.uint8)])
-    return loaded.call(padded)["p_real"][:n]
 
-  score(np.zeros((0, *image_shape), np.uint8))
-  threshold = card["thresholds"]["dev"] if card["thresholds"]["dev_stored"] else None
-  return config, threshold, card["calibration"]["platt"], score
+def input_geometry(config: ml_collections.ConfigDict, aligned: bool | None = None,
+                   align=None) -> ops.Geometry:
+  """The model's input crop: aligned faces with `align`, else as trained
+  unless `aligned` says otherwise."""
+  return ops.Geometry(config.data.image_size,
+                      True if align else config.data.aligned if aligned is None else aligned)
+
+
+def scored_rows(model: Model, paths: Sequence[str], geometry: ops.Geometry, align=None,
+                score: Callable | None = None) -> Iterator[dict]:
+  """Rows {path, score | error, ...} in input order, streamed (see `predict`);
+  `score` (default `model.score`) may return a dict per image instead."""
+  batch_size = model.config.train.eval_batch_size
+  found = (_face_rows(paths, align, geometry) if align
+           else _file_rows(paths, geometry, model.config.data, batch_size))
+  yield from _scored(found, score or model.score, batch_size)
 
 
 def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
-            aligned: bool | None = None, align=None, model: str | None = None) -> Predictions:
-  """Rows {path, score, verdict | error[, calibrated]} in input order, streamed:
-  files are checked and decoded by tf.data a few batches ahead and scored in
-  fixed-size batches, so memory does not grow with the number of paths.
-  With `align` (`AlignOptions`) every photograph is first detected and
-  aligned; rows then carry the face box and detection score. Scores come from
-  checkpoint `which` of `workdir`, or with `model` from an exported model
-  directory. The model is compiled before this returns."""
-  config, threshold, calibration, score = (_artifact_scorer(model) if model else
-                                           _checkpoint_scorer(workdir, which))
-  geometry = ops.Geometry(config.data.image_size,
-                          True if align else config.data.aligned if aligned is None else aligned)
-  batch_size = config.train.eval_batch_size
+            aligned: bool | None = None, align=None, calibration: str | None = None,
+            stability: Sequence[str] = (), model: str | None = None) -> Predictions:
+  """Rows {path, score, verdict, reason | error[, calibrated]} in input
+  order, streamed: files are checked and decoded by tf.data a few batches
+  ahead and scored in fixed-size batches, so memory does not grow with the
+  number of paths. With `align` (`AlignOptions`) every photograph is first
+  detected and aligned; rows then carry the face box and detection score.
+  Scores come from checkpoint `which` of `workdir`, or with `model` from an
+  exported model directory (which carries the calibration chosen at export).
+  `calibration` names a stored calibration (`cmfl_jax.calibrate`) whose
+  threshold and unsure band decide the verdicts; `stability` conditions
+  (e.g. `verdicts.stability.CONDITIONS`) are scored too and a verdict that
+  changes under one is unsure. The model is compiled before this returns."""
+  from cmfl_jax import verdicts
+  from cmfl_jax.verdicts import stability as stability_lib
+  stability = stability_lib.check_conditions(stability)
+  if model and calibration:
+    raise ValueError("--calibration applies to a --workdir checkpoint; an exported model "
+                     "carries the calibration chosen when it was exported")
+  chosen = verdicts.load_calibration(workdir, calibration) if calibration else None
+  loaded = load_exported(model) if model else load_model(workdir, which)
+  config, meta = loaded.config, loaded.meta
+  chosen = chosen or meta.get("chosen_calibration")
+  threshold = chosen["threshold"] if chosen else meta.get("dev_threshold")
+  band = chosen.get("band") if chosen else meta.get("unsure_band")
+  platt = meta.get("calibration")
+  geometry = input_geometry(config, aligned, align)
   cut = 0.5 if threshold is None else threshold
 
+  def score(images: np.ndarray) -> list[dict]:
+    main = model.score(images)
+    under = stability_lib.scores_under(images, model.score, stability)
+    return [{"score": float(s), "under": {c: float(v[i]) for c, v in under.items()}}
+            for i, s in enumerate(main)]
+
   def rows() -> Iterator[dict]:
-    found = (_face_rows(paths, align, geometry) if align
-             else _file_rows(paths, geometry, config.data, batch_size))
-    for row in _scored(found, score, batch_size):
+    for row in scored_rows(model, paths, geometry, align, score):
       if "score" in row:
-        row["verdict"] = "bona fide" if row["score"] >= cut else "synthetic"
-        if calibration:
+        unstable = stability_lib.unstable(row["score"], row.pop("under"), cut)
+        row["verdict"], row["reason"] = verdicts.decide(row["score"], cut, band, unstable,
+                                                        row.get("unsupported"))
+        if platt:
           row["calibrated"] = float(stats.apply_calibration(
-              calibration, evaluate.logits_of(np.asarray([row["score"]])))[0])
+              platt, evaluate.logits_of(np.asarray([row["score"]])))[0])
       yield row
 
-  return Predictions(threshold, calibration is not None, rows())
+  return Predictions(threshold, platt is not None, rows(), band, calibration)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -297,34 +374,40 @@ def main(argv: Sequence[str]) -> int:
   try:
     if FLAGS.align:
       from cmfl_jax.data import aligned_crops
-      align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
+      align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size,
+                                         max_upscale=FLAGS.max_upscale)
     if (FLAGS.workdir is None) == (FLAGS.model is None):
       raise app.UsageError("give one of --workdir or --model")
-    predictions = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align, FLAGS.model)
-  except (FileNotFoundError, checkpointing.CheckpointError, ImportError, ExportError) as e:
+    predictions = predict(FLAGS.workdir, paths, FLAGS.checkpoint, aligned, align,
+                          FLAGS.calibration, FLAGS.stability, FLAGS.model)
+  except (FileNotFoundError, checkpointing.CheckpointError, ImportError, ExportError,
+          ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   threshold, calibrated = predictions.threshold, predictions.calibrated
-  if threshold is None:
+  if predictions.calibration:
+    logging.info("verdicts use calibration %r: threshold %.6f", predictions.calibration,
+                 threshold)
+  elif threshold is None:
     logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
   if calibrated:
     logging.info("p_real_calibrated: P(real) after the Platt calibration fitted on the dev set "
-                 "(same ranking as score; verdicts use the dev EER threshold on score)")
+                 "(same ranking as score; verdicts use the threshold on score)")
   w = csv.writer(sys.stdout)
-  face_columns = ["face_box", "face_score", "faces_found"] if align else []
-  w.writerow(["path", "score", "verdict", *(["p_real_calibrated"] if calibrated else []),
-              *face_columns])
+  face_columns = ["face_box", "face_score", "faces_found", "framing"] if align else []
+  w.writerow(["path", "score", "verdict", "reason",
+              *(["p_real_calibrated"] if calibrated else []), *face_columns])
   scored = failed = 0
   start = time.perf_counter()
   for r in predictions.rows:
     faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
-             r.get("faces_found", "")] if align else []
+             r.get("faces_found", ""), r.get("framing", "")] if align else []
     extra = ([f"{r['calibrated']:.6f}" if "calibrated" in r else ""] if calibrated else [])
     if "error" in r:
-      w.writerow([r["path"], "", r["error"], *extra, *faces])
+      w.writerow([r["path"], "", r["error"], "", *extra, *faces])
       failed += 1
     else:
-      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], *extra, *faces])
+      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], r["reason"], *extra, *faces])
       scored += 1
   sys.stdout.flush()
   seconds = time.perf_counter() - start
@@ -347,6 +430,13 @@ def define_flags() -> None:
                                                 "skip_multiple"], "--align: which faces.")
   flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize "
                        "(the size the training data was aligned at).")
+  flags.DEFINE_float("max_upscale", 2.0, "--align: a face enlarged more than this to the "
+                     "model's input gets 'unsure: face too small (N px)'.")
+  flags.DEFINE_string("calibration", None, "A calibration made by `python -m cmfl_jax.calibrate"
+                      " --name=NAME`: its threshold (guaranteed false-alarm rate on the images "
+                      "it was made from) and unsure band decide the verdicts.")
+  flags.DEFINE_list("stability", ["jpeg:95", "resize:0.9"], "Post-processing each image is also "
+                    "scored under; a verdict that changes is 'unsure'. Empty: off.")
   flags.DEFINE_bool("unaligned", None, "Apply the official unaligned geometry (resize 256, "
                     "centre crop); default: as in training (aligned inputs used as they are).")
 

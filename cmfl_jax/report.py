@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from cmfl_jax import metrics
+from cmfl_jax.verdicts import plots as verdict_plots
 
 HEADS = ("joint", "rgb", "freq")
 # Columns of the per-split table: (metric key, header); rates shown in percent.
@@ -289,6 +290,9 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
   calibration = calibration_table(results)
   if calibration:
     lines += ["", "## Calibration (joint head)", "", *calibration]
+  verdict_lines = verdict_plots.table(results)
+  if verdict_lines:
+    lines += ["", "## Verdicts: real, synthetic, unsure (joint head)", "", *verdict_lines]
   return lines
 
 
@@ -305,6 +309,8 @@ def write_eval_report(results: Mapping[str, Any],
   if calibration:
     plot_reliability(calibration, os.path.join(out_dir, "reliability.png"))
     lines += ["![Reliability diagrams, raw and calibrated](reliability.png)", ""]
+  if verdict_plots.plot_risk_coverage(results, os.path.join(out_dir, "risk_coverage.png")):
+    lines += ["![Risk-coverage: error on the images given a verdict](risk_coverage.png)", ""]
   path = os.path.join(out_dir, "report.md")
   with tf.io.gfile.GFile(path, "w") as f:
     f.write("\n".join(lines))

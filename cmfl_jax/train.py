@@ -26,6 +26,7 @@ from cmfl_jax import (audit, backend, checkpointing, evaluate, metrics, models, 
                       stats, steps, summaries, weights)
 from cmfl_jax.data import pipeline, sources
 from cmfl_jax.data.split import Split, split_summary
+from cmfl_jax.verdicts import selective
 
 
 class NonFiniteLossError(RuntimeError):
@@ -167,11 +168,16 @@ class _Checkpoints:
       checkpointing.wait(m)
 
 
-def dev_statistics(labels: np.ndarray, joint: np.ndarray) -> dict[str, Any]:
+def dev_statistics(labels: np.ndarray, joint: np.ndarray,
+                   unsure_error: float = 0.05) -> dict[str, Any]:
   """Fixed on the dev set, travelling with the model: the EER threshold, the
-  operating points at APCER/BPCER = 1 and 5 %, and a Platt calibration of the
-  joint head (order-preserving: rankings and AUC unchanged)."""
-  return {"dev_threshold": metrics.eer(labels, joint)[1],
+  operating points at APCER/BPCER = 1 and 5 %, a Platt calibration of the
+  joint head (order-preserving: rankings and AUC unchanged) and the unsure
+  band around the EER threshold (`verdicts.selective`: the images given a
+  verdict have a dev error <= unsure_error)."""
+  threshold = metrics.eer(labels, joint)[1]
+  return {"dev_threshold": threshold,
+          "unsure_band": selective.fit_band(labels, joint, threshold, unsure_error),
           "operating_points": stats.dev_operating_points(labels, joint),
           "calibration": stats.fit_platt(labels, evaluate.logits_of(joint)),
           "dev_examples": int(len(labels))}
@@ -208,7 +214,7 @@ def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Ch
     if step not in fitted:
       model = state if step == current else checkpointing.restore(manager, step, target)[0]
       joint = evaluate.evaluate_split(eval_fn, model, val_split, config, mesh)["scores"]["joint"]
-      fitted[step] = dev_statistics(val_split.labels, joint)
+      fitted[step] = dev_statistics(val_split.labels, joint, config.eval.get("unsure_error", 0.05))
     checkpointing.write_dev(manager, step, fitted[step])
     logging.info("%s step %d: dev threshold, operating points and calibration refitted on "
                  "the whole dev split (%d examples)", os.path.basename(str(manager.directory)),
@@ -237,7 +243,8 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
                                          if k not in ("scores", "count")})
   logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / ckpt.steps_per_epoch, step, val_loss,
                " (best)" if improved else "")
-  dev = dev_statistics(val_split.labels, val["scores"]["joint"])
+  dev = dev_statistics(val_split.labels, val["scores"]["joint"],
+                       config.eval.get("unsure_error", 0.05))
   meta = {**ckpt.meta(step, val_loss), **dev}
   checkpointing.save(ckpt.latest, step, state, meta)
   # After a fallback to an earlier checkpoint the replayed step may already be

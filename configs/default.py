@@ -136,4 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.bootstrap_resamples = 1000
   ev.confidence = 0.95
   ev.calibration_bins = 15             # equal-width bins of P(real) for the ECE
+  # Verdicts: the unsure band around the dev threshold is fitted so that the dev
+  # images given a verdict have at most this error (cmfl_jax.verdicts.selective).
+  ev.unsure_error = 0.05
   return config

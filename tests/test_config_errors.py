@@ -37,7 +37,8 @@ def test_validate_names_the_key_and_the_choices():
                             ("loss.objective", "baz", ["loss.objective", "cmfl"]),
                             ("model.ops", "cudnn", ["model.ops", "gemm"]),
                             ("data.balance", "x", ["data.balance", "oversample"]),
-                            ("train.batch_size", 6, ["train.batch_size", "4 devices"])]:
+                            ("train.batch_size", 6, ["train.batch_size", "4 devices"]),
+                            ("eval.unsure_error", 1.5, ["eval.unsure_error", "[0, 1)"])]:
     config = runpy.run_path(SMOKE)["get_config"]()
     section, field = key.split(".")
     config[section][field] = value

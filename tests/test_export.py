@@ -60,6 +60,11 @@ def _export_cmd(workdir, output, *extra, cache_dir):
                         capture_output=True, text=True, timeout=400)
 
 
+# What `python -m cmfl_jax.calibrate` stores besides the threshold (hand-made here).
+_CALIBRATION_FIELDS = {"false_alarm": 0.05, "kind": "marginal", "n": 40, "k": 2,
+                       "guarantee": "hand-made for tests"}
+
+
 @pytest.fixture(scope="module")
 def run_copy(reference_run, tmp_path_factory):
   """A copy of the reference run (with a hand-made calibration file), so the
@@ -68,7 +73,7 @@ def run_copy(reference_run, tmp_path_factory):
   shutil.copytree(reference_run[0], workdir)
   os.makedirs(os.path.join(workdir, "calibrations"))
   with open(os.path.join(workdir, "calibrations", "strict.json"), "w") as f:
-    json.dump({"threshold": 0.625, "method": "hand-made for tests"}, f)
+    json.dump({**_CALIBRATION_FIELDS, "threshold": 0.625}, f)
   return workdir
 
 
@@ -226,7 +231,7 @@ def test_bad_input_is_refused_before_anything_is_written(run_copy, tmp_path):
     assert not os.path.exists(out) and not _leftovers(tmp_path, "out"), case
   broken = os.path.join(run_copy, "calibrations", "broken.json")
   with open(broken, "w") as f:
-    json.dump({"threshold": "high"}, f)
+    json.dump({**_CALIBRATION_FIELDS, "threshold": "high"}, f)
   try:
     with pytest.raises(ExportError, match="no valid 'threshold'"):
       bundle.export_model(run_copy, out, calibration="broken")

@@ -351,6 +351,67 @@ def test_crop_leaving_the_image(photos):
   assert (face.crop[0] == [255, 0, 255]).all()  # top row comes from above the photo
 
 
+def _tight(image, size, pad):
+  """An LFW/CelebA-style crop: the face box plus `pad` of its side, resized."""
+  d = faces.detect(image)[0]
+  x1, y1, x2, y2 = d.box
+  side = max(x2 - x1, y2 - y1) * (1 + 2 * pad)
+  cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+  box = tuple(int(v) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+  return np.asarray(Image.fromarray(image).crop(box).resize((size, size), Image.Resampling.BICUBIC))
+
+
+@pytest.mark.parametrize("size,pad", [(128, 0.0), (128, 0.25), (250, 0.1)])
+def test_tight_face_crops_are_handled_not_refused(photos, size, pad):
+  """The face fills the frame: the crop would leave the image by 30-60 %, so
+  the largest square inside it is used (framing "tight"), no pixel invented."""
+  for name, image in photos.items():
+    crop = _tight(image, size, pad)
+    matrix = faces.alignment_matrix(faces.detect(crop)[0].landmarks, S)
+    assert faces.outside_fraction(matrix, crop.shape[:2], S) > 0.05  # refused before (> 2 %)
+    (face,) = faces.detect_and_align(crop)
+    assert face.framing == "tight" and face.outside == 0.0, (name, face.outside)
+    assert face.source_side == pytest.approx(size)  # the whole frame, resized to S
+    whole = np.asarray(Image.fromarray(crop).resize((S, S), Image.Resampling.BICUBIC))
+    assert np.abs(face.crop.astype(int) - whole).mean() < 2.0
+  # A generator-style output (FFHQ framing already) is simply aligned.
+  ffhq = faces.detect_and_align(photos["astronaut"], output_size=256)[0].crop
+  (face,) = faces.detect_and_align(ffhq)
+  assert face.framing == "aligned" and face.outside <= 0.02
+
+
+def test_too_small_faces_get_no_verdict(photos, tmp_path):
+  """A face that would be enlarged more than 2x: `align` writes no crop and
+  says why ("unsure: face too small (N px)"); judged against a smaller
+  model input the same face is fine."""
+  from cmfl_jax.data import aligned_crops as align_files
+  small = np.asarray(Image.fromarray(photos["astronaut"]).resize((128, 128),
+                                                                 Image.Resampling.BICUBIC))
+  canvas = np.full((320, 320, 3), 120, np.uint8)
+  canvas[100:228, 150:278] = small
+  Image.fromarray(canvas).save(tmp_path / "small.png")
+  (face,) = faces.detect_and_align(canvas)
+  assert align_files.too_small(face, S, 2.0).startswith("face too small (26 px, 5.")
+  assert align_files.too_small(face, 64, 2.0) is None
+  record = align_files.align_one(str(tmp_path / "small.png"), str(tmp_path / "out" / "small"),
+                                 align_files.AlignOptions())
+  assert record["outputs"] == [] and record["reason"].startswith("unsure: face too small (26 px")
+  record = align_files.align_one(str(tmp_path / "small.png"), str(tmp_path / "out" / "small"),
+                                 align_files.AlignOptions(size=64))
+  assert len(record["outputs"]) == 1 and record["framing"] == "aligned"
+  # The photographs themselves keep their faces; in the two-face composite the
+  # half-size astronaut (2.6x to 224 px) is the one set aside.
+  a, g = _half(photos["astronaut"]), _half(photos["grace_hopper"])
+  both = np.zeros((max(a.shape[0], g.shape[0]), a.shape[1] + g.shape[1], 3), np.uint8)
+  both[:a.shape[0], :a.shape[1]], both[:g.shape[0], a.shape[1]:] = a, g
+  Image.fromarray(both).save(tmp_path / "both.png")
+  for name, image in photos.items():
+    assert align_files.too_small(faces.detect_and_align(image)[0], S, 2.0) is None, name
+  record = align_files.align_one(str(tmp_path / "both.png"), str(tmp_path / "out" / "both"),
+                                 align_files.AlignOptions(policy="all"))
+  assert len(record["outputs"]) == 1 and record["too_small"][0].startswith("face too small")
+
+
 def test_detect_on_a_smaller_copy(photos, aligned):
   # detect_max_side: detect on a half-size copy, coordinates in the original.
   face = aligned["astronaut"][0][0]

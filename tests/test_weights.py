@@ -482,7 +482,7 @@ def test_predict_on_aligned_files_matches_official_test_script(converted_two_str
   got = np.array([r["score"] for r in rows])
   want = torch_probs(torch_model, *official_inputs(images))[0]
   np.testing.assert_allclose(got, want, atol=1e-4)
-  assert [r["verdict"] for r in rows] == ["bona fide" if s >= 0.5 else "synthetic" for s in got]
+  assert [r["verdict"] for r in rows] == ["real" if s >= 0.5 else "synthetic" for s in got]
 
 
 def test_convert_one_stream_spectrum_model(tmp_path):

@@ -40,6 +40,7 @@ class AlignOptions:
   margin: float = 0.0
   max_outside: float = 0.02
   settings: face_detection.DetectorSettings = face_detection.DetectorSettings()
+  max_upscale: float = 2.0  # a face enlarged more than this to `size` supports no verdict
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -48,6 +49,19 @@ class AlignOptions:
       raise ValueError(f"align policy must be one of {POLICIES}, got {self.policy!r}")
     if self.size < 16:
       raise ValueError(f"align size must be >= 16, got {self.size}")
+    if not self.max_upscale > 0:
+      raise ValueError(f"max_upscale must be > 0, got {self.max_upscale}")
+
+
+def too_small(face: face_detection.Face, size: int, max_upscale: float) -> str | None:
+  """"face too small (N px)" when the face (box side N) would have to be
+  enlarged more than `max_upscale` times to reach `size` pixels: the pixels
+  the detector would judge were never there; None otherwise."""
+  upscale = size / face.source_side
+  if upscale <= max_upscale:
+    return None
+  side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+  return f"face too small ({side:.0f} px, {upscale:.1f}x upscale)"
 
 
 def align_image(path: str,
@@ -64,7 +78,8 @@ def align_image(path: str,
 def _face_record(face: face_detection.Face) -> dict[str, Any]:
   return {"box": [round(float(v), 2) for v in face.box],
           "landmarks": np.round(face.landmarks, 2).tolist(), "score": round(face.score, 4),
-          "transform": np.round(face.transform, 6).tolist(), "outside": round(face.outside, 4)}
+          "transform": np.round(face.transform, 6).tolist(), "outside": round(face.outside, 4),
+          "framing": face.framing, "source_side": round(face.source_side, 1)}
 
 
 def _write_png(crop: np.ndarray, path: str) -> None:
@@ -87,11 +102,17 @@ def align_one(source: str, stem: str, options: AlignOptions) -> dict[str, Any]:
   record: dict[str, Any] = {"input": source}
   if isinstance(result, face_detection.NoFace):
     return {**record, "reason": result.reason, "outputs": [], "faces_found": 0}
-  outputs = output_names(stem, len(result), options.policy)
-  for face, out in zip(result, outputs):
+  small = [too_small(f, options.size, options.max_upscale) for f in result]
+  kept = [f for f, why in zip(result, small) if why is None]
+  found = {"faces_found": result[0].faces_found, "faces": [_face_record(f) for f in kept]}
+  if not kept:
+    return {**record, "reason": f"unsure: {small[0]}", "outputs": [], **found,
+            "framing": result[0].framing, "faces": [_face_record(f) for f in result]}
+  outputs = output_names(stem, len(kept), options.policy)
+  for face, out in zip(kept, outputs):
     _write_png(face.crop, out)
-  return {**record, "outputs": outputs, "faces_found": result[0].faces_found,
-          "faces": [_face_record(f) for f in result]}
+  return {**record, "outputs": outputs, "framing": kept[0].framing, **found,
+          **({"too_small": [w for w in small if w]} if len(kept) < len(result) else {})}
 
 
 def read_manifest(path: str) -> dict[str, dict[str, Any]]:

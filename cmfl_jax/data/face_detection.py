@@ -100,6 +100,12 @@ class Face:
   transform: np.ndarray
   outside: float
   faces_found: int = 1      # faces MTCNN found (above thresholds and size) in the photograph
+  framing: str = "aligned"  # "aligned" (the mode's crop) or "tight" (the face fills the frame)
+
+  @property
+  def source_side(self) -> float:
+    """The crop's side in source pixels: output side / this = the upscale."""
+    return float(self.crop.shape[0] / np.sqrt(abs(np.linalg.det(self.transform[:, :2]))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +287,30 @@ def box_matrix(box: Sequence[float], output_size: int = 224, margin: float = 0.0
   # The square's outer edge (index cx - side/2 - 0.5) -> the crop's (index -0.5).
   return np.array([[s, 0.0, -0.5 - s * (cx - side / 2 - 0.5)],
                    [0.0, s, -0.5 - s * (cy - side / 2 - 0.5)]])
+
+
+# A crop at least this share of the photograph's shorter side that leaves the
+# photograph means the face fills the frame (LFW/CelebA crops, generator outputs).
+TIGHT_FILL = 0.75
+
+
+def tight_matrix(matrix: np.ndarray, image_hw: tuple[int, int], output_size: int
+                 ) -> np.ndarray | None:
+  """For a face that fills the frame: the axis-aligned square inside the
+  photograph, as large as the aligned crop (at most the shorter side),
+  centred as near the aligned crop's centre as the photograph allows; no
+  pixel is invented. None when the crop is small against the photograph
+  (the face is cut by the edge, not framed tightly)."""
+  h, w = image_hw
+  scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+  side = output_size / scale
+  if side < TIGHT_FILL * min(h, w):
+    return None
+  side = min(side, h, w)
+  cx, cy = apply_transform(_invert(matrix), [[(output_size - 1) / 2] * 2])[0]
+  x0 = float(np.clip(cx + 0.5 - side / 2, 0, w - side))
+  y0 = float(np.clip(cy + 0.5 - side / 2, 0, h - side))
+  return box_matrix((x0, y0, x0 + side, y0 + side), output_size)
 
 
 # ----------------------------------------------------------------------------
@@ -539,9 +569,10 @@ def detect_and_align(image_rgb_uint8: np.ndarray, settings: DetectorSettings | N
   mode "align": similarity from the landmarks (`alignment_matrix`: FFHQ's
   eye/mouth rule for template "ffhq", a five-point fit for "arcface"); "box":
   the square MTCNN box plus `margin` output pixels. Crop pixels whose source lies
-  outside the photograph are `fill` (never reflected or invented); a face
-  whose crop has more than `max_outside` of its area outside is dropped
-  ("crop leaves the image"). policy: "largest" / "most_confident" (one face),
+  outside the photograph are `fill` (never reflected or invented). A face
+  whose crop has more than `max_outside` of its area outside and fills the
+  frame (`tight_matrix`) is cut as the largest square inside the photograph
+  (framing "tight"); otherwise it is dropped ("crop leaves the image"). policy: "largest" / "most_confident" (one face),
   "all", "skip_multiple" (NoFace if more than one face). Returns the faces
   (largest first) or NoFace(reason); a bad image never raises.
   """
@@ -575,13 +606,17 @@ def detect_and_align(image_rgb_uint8: np.ndarray, settings: DetectorSettings | N
       matrix = alignment_matrix(d.landmarks, output_size, template)
     else:
       matrix = box_matrix(d.box, output_size, margin)
-    frac = outside_fraction(matrix, (h, w), output_size)
+    frac, framing = outside_fraction(matrix, (h, w), output_size), "aligned"
     if frac > max_outside:
-      worst = max(worst, frac)
-      continue
+      tight = tight_matrix(matrix, (h, w), output_size)
+      if tight is None:
+        worst = max(worst, frac)
+        continue
+      matrix, framing = tight, "tight"
+      frac = outside_fraction(matrix, (h, w), output_size)
     out.append(Face(crop=warp(image, matrix, output_size, fill), box=d.box,
                     landmarks=d.landmarks, score=d.score, transform=matrix, outside=frac,
-                    faces_found=found_count))
+                    faces_found=found_count, framing=framing))
   if not out:
     return NoFace(f"crop leaves the image: {worst:.1%} outside > {max_outside:.1%}")
   return out

@@ -1,0 +1,48 @@
+"""Verdicts a person can act on: `real`, `synthetic` or `unsure`.
+
+* `conformal`: a threshold from the user's own bona fide images with a
+  finite-sample guarantee on the false-alarm rate;
+* `selective`: the `unsure` band around it, fitted on the dev split to a
+  target error, and risk-coverage curves;
+* `stability`: a verdict that flips under a JPEG save or a small resize is
+  `unsure`;
+* `store`: named calibrations in `<workdir>/calibrations/<name>.json`.
+
+The public API other commands use: `load_calibration`, `decide`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmfl_jax.verdicts import conformal, selective, store
+from cmfl_jax.verdicts.store import CalibrationError
+
+REAL, SYNTHETIC, UNSURE = "real", "synthetic", "unsure"
+
+
+def load_calibration(workdir: str, name: str) -> dict[str, Any]:
+  """The named calibration of `workdir`: "threshold" (P(real) below it is
+  synthetic), its guarantee, and the dev-fitted "band" if one was fitted."""
+  return store.load(workdir, name)
+
+
+def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
+           unstable: str | None = None, unsupported: str | None = None) -> tuple[str, str]:
+  """(verdict, reason) for one score. Unsure, in this order, when the input
+  cannot support a verdict (`unsupported`, e.g. "face too small (12 px)"),
+  when the verdict flips under mild post-processing (`unstable`: the
+  reason), or when the score lies in the dev-fitted `band`; otherwise real
+  if p_real >= threshold (>= band["hi"] with a band), else synthetic."""
+  if unsupported:
+    return UNSURE, unsupported
+  if unstable:
+    return UNSURE, unstable
+  if band is not None and band["lo"] <= p_real < band["hi"]:
+    return UNSURE, (f"score in the unsure band [{band['lo']:.3f}, {band['hi']:.3f}) "
+                    f"(dev error target {band['target_error']:g})")
+  return (REAL, "") if p_real >= threshold else (SYNTHETIC, "")
+
+
+__all__ = ["CalibrationError", "REAL", "SYNTHETIC", "UNSURE", "conformal", "decide",
+           "load_calibration", "selective", "store"]
