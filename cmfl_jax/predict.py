@@ -346,13 +346,13 @@ def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
   cut = 0.5 if threshold is None else threshold
 
   def score(images: np.ndarray) -> list[dict]:
-    main = model.score(images)
-    under = stability_lib.scores_under(images, model.score, stability)
+    main = loaded.score(images)
+    under = stability_lib.scores_under(images, loaded.score, stability)
     return [{"score": float(s), "under": {c: float(v[i]) for c, v in under.items()}}
             for i, s in enumerate(main)]
 
   def rows() -> Iterator[dict]:
-    for row in scored_rows(model, paths, geometry, align, score):
+    for row in scored_rows(loaded, paths, geometry, align, score):
       if "score" in row:
         unstable = stability_lib.unstable(row["score"], row.pop("under"), cut)
         row["verdict"], row["reason"] = verdicts.decide(row["score"], cut, band, unstable,

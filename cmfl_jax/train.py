@@ -310,6 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log_path = summaries.jsonl_path(workdir)
   history = []
   is_time_to_log = lambda s: s % config.train.log_every_steps == 0 or s == total_steps  # noqa: E731
+  first_step_start = time.perf_counter()
   with _StopSignals(config.train.stop_check_every_steps) as signals, summaries.progress(
       total_steps, step, "train", config.train.progress_bar) as bar:
     while step < total_steps:
@@ -320,6 +321,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       for batch in pipeline.global_batches(ds, steps.batch_sharding(mesh)):
         state, step_metrics = train_fn(state, batch)
         step += 1
+        if first_step_start is not None:  # the first step compiles it: say how long that took
+          jax.block_until_ready(step_metrics)
+          logging.info("first train step done in %.1f s (compilation included)",
+                       time.perf_counter() - first_step_start)
+          first_step_start = None
         window_metrics.append(step_metrics)
         bar.update(1)
         if _is_debug_signal_step(config.train, step):

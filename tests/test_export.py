@@ -163,7 +163,7 @@ def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
   assert card["thresholds"] == {"dev": meta["dev_threshold"], "dev_stored": True,
                                 "calibration": 0.625}
   assert card["calibration"]["platt"] == meta["calibration"]
-  assert card["calibration"]["chosen"]["record"]["method"] == "hand-made for tests"
+  assert card["calibration"]["chosen"]["record"]["guarantee"] == "hand-made for tests"
   assert card["architecture"]["arch"] == "two_stream" and card["config"]["model"]["growth_rate"] == 4
   assert card["training_data"]["train_split"] == "train"
   d_eer = card["evaluation"]["splits"]["eval"]["metrics"]["d_eer"]

@@ -106,6 +106,9 @@ def build(workdir: str, restored: serving_fn.Restored, constants: serving_fn.Con
       "calibration": {"platt": restored.meta.get("calibration"),
                       "chosen": None if calibration is None else {
                           k: calibration[k] for k in ("name", "threshold", "record")}},
+      # The dev-fitted unsure band of the checkpoint (`verdicts.selective`);
+      # a chosen calibration's own band is in its record.
+      "unsure_band": restored.meta.get("unsure_band"),
       "operating_points": restored.meta.get("operating_points"),
       "evaluation": _evaluation(workdir, restored.kind, restored.step, config),
       "intended_use": INTENDED_USE,
