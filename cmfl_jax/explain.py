@@ -61,8 +61,7 @@ def main(argv: Sequence[str]) -> int:
   failed = sum("error" in r for r in done)
   summary = {"explained": len(done) - failed, "failed": failed, "method": FLAGS.method,
              "seconds": round(time.perf_counter() - start, 3)}
-  for key in ("randomisation_rank_corr_rgb", "randomisation_rank_corr_freq",
-              "deletion_area_rgb", "deletion_area_freq"):
+  for key in runner.SANITY_COLUMNS:
     values = [r[key] for r in done if key in r]
     if values:
       summary[f"mean_{key}"] = round(float(np.mean(values)), 4)

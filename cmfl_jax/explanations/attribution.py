@@ -25,6 +25,7 @@ All functions are pure and batched; `compile_method` jit-compiles one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -161,15 +162,16 @@ def explain(model: streams.Model, images: jax.Array, method: str = "ig",
   return out
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "steps"))
+def _explain_state(graphdef, state, images, method: str, steps: int):
+  return explain(nnx.merge(graphdef, state), images, method, steps)
+
+
 def compile_method(model: streams.Model, method: str = "ig", steps: int = DEFAULT_STEPS
                    ) -> Callable[[jax.Array], dict[str, jax.Array]]:
-  """jit-compiled `explain` of this model (eval mode): images -> maps."""
+  """jit-compiled `explain` of this model (eval mode): images -> maps. Models
+  of the same architecture (e.g. trained and re-initialised) share the program."""
   if method not in METHODS:
     raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def run(state, images):
-    return explain(nnx.merge(graphdef, state), images, method, steps)
-
-  return lambda images: run(state, images)
+  return lambda images: _explain_state(graphdef, state, images, method, steps)

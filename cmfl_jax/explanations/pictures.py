@@ -45,7 +45,7 @@ def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], scores
   axes[0].axis("off")
   k = 1
   if "rgb" in maps:
-    _heat(axes[k], image, radial.magnitude(maps["rgb"]), "pixels: |attribution|")
+    _heat(axes[k], np.mean(image, -1), radial.magnitude(maps["rgb"]), "pixels: |attribution|")
     k += 1
   if "freq" in maps:
     freq = radial.magnitude(maps["freq"])
@@ -61,6 +61,7 @@ def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], scores
     axes[k + 1].tick_params(labelsize=6)
   if title:
     fig.suptitle(title, fontsize=8)
+  fig.tight_layout()
   _save(fig, path)
 
 

@@ -103,10 +103,22 @@ def train(data: dict[str, np.ndarray], model_config: Any = None, steps: int = 30
   return model
 
 
-def pointing_hits(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-  """Per image: does the maximum of |map| (channels summed, 3x3 box-smoothed)
-  fall inside the planted patch?"""
-  m = radial.magnitude(maps)
+def support(maps: np.ndarray, signs: np.ndarray | None = None) -> np.ndarray:
+  """`[B, H, W]`: |map| (channels summed) without `signs`; with the model's
+  decision signs (+1 bona fide, -1 attack) per image, the signed map's
+  support for that decision (a map whose peaks survive a random model by
+  following the input alone cannot get its sign right)."""
+  if signs is None:
+    return radial.magnitude(maps)
+  m = np.asarray(maps, np.float32)
+  return np.asarray(signs, np.float32)[:, None, None] * (m.sum(-1) if m.ndim == 4 else m)
+
+
+def pointing_hits(maps: np.ndarray, boxes: np.ndarray, signs: np.ndarray | None = None
+                  ) -> np.ndarray:
+  """Per image: does the maximum of `support` (3x3 box-smoothed) fall inside
+  the planted patch?"""
+  m = support(maps, signs)
   padded = np.pad(m, ((0, 0), (1, 1), (1, 1)))
   smooth = sum(padded[:, i:i + m.shape[1], j:j + m.shape[2]] for i in range(3) for j in range(3))
   peak = np.stack(np.unravel_index(np.argmax(smooth.reshape(len(m), -1), axis=1), m.shape[1:]), 1)
@@ -121,29 +133,41 @@ def frequency_bins(freq: tuple[int, int], size: int, radius: float = 2.5) -> np.
   return near(*freq) | near(-freq[0], -freq[1])
 
 
-def frequency_energy(maps: np.ndarray, size: int) -> dict[str, np.ndarray]:
-  """Per image: mean |freq attribution| on the artefact's and the decoy's bins."""
-  m = radial.magnitude(maps)
+def frequency_energy(maps: np.ndarray, size: int, signs: np.ndarray | None = None
+                     ) -> dict[str, np.ndarray]:
+  """Per image: mean `support` on the artefact's and on the decoy's bins."""
+  m = support(maps, signs)
   return {name: m[:, frequency_bins(f, size)].mean(axis=1)
           for name, f in (("artefact", ARTEFACT_FREQ), ("decoy", DECOY_FREQ))}
 
 
 def compare_methods(n_test: int = 96, steps: int = 300, seed: int = 0) -> dict[str, Any]:
-  """Pointing-game hits on the attacks of a held-out planted corpus, per method."""
+  """Pointing-game hits on the attacks of a held-out planted corpus, per
+  method, for the trained model and for re-initialised weights; |map| and
+  the map's signed support of the decision."""
+  from cmfl_jax.explanations import sanity
   start = time.perf_counter()
   model = train(corpus(1024, seed=seed), steps=steps, seed=seed)
   test = corpus(n_test, seed=seed + 1000)
   attacks = test["labels"] == 0
-  probs = jax.nn.sigmoid(model(test["images"])["joint"])
-  out = {"accuracy": float(np.mean((np.asarray(probs) >= 0.5) == (test["labels"] == 1))),
+  probs = np.asarray(jax.nn.sigmoid(model(test["images"])["joint"]))
+  out = {"accuracy": float(np.mean((probs >= 0.5) == (test["labels"] == 1))),
          "attacks": int(attacks.sum()), "train_seconds": round(time.perf_counter() - start, 1)}
-  for method in attribution.METHODS:
-    maps = attribution.compile_method(model, method)(test["images"][attacks])
-    out[f"hits_{method}"] = int(pointing_hits(np.asarray(maps["rgb"]), test["boxes"][attacks]).sum())
-    if method != "gradcam":
-      energy = frequency_energy(np.asarray(maps["freq"]), test["images"].shape[1])
-      out[f"freq_artefact_over_decoy_{method}"] = round(
-          float(np.mean(energy["artefact"]) / np.mean(energy["decoy"])), 2)
+  signs = np.where(probs[attacks] >= 0.5, 1.0, -1.0)
+  random_model = sanity.reinitialised(models.ModelConfig.from_config(tiny_model_config()), seed + 7)
+  boxes, size = test["boxes"][attacks], test["images"].shape[1]
+  for name, m in (("trained", model), ("random", random_model)):
+    decision = signs if name == "trained" else np.where(
+        np.asarray(m(test["images"][attacks])["joint"]) >= 0, 1.0, -1.0)
+    for method in attribution.METHODS:
+      maps = {k: np.asarray(v) for k, v in
+              attribution.compile_method(m, method)(test["images"][attacks]).items()}
+      for kind, sg in (("abs", None), ("signed", decision)):
+        out[f"{name}/{method}/hits_{kind}"] = int(pointing_hits(maps["rgb"], boxes, sg).sum())
+        if method != "gradcam":
+          e = frequency_energy(maps["freq"], size, sg)
+          out[f"{name}/{method}/freq_artefact_minus_decoy_{kind}"] = round(
+              float(np.mean(e["artefact"] - e["decoy"])), 5)
   return out
 
 

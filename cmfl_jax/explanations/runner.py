@@ -20,6 +20,10 @@ from cmfl_jax.data import ops
 from cmfl_jax.explanations import attribution, pictures, sanity, streams
 
 HEADS = ("joint", "rgb", "freq")
+#: Per-image sanity numbers (--sanity), see `sanity`.
+SANITY_COLUMNS = ("randomisation_rank_corr_rgb", "randomisation_rank_corr_freq",
+                  "randomisation_signed_rank_corr_rgb", "randomisation_signed_rank_corr_freq",
+                  "deletion_area_rgb", "deletion_area_freq")
 
 
 @dataclasses.dataclass
@@ -115,8 +119,9 @@ def _sanity(model, padded, maps, random_run, evidence, n) -> dict[str, np.ndarra
   out = {}
   for key in ("rgb", "freq"):
     if key in maps:
-      out[f"randomisation_rank_corr_{key}"] = sanity.rank_correlation(
-          maps[key], np.asarray(random_maps[key])[:n])
+      for kind, signed in (("", False), ("signed_", True)):
+        out[f"randomisation_{kind}rank_corr_{key}"] = sanity.rank_correlation(
+            maps[key], np.asarray(random_maps[key])[:n], signed)
   curves = sanity.deletion(model, padded[:n], maps, programs=evidence)
   out.update({f"deletion_area_{k}": curves[f"{k}_area"] for k in ("rgb", "freq")
               if f"{k}_area" in curves})
@@ -127,8 +132,8 @@ def write_csv(rows: Iterator[dict], path: str) -> Iterator[dict]:
   """Writes `rows` to `path` as they come (header from the first row's keys
   plus the error column) and passes them on."""
   columns = ["path", "output", *[f"score_{h}" for h in HEADS], "method", "checkpoint_step",
-             "randomisation_rank_corr_rgb", "randomisation_rank_corr_freq",
-             "deletion_area_rgb", "deletion_area_freq", "error"]
+             *SANITY_COLUMNS,
+             "error"]
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, columns, extrasaction="ignore")
     writer.writeheader()
