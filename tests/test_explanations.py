@@ -178,7 +178,7 @@ def test_explain_command_writes_maps_pictures_and_rows(reference_run, tmp_path):
   _, eval_scores, _ = score_files.read_scores(
       os.path.join(workdir, "eval", f"best_{step}", "eval_scores.csv"))
   for i, row in enumerate(rows[:3]):
-    assert row["output"] == str(out / "sub" / f"{i:03d}.npz") and row["method"] == "ig"
+    assert row["output"] == str(out / "imgs" / "sub" / f"{i:03d}.npz") and row["method"] == "ig"
     assert int(row["checkpoint_step"]) == step
     assert float(row["score_joint"]) == pytest.approx(float(eval_scores[i]), abs=1e-5)
     npz = np.load(row["output"])
@@ -187,7 +187,7 @@ def test_explain_command_writes_maps_pictures_and_rows(reference_run, tmp_path):
                                atol=1e-6)
     assert float(npz["score_joint"]) == pytest.approx(float(row["score_joint"]), abs=1e-6)
     assert np.any(npz["freq"] != 0) and np.any(npz["rgb"] != 0)
-    assert open(out / "sub" / f"{i:03d}.png", "rb").read(4) == b"\x89PNG"
+    assert open(out / "imgs" / "sub" / f"{i:03d}.png", "rb").read(4) == b"\x89PNG"
     assert -1 <= float(row["randomisation_rank_corr_rgb"]) <= 1
     assert row["deletion_area_freq"] != ""
   assert '"mean_randomisation_rank_corr_rgb"' in proc.stdout and '"failed": 2' in proc.stdout
