@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from cmfl_jax import metrics
+from cmfl_jax.explanations import frequencies
 
 HEADS = ("joint", "rgb", "freq")
 # Columns of the per-split table: (metric key, header); rates shown in percent.
@@ -305,6 +306,7 @@ def write_eval_report(results: Mapping[str, Any],
   if calibration:
     plot_reliability(calibration, os.path.join(out_dir, "reliability.png"))
     lines += ["![Reliability diagrams, raw and calibrated](reliability.png)", ""]
+  lines += frequencies.report_lines(results.get("frequencies"))
   path = os.path.join(out_dir, "report.md")
   with tf.io.gfile.GFile(path, "w") as f:
     f.write("\n".join(lines))

@@ -136,4 +136,10 @@ def get_config() -> ml_collections.ConfigDict:
   ev.bootstrap_resamples = 1000
   ev.confidence = 0.95
   ev.calibration_bins = 15             # equal-width bins of P(real) for the ECE
+  # Which frequencies the model uses per split (cmfl_jax/explanations/frequencies.py):
+  # integrated gradients over the spectrum on a class-balanced subset of
+  # explain_images per split, beside the bona fide - attack spectrum difference.
+  ev.explain_frequencies = True
+  ev.explain_images = 16
+  ev.explain_steps = 8
   return config

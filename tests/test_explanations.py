@@ -191,3 +191,33 @@ def test_explain_command_writes_maps_pictures_and_rows(reference_run, tmp_path):
     assert -1 <= float(row["randomisation_rank_corr_rgb"]) <= 1
     assert row["deletion_area_freq"] != ""
   assert '"mean_randomisation_rank_corr_rgb"' in proc.stdout and '"failed": 2' in proc.stdout
+
+
+def test_frequency_summary_for_the_evaluation_report(reference_run, tmp_path):
+  """What evaluate adds to metrics.json and the report per split: profiles
+  of the mean frequency attribution and of the bona fide - attack spectrum
+  difference (checked against numpy on the same subset), the picture."""
+  from cmfl_jax import evaluate, predict
+  from cmfl_jax.data import sources
+  from cmfl_jax.explanations import frequencies
+  from cmfl_jax.models import spectrum
+  workdir, _ = reference_run
+  config = predict.config_from_checkpoint(workdir, "best")
+  config.eval.explain_images, config.eval.explain_steps = 8, 4
+  state = evaluate.restore_for_eval(config, workdir, "best")[0]
+  splits, _ = sources.load_splits(config.data, ["eval"])
+  entry = frequencies.frequency_summary(config, state, splits, str(tmp_path))
+  e = entry["splits"]["eval"]
+  assert e["images"] == 8 and e["attack_images"] == 4
+  assert len(e["attribution_profile"]) == len(e["difference_profile"]) == len(entry["rings"])
+  assert 0 <= e["high_frequency_share"] <= 1 and -1 <= e["profile_correlation"] <= 1
+  small = frequencies.subset(splits["eval"], 8, config.seed)
+  spec = np.asarray(spectrum.log_spectrum(small.images)).mean(-1)
+  diff = spec[small.labels == 1].mean(0) - spec[small.labels == 0].mean(0)
+  saved = np.load(tmp_path / frequencies.MAPS)
+  np.testing.assert_allclose(saved["eval/difference"], diff, atol=1e-5)
+  np.testing.assert_allclose(e["difference_profile"], radial.profile(np.abs(diff)), rtol=1e-5)
+  assert saved["eval/attribution"].shape == (32, 32) and np.all(saved["eval/attribution"] >= 0)
+  assert open(tmp_path / frequencies.PICTURE, "rb").read(4) == b"\x89PNG"
+  lines = "\n".join(frequencies.report_lines(entry))
+  assert f"| eval | 8 | {e['peak_radius']:.2f} |" in lines and "(frequencies.png)" in lines
