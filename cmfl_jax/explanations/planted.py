@@ -10,6 +10,9 @@ orientation and frequency. Telling them apart needs the trace's structure,
 not its presence or energy.
 
   python -m cmfl_jax.explanations.planted   # pointing-game hits per method
+  python -m cmfl_jax.explanations.planted --workdir=DIR --images=DIR
+      # a trained planted detector saved as a workdir (for cmfl_jax.explain)
+      # and held-out planted images as PNG files
 """
 
 from __future__ import annotations
@@ -171,6 +174,51 @@ def compare_methods(n_test: int = 96, steps: int = 300, seed: int = 0) -> dict[s
   return out
 
 
-if __name__ == "__main__":
+def save_workdir(model: Any, workdir: str, seed: int = 0) -> None:
+  """`model` as the step-0 "best" checkpoint of `workdir`, with a config
+  (configs/smoke.py, 32x32, the tiny model) that `cmfl_jax.explain` reads."""
   import json
-  print(json.dumps(compare_methods()))
+  import math
+  import os
+  import runpy
+  from cmfl_jax import checkpointing, steps as steps_lib
+  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
+                                       "smoke.py"))["get_config"]()
+  config.model.update(tiny_model_config())
+  model.train()  # the train-mode graph's state, as a training run saves it
+  _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  model.eval()
+  state = steps_lib.fresh_state(params, stats, steps_lib.make_optimizer(config.optim), seed)
+  meta = {"step": 0, "epoch": 0, "step_in_epoch": 0, "steps_per_epoch": None, "val_loss": None,
+          "best_val_loss": None, "dev_threshold": None, "planted": True,
+          "config": json.loads(config.to_json_best_effort())}
+  manager = checkpointing.make_managers(workdir)[checkpointing.BEST]
+  checkpointing.save(manager, 0, state, meta, metrics={"val_loss": math.inf})
+  checkpointing.wait(manager)
+
+
+def main(argv) -> None:
+  del argv
+  import json
+  import os
+  from absl import flags
+  fv = flags.FLAGS
+  if not fv.workdir:
+    print(json.dumps(compare_methods()))
+    return
+  model = train(corpus(1024, seed=0), steps=300)
+  save_workdir(model, fv.workdir)
+  if fv.images:
+    from PIL import Image
+    os.makedirs(fv.images, exist_ok=True)
+    test = corpus(8, seed=1000)
+    for i, (image, label) in enumerate(zip(test["images"], test["labels"])):
+      Image.fromarray(image).save(os.path.join(
+          fv.images, f"{i:02d}_{'bona_fide' if label else 'attack'}.png"))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "Save the trained planted detector here.")
+  flags.DEFINE_string("images", None, "Write held-out planted images (PNG) here.")
+  app.run(main)
