@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Sequence
 
 from cmfl_jax import backend
@@ -29,7 +28,6 @@ if __name__ == "__main__":
   backend.reexec_with_tuned_malloc()
 
 # pylint: disable=wrong-import-position
-import numpy as np
 from absl import app, flags, logging
 
 from cmfl_jax import checkpointing
@@ -51,23 +49,11 @@ def main(argv: Sequence[str]) -> int:
   except (FileNotFoundError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  os.makedirs(FLAGS.output, exist_ok=True)
-  start = time.perf_counter()
-  rows = runner.write_csv(
-      runner.explain_files(loaded, paths, FLAGS.output, FLAGS.method, FLAGS.steps,
-                           FLAGS.batch_size, FLAGS.sanity, FLAGS.pictures),
-      os.path.join(FLAGS.output, "explanations.csv"))
-  done = [r for r in rows]
-  failed = sum("error" in r for r in done)
-  summary = {"explained": len(done) - failed, "failed": failed, "method": FLAGS.method,
-             "seconds": round(time.perf_counter() - start, 3)}
-  for key in runner.SANITY_COLUMNS:
-    values = [r[key] for r in done if key in r]
-    if values:
-      summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
+  summary = runner.explain_to_folder(loaded, paths, FLAGS.output, FLAGS.method, FLAGS.steps,
+                                    FLAGS.batch_size, FLAGS.sanity, FLAGS.pictures)
   print(json.dumps(summary))
   logging.info("wrote %s", os.path.join(FLAGS.output, "explanations.csv"))
-  return 1 if failed else 0
+  return 1 if summary["failed"] else 0
 
 
 def define_flags() -> None:

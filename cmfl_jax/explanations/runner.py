@@ -9,6 +9,7 @@ import collections
 import csv
 import dataclasses
 import os
+import time
 from typing import Iterator, Sequence
 
 import jax
@@ -86,6 +87,7 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
   rows = predict._file_rows(paths, geometry, config.data, batch_size)  # pylint: disable=protected-access
   for group in _batched(rows, batch_size):
     good = [r for r in group if "image" in r]
+    position = {id(r): i for i, r in enumerate(good)}
     if good:
       images = np.stack([r["image"] for r in good])
       padded = np.concatenate([images, np.zeros((batch_size - len(good), *shape), np.uint8)])
@@ -97,7 +99,7 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       if "error" in row:
         yield {**out, "error": row["error"]}
         continue
-      i = good.index(row)
+      i = position[id(row)]
       one = {k: v[i] for k, v in maps.items()}
       scores = {h: float(one.pop(f"score_{h}")) for h in HEADS if f"score_{h}" in one}
       target = os.path.join(out_dir, names[row["path"]])
@@ -111,7 +113,6 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       if check_sanity:
         out.update({k: float(v[i]) for k, v in checks.items()})
       yield out
-    del group
 
 
 def _sanity(model, padded, maps, random_run, evidence, n) -> dict[str, np.ndarray]:
@@ -141,3 +142,27 @@ def write_csv(rows: Iterator[dict], path: str) -> Iterator[dict]:
       writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
       f.flush()
       yield row
+
+
+def explain_to_folder(loaded: Loaded, paths: Sequence[str], out_dir: str, method: str = "ig",
+                      ig_steps: int = attribution.DEFAULT_STEPS, batch_size: int = 8,
+                      check_sanity: bool = False, pictures_too: bool = True) -> dict:
+  """`explain_files` into `out_dir` with its explanations.csv; returns the
+  counts, seconds and the means of the sanity numbers (running sums only)."""
+  os.makedirs(out_dir, exist_ok=True)
+  start = time.perf_counter()
+  rows = write_csv(explain_files(loaded, paths, out_dir, method, ig_steps, batch_size,
+                                 check_sanity, pictures_too),
+                   os.path.join(out_dir, "explanations.csv"))
+  count, failed, sums = 0, 0, {}
+  for row in rows:
+    count += 1
+    failed += "error" in row
+    for key in SANITY_COLUMNS:
+      if key in row:
+        total, n = sums.get(key, (0.0, 0))
+        sums[key] = (total + row[key], n + 1)
+  summary = {"explained": count - failed, "failed": failed, "method": method,
+             "seconds": round(time.perf_counter() - start, 3)}
+  summary.update({f"mean_{k}": round(total / n, 4) for k, (total, n) in sums.items()})
+  return summary
