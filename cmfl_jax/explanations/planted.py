@@ -165,7 +165,8 @@ def compare_methods(n_test: int = 96, steps: int = 300, seed: int = 0) -> dict[s
     for method in attribution.METHODS:
       maps = {k: np.asarray(v) for k, v in
               attribution.compile_method(m, method)(test["images"][attacks]).items()}
-      for kind, sg in (("abs", None), ("signed", decision)):
+      # Grad-CAM is already the (ReLU'd) evidence for the decision: |map| only.
+      for kind, sg in (("abs", None),) + ((("signed", decision),) if method != "gradcam" else ()):
         out[f"{name}/{method}/hits_{kind}"] = int(pointing_hits(maps["rgb"], boxes, sg).sum())
         if method != "gradcam":
           e = frequency_energy(maps["freq"], size, sg)
