@@ -221,3 +221,20 @@ def test_frequency_summary_for_the_evaluation_report(reference_run, tmp_path):
   assert open(tmp_path / frequencies.PICTURE, "rb").read(4) == b"\x89PNG"
   lines = "\n".join(frequencies.report_lines(entry))
   assert f"| eval | 8 | {e['peak_radius']:.2f} |" in lines and "(frequencies.png)" in lines
+
+
+def test_spectrum_integrated_gradients_are_complete():
+  """Integrated gradients over the spectrum sum to logit(spectrum) -
+  logit(baseline spectrum) (the frequency stream is smooth but for ReLUs)."""
+  from flax import nnx
+  from cmfl_jax.models import spectrum
+  model = models.create_model(models.ModelConfig.from_config(
+      planted.tiny_model_config("one_stream", "freq")), rngs=nnx.Rngs(1))
+  model.eval()
+  x = spectrum.to_unit_range(planted.corpus(2, seed=4)["images"])
+  s = spectrum.log_spectrum(x)
+  s0 = attribution.radial_mean(s)
+  ig = jax.jit(lambda x, s0: attribution.spectrum_attribution(model, x, s0, 64))(x, s0)
+  gap = streams.logits(model, {"freq": s})["joint"] - streams.logits(model, {"freq": s0})["joint"]
+  np.testing.assert_allclose(np.asarray(ig).sum((1, 2, 3)), np.asarray(gap), rtol=0.05, atol=2e-3)
+  assert np.max(np.abs(np.asarray(gap))) > 1e-3  # not trivially zero

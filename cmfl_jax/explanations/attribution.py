@@ -17,8 +17,11 @@ stream's own map, is the image's spectrum averaged over each ring around DC
 peaks and orientations where a local periodic trace shows, so the map says
 which frequencies beyond the isotropic average decided (the spectrum of the
 blurred copy would differ from the image's at every high frequency alike).
-In the planted-trace test (tests/
-test_explanations.py) this choice decides whether the maps mean anything.
+On the planted-trace bed (`planted`, BENCHMARKS.md) the signed pixel map's
+peak lies in the artefact for 43 of 48 attacks from the blurred copy against
+22 from a black image. Caveat, found by the randomisation check: the factor
+(image - blurred copy) alone is large on fine detail, so |map| peaks there
+even for random weights; the model's evidence is in the map's sign.
 
 All functions are pure and batched; `compile_method` jit-compiles one.
 """
