@@ -21,6 +21,7 @@ from cmfl_jax import (audit, backend, checkpointing, metrics, report, score_file
                       steps, summaries)
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Split
+from cmfl_jax.explanations import frequencies
 from cmfl_jax.verdicts import selective
 
 
@@ -197,6 +198,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     results["robustness"][split_name] = {"none": results["splits"][split_name]}
     for condition in config.eval.conditions:
       results["robustness"][split_name][condition] = run(split_name, condition)
+  if main and config.eval.get("explain_frequencies", False):
+    results["frequencies"] = frequencies.frequency_summary(config, state, splits, out_dir)
   if main:
     with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(results, f, indent=2)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from cmfl_jax import metrics
+from cmfl_jax.explanations import frequencies
 from cmfl_jax.verdicts import plots as verdict_plots
 
 HEADS = ("joint", "rgb", "freq")
@@ -311,6 +312,7 @@ def write_eval_report(results: Mapping[str, Any],
     lines += ["![Reliability diagrams, raw and calibrated](reliability.png)", ""]
   if verdict_plots.plot_risk_coverage(results, os.path.join(out_dir, "risk_coverage.png")):
     lines += ["![Risk-coverage: error on the images given a verdict](risk_coverage.png)", ""]
+  lines += frequencies.report_lines(results.get("frequencies"))
   path = os.path.join(out_dir, "report.md")
   with tf.io.gfile.GFile(path, "w") as f:
     f.write("\n".join(lines))

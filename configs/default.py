@@ -139,4 +139,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Verdicts: the unsure band around the dev threshold is fitted so that the dev
   # images given a verdict have at most this error (cmfl_jax.verdicts.selective).
   ev.unsure_error = 0.05
+  # Which frequencies the model uses per split (cmfl_jax/explanations/frequencies.py):
+  # integrated gradients over the spectrum on a class-balanced subset of
+  # explain_images per split, beside the bona fide - attack spectrum difference.
+  ev.explain_frequencies = True
+  ev.explain_images = 16
+  ev.explain_steps = 8
   return config

@@ -29,4 +29,5 @@ def get_config():
   train.checkpoint_every_steps = 3
   train.progress_bar = False
   config.eval.conditions = ("jpeg:50", "noise:5")
+  config.eval.explain_frequencies = False  # tested on its own (tests/test_explanations.py)
   return config

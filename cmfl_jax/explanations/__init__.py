@@ -1,0 +1,1 @@
+"""Explanations of both streams: attribution maps, sanity checks, pictures."""
