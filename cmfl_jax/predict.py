@@ -219,9 +219,10 @@ class Predictions:
   rows: Iterator[dict]
 
 
-def _checkpoint_scorer(workdir: str, which: str):
+def _checkpoint_scorer(workdir: str, which: str, heads: bool = False):
   """(config, dev threshold, Platt calibration, score) of a checkpoint, scored
-  in process; the eval step is compiled before this returns."""
+  in process; the eval step is compiled before this returns. With `heads`,
+  score returns {head name: P(real)} (joint, and rgb/freq for two streams)."""
   config = config_from_checkpoint(workdir, which)
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
   batch_size = config.train.eval_batch_size
@@ -233,15 +234,21 @@ def _checkpoint_scorer(workdir: str, which: str):
     batch = {"image": np.concatenate([images, np.zeros((batch_size - n, *image_shape), np.uint8)]),
              "label": np.zeros(batch_size, np.int32), "mask": np.arange(batch_size) < n}
     _, probs = eval_fn(state, jax.device_put(batch, sharding))
+    if heads:
+      return {k: np.asarray(v)[:n] for k, v in jax.device_get(probs).items()}
     return np.asarray(jax.device_get(probs["joint"]))[:n]
 
   score(np.zeros((0, *image_shape), np.uint8))  # compile now: images/s measures the stream
   return config, meta.get("dev_threshold"), meta.get("calibration"), score
 
 
-def _artifact_scorer(model: str):
+_ARTIFACT_HEADS = {"joint": "p_real", "rgb": "p_real_rgb", "freq": "p_real_freq"}
+
+
+def _artifact_scorer(model: str, heads: bool = False):
   """The same from an exported model (`cmfl_jax.export`): its card's config,
-  threshold and calibration, its `p_real` as the score."""
+  threshold and calibration, its `p_real` as the score (`heads`: the outputs
+  of each head, named as for a checkpoint)."""
   from cmfl_jax.exporting import artifact
   loaded = artifact.load(model)
   config, card = loaded.config, loaded.card
@@ -251,7 +258,10 @@ def _artifact_scorer(model: str):
   def score(images: np.ndarray) -> np.ndarray:
     n = len(images)  # padded to one batch shape: one compilation
     padded = np.concatenate([images, np.zeros((batch_size - n, *image_shape), np.uint8)])
-    return loaded.call(padded)["p_real"][:n]
+    out = loaded.call(padded)
+    if heads:
+      return {head: out[name][:n] for head, name in _ARTIFACT_HEADS.items() if name in out}
+    return out["p_real"][:n]
 
   score(np.zeros((0, *image_shape), np.uint8))
   threshold = card["thresholds"]["dev"] if card["thresholds"]["dev_stored"] else None
