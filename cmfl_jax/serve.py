@@ -24,7 +24,13 @@ if __name__ == "__main__":  # before the imports below: they take seconds and wo
 
 # pylint: disable=wrong-import-position
 from absl import app, flags, logging
-from aiohttp import web
+
+try:
+  from aiohttp import web
+except ImportError:  # an optional extra: say so in one line
+  if __name__ == "__main__":
+    sys.exit("error: the service needs aiohttp: pip install 'cmfl_jax[serve]'")
+  raise
 
 from cmfl_jax import checkpointing
 from cmfl_jax import config as config_lib

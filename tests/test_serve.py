@@ -312,7 +312,7 @@ def test_face_finder_matches_predict_align(tmp_path):
 # ---------------------------------------------------------------------------
 # The page in a real browser.
 
-def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path):
+def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypatch):
   """Upload through the page's file input (keyboard-reachable), wait for the
   verdict in words; SERVE_SCREENSHOT=PATH also saves a screenshot there."""
   if not shutil.which("chromedriver"):
@@ -321,6 +321,7 @@ def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support import expected_conditions as ec
   from selenium.webdriver.support.ui import WebDriverWait
+  monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager download anything
   url, _, _, _ = server
   image = tmp_path / "face.png"
   image.write_bytes(_png(np.asarray(Image.fromarray(_eval_images(1)[0]).resize((160, 160)))))

@@ -54,6 +54,7 @@ class State:
 
 
 STATE = web.AppKey("state", State)
+NOTE = web.RequestKey("note", str)  # what the access log line adds
 
 
 def error(status: int, message: str, headers: dict | None = None) -> web.Response:
@@ -86,7 +87,7 @@ class AccessLog(AbstractAccessLogger):
   def log(self, request, response, time):  # noqa: D102
     self.logger.info("%s %s %s %d %d %.1fms %s", request.remote, request.method,
                      request.path_qs, response.status, response.body_length, time * 1000,
-                     request.get("note", ""))
+                     request.get(NOTE, ""))
 
 
 async def _body(request: web.Request, max_bytes: int) -> bytes:
@@ -134,7 +135,7 @@ async def score(request: web.Request) -> web.Response:
   body["face_box"] = faces[0]["box"] if faces else None
   if faces:
     body["faces"] = [{**f, **r} for f, r in zip(faces, results)]
-  request["note"] = f"p_real={body['p_real']:.6f} verdict={body['verdict']}"
+  request[NOTE] = f"p_real={body['p_real']:.6f} verdict={body['verdict']}"
   return web.json_response(body)
 
 
