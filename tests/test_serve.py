@@ -298,15 +298,35 @@ def test_face_finder_matches_predict_align(tmp_path):
   skdata = pytest.importorskip("skimage.data")
   from cmfl_jax import predict
   from cmfl_jax.data import align_files, ops
-  from cmfl_jax.serving import limits, model
+  from cmfl_jax.serving import model
   path = tmp_path / "astronaut.png"
   Image.fromarray(skdata.astronaut()).save(path)
   options, geometry = align_files.AlignOptions(), ops.Geometry(32, True)
   want = predict.aligned_faces(str(path), options, geometry)
-  got = model._face_finder(options, geometry, limits.Limits())(path.read_bytes())
+  got = model._face_finder(options, geometry)(path.read_bytes())
   assert len(got) == len(want) == 1
   assert got[0]["box"] == pytest.approx([float(v) for v in want[0]["face_box"].split()], abs=0.1)
   np.testing.assert_array_equal(got[0]["image"], want[0]["image"])
+
+
+def test_threshold_sources(tmp_path):
+  """--calibration=NAME: the stored calibration's threshold; else the dev one, else 0.5."""
+  from cmfl_jax.exporting.errors import ExportError
+  from cmfl_jax.serving import model
+  (tmp_path / "calibrations").mkdir()
+  (tmp_path / "calibrations" / "strict.json").write_text('{"threshold": 0.8}')
+  policy = model._policy(str(tmp_path), None, 0.4, "strict", None)
+  assert (policy.threshold, policy.source) == (0.8, "calibration:strict")
+  assert policy.decide({"p_real": 0.79})[0] == "synthetic"
+  assert policy.decide({"p_real": 0.8})[0] == "real"
+  assert model._policy(str(tmp_path), None, 0.4, None, None).source == "dev_eer"
+  assert model._policy(str(tmp_path), None, None, None, None).threshold == 0.5
+  with pytest.raises(ExportError, match="unknown calibration 'lax'"):
+    model._policy(str(tmp_path), None, 0.4, "lax", None)
+  card = {"calibration": {"chosen": {"name": "strict", "threshold": 0.7}}}
+  assert model._policy(None, "exp", 0.4, "strict", card).threshold == 0.7
+  with pytest.raises(ExportError, match="carries calibration 'strict', not 'lax'"):
+    model._policy(None, "exp", 0.4, "lax", card)
 
 
 # ---------------------------------------------------------------------------

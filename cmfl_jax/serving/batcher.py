@@ -1,7 +1,8 @@
 """Dynamic batching in front of one compiled function.
 
 Requests put single images on a queue; one worker takes the first, waits at
-most `max_wait` seconds for more (up to `batch_size`), and runs the batch in
+most `max_wait` seconds for more (up to `batch_size`; not at all when no other
+request is in flight), and runs the batch in
 a thread of its own, so the event loop keeps accepting and answering while
 the model works. The scorer pads every batch to `batch_size`: one shape, one
 compilation, whatever the traffic. Admission is bounded: `admit` refuses once
@@ -77,6 +78,8 @@ class Batcher:
     batch = [await self._queue.get()]
     deadline = time.monotonic() + self.max_wait
     while len(batch) < self.batch_size:
+      if self._queue.empty() and self.pending <= len(batch):
+        break  # no other request in flight: waiting would only add latency
       left = deadline - time.monotonic()
       if left <= 0:
         while len(batch) < self.batch_size and not self._queue.empty():

@@ -68,7 +68,7 @@ def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
   return run
 
 
-def _face_finder(options, geometry, limits: limits_lib.Limits) -> Callable[[bytes], list[dict]]:
+def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
   """bytes -> faces found as predict --align finds them (MTCNN on the PIL
   pixels with EXIF orientation), each cropped to the model input."""
   import tensorflow as tf
@@ -153,7 +153,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   decode(_probe_png(int(config.data.image_size)))  # trace the decode now, not on a request
   return ScoringModel(int(config.train.eval_batch_size), int(config.data.image_size), score,
                       decode, policy, platt, description, limits,
-                      _face_finder(align, geometry, limits) if align else None)
+                      _face_finder(align, geometry) if align else None)
 
 
 def _probe_png(size: int) -> bytes:
