@@ -368,9 +368,14 @@ def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypat
     driver.quit()
 
 
-def test_bad_workdir_is_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "cmfl_jax.serve", f"--workdir={tmp_path}",
-                         f"--port={_free_port()}"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  assert any(l.startswith("error:") for l in proc.stderr.splitlines())
+def test_bad_workdir_is_one_line_and_frees_the_port(tmp_path, capsys):
+  """The command's path (bind, load in a thread, fail): one `error:` line, exit 1."""
+  from cmfl_jax import serve
+  from cmfl_jax.serving import app as app_lib, limits, model
+  port = _free_port()
+  load = lambda: model.load(str(tmp_path))  # noqa: E731 - no checkpoints there
+  code = asyncio.run(serve.serve("127.0.0.1", port, load, app_lib.State(limits.Limits())))
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and len(err) == 1 and err[0].startswith("error:") and "checkpoint" in err[0]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", port))  # released
