@@ -219,13 +219,15 @@ class Predictions:
   rows: Iterator[dict]
 
 
-def _checkpoint_scorer(workdir: str, which: str, heads: bool = False):
+def _checkpoint_scorer(workdir: str, which: str, heads: bool = False,
+                       batch_size: int | None = None):
   """(config, dev threshold, Platt calibration, score) of a checkpoint, scored
   in process; the eval step is compiled before this returns. With `heads`,
-  score returns {head name: P(real)} (joint, and rgb/freq for two streams)."""
+  score returns {head name: P(real)} (joint, and rgb/freq for two streams);
+  `batch_size`: the padded shape (default: the config's eval batch size)."""
   config = config_from_checkpoint(workdir, which)
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
-  batch_size = config.train.eval_batch_size
+  batch_size = batch_size or config.train.eval_batch_size
   sharding = steps.batch_sharding(mesh)
   image_shape = (config.data.image_size, config.data.image_size, 3)
 
@@ -245,14 +247,14 @@ def _checkpoint_scorer(workdir: str, which: str, heads: bool = False):
 _ARTIFACT_HEADS = {"joint": "p_real", "rgb": "p_real_rgb", "freq": "p_real_freq"}
 
 
-def _artifact_scorer(model: str, heads: bool = False):
+def _artifact_scorer(model: str, heads: bool = False, batch_size: int | None = None):
   """The same from an exported model (`cmfl_jax.export`): its card's config,
   threshold and calibration, its `p_real` as the score (`heads`: the outputs
   of each head, named as for a checkpoint)."""
   from cmfl_jax.exporting import artifact
   loaded = artifact.load(model)
   config, card = loaded.config, loaded.card
-  batch_size = config.train.eval_batch_size
+  batch_size = batch_size or config.train.eval_batch_size
   image_shape = (config.data.image_size, config.data.image_size, 3)
 
   def score(images: np.ndarray) -> np.ndarray:

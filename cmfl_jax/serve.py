@@ -85,7 +85,7 @@ def main(argv: Sequence[str]) -> int:
   limits = limits_lib.Limits(FLAGS.max_bytes, FLAGS.max_pixels)
   state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000)
   load = lambda: model_lib.load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.model,  # noqa: E731
-                                FLAGS.calibration, align, limits)
+                                FLAGS.calibration, align, limits, FLAGS.batch_size)
   return asyncio.run(serve(FLAGS.host, FLAGS.port, load, state))
 
 
@@ -105,6 +105,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("port", 8080, "TCP port.")
   flags.DEFINE_integer("max_queue", 64, "Requests in flight (reading, decoding, queued, "
                        "scored) before new ones get 503 + Retry-After.")
+  flags.DEFINE_integer("batch_size", None, "The compiled batch (requests are padded to it); "
+                       "default: the config's eval batch size. Smaller: less latency when "
+                       "few clients; larger: more throughput under load.", lower_bound=1)
   flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more requests.")
   flags.DEFINE_integer("max_bytes", 20 * 2**20, "Largest request body (413 beyond).")
   flags.DEFINE_integer("max_pixels", 40_000_000, "Largest image, width x height from the "

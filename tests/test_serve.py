@@ -65,7 +65,7 @@ def server(reference_run, cache_dir):
              JAX_COMPILATION_CACHE_DIR=cache_dir)
   log = open(os.path.join(workdir + ".serve.log"), "w")
   proc = subprocess.Popen([sys.executable, "-m", "cmfl_jax.serve", f"--workdir={workdir}",
-                           f"--port={port}", f"--max_bytes={MAX_BYTES}"],
+                           f"--port={port}", f"--max_bytes={MAX_BYTES}", "--batch_size=4"],
                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
   url, seen = f"http://127.0.0.1:{port}", []
   deadline = time.monotonic() + 240
@@ -109,6 +109,7 @@ def test_health_model_page_and_one_line_per_request(server):
   assert status == 200 and model["source"] == "checkpoint"
   assert model["serving"]["threshold_source"] == "dev_eer"
   assert model["serving"]["threshold"] == model["checkpoint"]["dev_threshold"]
+  assert model["serving"]["batch_size"] == 4  # --batch_size (predict scores in 8s)
   status, page = _get(url + "/")
   assert status == 200 and b'<input id="file" type="file"' in page
   assert b"http" not in page.replace(b"http://www.w3.org", b"")  # nothing from outside

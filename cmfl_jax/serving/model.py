@@ -125,18 +125,20 @@ def _policy(workdir: str | None, model: str | None, dev: float | None, calibrati
 
 def load(workdir: str | None = None, which: str = "best", model: str | None = None,
          calibration: str | None = None, align=None,
-         limits: limits_lib.Limits | None = None) -> ScoringModel:
+         limits: limits_lib.Limits | None = None, batch_size: int | None = None) -> ScoringModel:
   """The model of `workdir` (checkpoint `which`) or of the export `model`,
-  compiled for one padded batch shape before this returns."""
+  compiled for one padded batch shape (`batch_size`, default the config's
+  eval batch size) before this returns."""
   from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
   if model:
-    config, dev, platt, score = predict._artifact_scorer(model, heads=True)  # noqa: SLF001
+    config, dev, platt, score = predict._artifact_scorer(model, True, batch_size)  # noqa: SLF001
     from cmfl_jax.exporting import artifact
     card = artifact.read_card(model)
     description = {"source": "export", "card": card}
   else:
-    config, dev, platt, score = predict._checkpoint_scorer(workdir, which, heads=True)  # noqa: SLF001
+    config, dev, platt, score = predict._checkpoint_scorer(  # noqa: SLF001
+        workdir, which, True, batch_size)
     card = None
     description = _checkpoint_description(workdir, which, config)
   policy = _policy(workdir, model, dev, calibration, card)
@@ -145,13 +147,14 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   base = limits or limits_lib.Limits()
   limits = dataclasses.replace(base, max_pixels=min(base.max_pixels, int(config.data.max_pixels)),
                                min_side=readers.min_image_side(config.data))
+  batch_size = batch_size or int(config.train.eval_batch_size)
   description["serving"] = {"threshold": policy.threshold, "threshold_source": policy.source,
-                            "align": bool(align), "batch_size": int(config.train.eval_batch_size),
+                            "align": bool(align), "batch_size": batch_size,
                             "max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
                             "explanations": False}
   decode = _decoder(geometry)
   decode(_probe_png(int(config.data.image_size)))  # trace the decode now, not on a request
-  return ScoringModel(int(config.train.eval_batch_size), int(config.data.image_size), score,
+  return ScoringModel(batch_size, int(config.data.image_size), score,
                       decode, policy, platt, description, limits,
                       _face_finder(align, geometry) if align else None)
 
