@@ -233,56 +233,67 @@ class Predictions:
 
 @dataclasses.dataclass
 class Model:
-  """A restored checkpoint or an exported model, compiled, with `score(uint8
-  images) -> P(real)`; `state`, `eval_fn` and `mesh` for a checkpoint only."""
+  """A restored checkpoint or an exported model, compiled for one padded
+  batch shape: `heads(uint8 images) -> {head: P(real)}` ("joint", and "rgb",
+  "freq" for two streams); `state`, `eval_fn` and `mesh` for a checkpoint only."""
 
   config: ml_collections.ConfigDict
   meta: dict
   name: str
-  score: Callable[[np.ndarray], np.ndarray]
+  heads: Callable[[np.ndarray], dict[str, np.ndarray]]
   state: Any = None
   eval_fn: Callable | None = None
   mesh: Any = None
 
+  def score(self, images: np.ndarray) -> np.ndarray:
+    """The joint head's P(real)."""
+    return self.heads(images)["joint"]
 
-def _padded_scorer(call: Callable[[np.ndarray], np.ndarray], batch_size: int, size: int
-                   ) -> Callable[[np.ndarray], np.ndarray]:
-  """`call` on fixed-size batches (a partial one zero-padded: one compilation)."""
 
-  def score(images: np.ndarray) -> np.ndarray:
-    out = []
+def _padded(call: Callable[[np.ndarray], dict[str, np.ndarray]], batch_size: int, size: int
+            ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+  """`call` on fixed-size batches (a partial one zero-padded: one compilation),
+  compiled before this returns, so that images/s measures the stream."""
+
+  def heads(images: np.ndarray) -> dict[str, np.ndarray]:
+    out: dict[str, list] = {}
     for start in range(0, max(len(images), 1), batch_size):
       chunk = images[start:start + batch_size]
       n = len(chunk)
-      out.append(call(np.concatenate([chunk, np.zeros((batch_size - n, size, size, 3),
-                                                      np.uint8)]))[:n])
-    return np.concatenate(out)
+      batch = np.concatenate([chunk, np.zeros((batch_size - n, size, size, 3), np.uint8)])
+      for head, p in call(batch).items():
+        out.setdefault(head, []).append(np.asarray(p)[:n])
+    return {head: np.concatenate(parts) for head, parts in out.items()}
 
-  score(np.zeros((0, size, size, 3), np.uint8))  # compile now: images/s measures the stream
-  return score
+  heads(np.zeros((0, size, size, 3), np.uint8))
+  return heads
 
 
-def load_model(workdir: str, which: str = "best") -> Model:
-  """Restores and compiles checkpoint `which`; `score` returns the joint
-  head's P(real)."""
+def load_model(workdir: str, which: str = "best", batch_size: int | None = None) -> Model:
+  """Restores and compiles checkpoint `which` for batches of `batch_size`
+  (default: the config's eval batch size)."""
   config = config_from_checkpoint(workdir, which)
   state, eval_fn, mesh, meta, name = evaluate.restore_for_eval(config, workdir, which)
-  batch_size = config.train.eval_batch_size
+  batch_size = batch_size or config.train.eval_batch_size
   sharding = steps.batch_sharding(mesh)
 
-  def call(images: np.ndarray) -> np.ndarray:
-    batch = {"image": images, "label": np.zeros(batch_size, np.int32),
-             "mask": np.ones(batch_size, bool)}
+  def call(images: np.ndarray) -> dict[str, np.ndarray]:
+    batch = {"image": images, "label": np.zeros(len(images), np.int32),
+             "mask": np.ones(len(images), bool)}
     _, probs = eval_fn(state, jax.device_put(batch, sharding))
-    return np.asarray(jax.device_get(probs["joint"]))
+    return jax.device_get(probs)
 
-  return Model(config, meta, name, _padded_scorer(call, batch_size, config.data.image_size),
+  return Model(config, meta, name, _padded(call, batch_size, config.data.image_size),
                state, eval_fn, mesh)
 
 
-def load_exported(directory: str) -> Model:
+#: Export output -> head.
+_ARTIFACT_HEADS = {"p_real": "joint", "p_real_rgb": "rgb", "p_real_freq": "freq"}
+
+
+def load_exported(directory: str, batch_size: int | None = None) -> Model:
   """An exported model (`cmfl_jax.export`): its card's config, thresholds and
-  calibrations, its `p_real` as the score."""
+  calibrations; its P(real) outputs as the heads."""
   from cmfl_jax.exporting import artifact
   loaded = artifact.load(directory)
   card = loaded.card
@@ -290,11 +301,16 @@ def load_exported(directory: str) -> Model:
   meta = {"dev_threshold": card["thresholds"]["dev"] if card["thresholds"]["dev_stored"] else None,
           "calibration": card["calibration"]["platt"],
           "unsure_band": card.get("unsure_band"),
-          "chosen_calibration": chosen and {**chosen["record"], "threshold": chosen["threshold"]}}
+          "chosen_calibration": chosen and {**chosen["record"], "threshold": chosen["threshold"]},
+          "card": card}
   config = loaded.config
+
+  def call(images: np.ndarray) -> dict[str, np.ndarray]:
+    return {head: v for k, v in loaded.call(images).items()
+            if (head := _ARTIFACT_HEADS.get(k))}
+
   return Model(config, meta, f"{card['checkpoint']['kind']}_{card['checkpoint']['step']}",
-               _padded_scorer(lambda images: loaded.call(images)["p_real"],
-                              config.train.eval_batch_size, config.data.image_size))
+               _padded(call, batch_size or config.train.eval_batch_size, config.data.image_size))
 
 
 def input_geometry(config: ml_collections.ConfigDict, aligned: bool | None = None,

@@ -1,0 +1,119 @@
+"""Serve a trained model over HTTP, with a web page.
+
+  python -m cmfl_jax.serve --workdir=DIR [--checkpoint=best] [--calibration=NAME] [--align]
+  python -m cmfl_jax.serve --model=EXPORTED_DIR [--host=127.0.0.1] [--port=8080]
+
+`GET /` the page, `GET /healthz` (503 until the model is compiled),
+`GET /v1/model`, `POST /v1/score` (image bytes, or a multipart field
+`image`). The socket is bound first, so /healthz answers while the model
+loads; the library is `cmfl_jax.serving`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging as py_logging
+import signal
+import sys
+from typing import Sequence
+
+from cmfl_jax import backend
+
+if __name__ == "__main__":  # before the imports below: they take seconds and would run twice
+  backend.reexec_with_tuned_malloc()
+
+# pylint: disable=wrong-import-position
+from absl import app, flags, logging
+
+try:
+  from aiohttp import web
+except ImportError:  # an optional extra: say so in one line
+  if __name__ == "__main__":
+    sys.exit("error: the service needs aiohttp: pip install 'cmfl_jax[serve]'")
+  raise
+
+from cmfl_jax import checkpointing
+from cmfl_jax import config as config_lib
+from cmfl_jax.exporting.errors import ExportError
+from cmfl_jax.serving import app as app_lib
+from cmfl_jax.serving import limits as limits_lib
+from cmfl_jax.serving import model as model_lib
+
+FLAGS = flags.FLAGS
+
+
+async def serve(host: str, port: int, load, state: app_lib.State) -> int:
+  """Binds, loads the model (`load()`, in a thread), serves until SIGINT/SIGTERM."""
+  runner = web.AppRunner(app_lib.make_app(state), access_log_class=app_lib.AccessLog,
+                         access_log=py_logging.getLogger("cmfl_jax.serve.access"))
+  await runner.setup()
+  try:
+    await web.TCPSite(runner, host, port).start()
+  except OSError as e:
+    print(f"error: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+    await runner.cleanup()
+    return 1
+  logging.info("listening on http://%s:%d/ (loading the model)", host, port)
+  stop = asyncio.Event()
+  loop = asyncio.get_running_loop()
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    loop.add_signal_handler(sig, stop.set)
+  try:
+    model = await loop.run_in_executor(None, load)
+  except (FileNotFoundError, checkpointing.CheckpointError, ImportError, ExportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    await runner.cleanup()
+    return 1
+  state.ready(model)
+  logging.info("ready: batch %d, threshold %.4f (%s)", model.batch_size, model.policy.threshold,
+               model.policy.source)
+  await stop.wait()
+  await runner.cleanup()
+  return 0
+
+
+def main(argv: Sequence[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if (FLAGS.workdir is None) == (FLAGS.model is None):
+    raise app.UsageError("give one of --workdir or --model")
+  py_logging.getLogger("cmfl_jax.serve").setLevel(py_logging.INFO)
+  align = None
+  if FLAGS.align:
+    from cmfl_jax.data import align_files
+    align = align_files.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
+  limits = limits_lib.Limits(FLAGS.max_bytes, FLAGS.max_pixels)
+  state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000)
+  load = lambda: model_lib.load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.model,  # noqa: E731
+                                FLAGS.calibration, align, limits, FLAGS.batch_size)
+  return asyncio.run(serve(FLAGS.host, FLAGS.port, load, state))
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.")
+  flags.DEFINE_string("checkpoint", "best", "best | latest | STEP.")
+  flags.DEFINE_string("model", None, "An exported model directory (python -m cmfl_jax.export).")
+  flags.DEFINE_string("calibration", None, "Verdict threshold from <workdir>/calibrations/"
+                      "NAME.json (or the one an export carries); default: the dev EER threshold.")
+  flags.DEFINE_bool("align", False, "Detect and align faces first (MTCNN, as predict --align); "
+                    "responses carry each face with its box.")
+  flags.DEFINE_enum("align_mode", "align", ["align", "box"], "--align: crop kind.")
+  flags.DEFINE_enum("align_policy", "largest", ["largest", "most_confident", "all",
+                                                "skip_multiple"], "--align: which faces.")
+  flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize.")
+  flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (default: localhost only).")
+  flags.DEFINE_integer("port", 8080, "TCP port.")
+  flags.DEFINE_integer("max_queue", 64, "Requests in flight (reading, decoding, queued, "
+                       "scored) before new ones get 503 + Retry-After.")
+  flags.DEFINE_integer("batch_size", None, "The compiled batch (requests are padded to it); "
+                       "default: the config's eval batch size. Smaller: less latency when "
+                       "few clients; larger: more throughput under load.", lower_bound=1)
+  flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more requests.")
+  flags.DEFINE_integer("max_bytes", 20 * 2**20, "Largest request body (413 beyond).")
+  flags.DEFINE_integer("max_pixels", 40_000_000, "Largest image, width x height from the "
+                       "header (413 beyond; also capped by the config's data.max_pixels).")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_lib.parse_flags)

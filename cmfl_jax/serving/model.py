@@ -1,0 +1,170 @@
+"""The model behind the service: predict's scorer (checkpoint in process or
+exported artifact), the decode predict uses, the verdict policy and the
+description `/v1/model` returns.
+
+Uploaded bytes are decoded exactly as predict decodes a file (TF's decoders,
+`ops.resize_and_crop` with the same geometry), so a served `p_real` equals
+predict's score on the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any, Callable
+
+import numpy as np
+
+from cmfl_jax.serving import limits as limits_lib
+from cmfl_jax.serving import verdict as verdict_lib
+
+
+@dataclasses.dataclass
+class ScoringModel:
+  """Everything a request needs once the model is compiled."""
+
+  batch_size: int
+  image_size: int
+  score: Callable[[np.ndarray], dict[str, np.ndarray]]  # <= batch_size images -> heads
+  decode: Callable[[bytes], np.ndarray]                  # checked bytes -> model input
+  policy: verdict_lib.Policy
+  calibration: dict | None                               # Platt (a, b) on the logit, or None
+  description: dict[str, Any]
+  limits: limits_lib.Limits
+  faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
+
+  def results(self, heads: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """JSON-able scores, verdict and threshold of each image of a batch."""
+    from cmfl_jax import evaluate, stats
+    out = []
+    for i in range(len(heads["joint"])):
+      p = float(heads["joint"][i])
+      scores = {"p_real": p, "heads": {k: float(v[i]) for k, v in heads.items()}}
+      scores["p_real_calibrated"] = (float(stats.apply_calibration(
+          self.calibration, evaluate.logits_of(np.asarray([p])))[0])
+                                     if self.calibration else None)
+      verdict, reason = self.policy.decide(scores)
+      out.append({**scores, "verdict": verdict, "reason": reason,
+                  "meaning": verdict_lib.MEANING[verdict], "threshold": self.policy.threshold,
+                  "threshold_source": self.policy.source})
+    return out
+
+
+def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
+  import tensorflow as tf
+  from cmfl_jax.data import ops
+
+  @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+  def decode(data):
+    return ops.resize_and_crop(ops.decode_image(data), geometry)
+
+  def run(data: bytes) -> np.ndarray:
+    try:
+      return decode(tf.constant(data)).numpy()
+    except tf.errors.OpError as e:
+      message = (e.message or type(e).__name__).strip().splitlines()[0]
+      raise limits_lib.Rejected(422, f"not a readable image (TF: {message})") from None
+
+  return run
+
+
+def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
+  """bytes -> faces found as predict --align finds them (MTCNN on the PIL
+  pixels with EXIF orientation), each cropped to the model input."""
+  import tensorflow as tf
+  from PIL import Image, ImageOps
+  from cmfl_jax.data import face_detection, ops
+
+  def find(data: bytes) -> list[dict]:
+    try:
+      with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), np.uint8)
+    except Exception as e:  # noqa: BLE001 - checked already; a late decoder error
+      raise limits_lib.Rejected(422, f"not a readable image ({type(e).__name__})") from None
+    found = face_detection.detect_and_align(rgb, options.settings, options.mode, options.policy,
+                                   options.size, margin=options.margin,
+                                   max_outside=options.max_outside)
+    if not found:
+      return []
+    return [{"box": [round(float(v), 1) for v in face.box], "face_score": float(face.score),
+             "image": np.asarray(ops.resize_and_crop(tf.constant(face.crop), geometry))}
+            for face in found]
+
+  return find
+
+
+def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
+  from cmfl_jax import checkpointing
+  kind, step = checkpointing.select_step(workdir, which)
+  meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
+  keep = ("epoch", "val_loss", "dev_threshold", "calibration", "operating_points", "fingerprint")
+  return {"source": "checkpoint", "checkpoint": {"kind": kind, "step": step,
+                                                 **{k: meta.get(k) for k in keep}},
+          "architecture": {"arch": config.model.get("arch"), "backbone": config.model.backbone},
+          "input": {"size": int(config.data.image_size), "aligned": bool(config.data.aligned)},
+          "config": config.to_dict()}
+
+
+def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None
+            ) -> verdict_lib.Policy:
+  """The verdict policy as predict's: a named calibration's threshold and band
+  (for an export: the one it carries), else the dev threshold and band, else 0.5."""
+  from cmfl_jax.exporting import calibrations
+  from cmfl_jax.exporting.errors import ExportError
+  chosen, name = None, calibration
+  if workdir is not None and calibration is not None:
+    chosen = calibrations.read(workdir, calibration)["record"]
+  elif model is not None:
+    chosen = meta.get("chosen_calibration")
+    name = chosen and chosen.get("name")
+    if calibration is not None and name != calibration:
+      raise ExportError(f"the export {model} carries calibration {name or 'none'!r}, "
+                        f"not {calibration!r}")
+  if chosen:
+    return verdict_lib.Policy(float(chosen["threshold"]), f"calibration:{name}",
+                              chosen.get("band"))
+  dev = meta.get("dev_threshold")
+  if dev is None:
+    return verdict_lib.Policy(0.5, "default_0.5")
+  return verdict_lib.Policy(float(dev), "dev_eer", meta.get("unsure_band"))
+
+
+def load(workdir: str | None = None, which: str = "best", model: str | None = None,
+         calibration: str | None = None, align=None,
+         limits: limits_lib.Limits | None = None, batch_size: int | None = None) -> ScoringModel:
+  """The model of `workdir` (checkpoint `which`) or of the export `model`,
+  compiled for one padded batch shape (`batch_size`, default the config's
+  eval batch size) before this returns."""
+  from cmfl_jax import predict
+  from cmfl_jax.data import ops, readers
+  if model:
+    loaded = predict.load_exported(model, batch_size)
+    description = {"source": "export", "card": loaded.meta["card"]}
+  else:
+    loaded = predict.load_model(workdir, which, batch_size)
+    description = _checkpoint_description(workdir, which, loaded.config)
+  config = loaded.config
+  policy = _policy(workdir, model, loaded.meta, calibration)
+  geometry = ops.Geometry(int(config.data.image_size),
+                          True if align else bool(config.data.aligned))
+  base = limits or limits_lib.Limits()
+  limits = dataclasses.replace(base, max_pixels=min(base.max_pixels, int(config.data.max_pixels)),
+                               min_side=readers.min_image_side(config.data))
+  batch_size = batch_size or int(config.train.eval_batch_size)
+  description["serving"] = {"threshold": policy.threshold, "threshold_source": policy.source,
+                            "unsure_band": policy.band, "align": bool(align),
+                            "batch_size": batch_size, "max_bytes": limits.max_bytes,
+                            "max_pixels": limits.max_pixels, "explanations": False}
+  decode = _decoder(geometry)
+  decode(_probe_png(int(config.data.image_size)))  # trace the decode now, not on a request
+  return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
+                      decode, policy, loaded.meta.get("calibration"), description, limits,
+                      _face_finder(align, geometry) if align else None)
+
+
+def _probe_png(size: int) -> bytes:
+  from PIL import Image
+  buffer = io.BytesIO()
+  Image.new("RGB", (size, size)).save(buffer, format="PNG")
+  return buffer.getvalue()

@@ -1,0 +1,391 @@
+"""The scoring service: a real server (subprocess) on a free localhost port,
+real HTTP clients (aiohttp), the page in headless Chromium (selenium), and
+the batcher / back-pressure on an in-process server with a fake slow model."""
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+from aiohttp import test_utils, web  # noqa: E402
+from helpers import ROOT  # noqa: E402
+from PIL import Image  # noqa: E402
+
+MAX_BYTES = 200_000
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+  import urllib.error
+  import urllib.request
+  try:
+    with urllib.request.urlopen(url, timeout=5) as r:
+      return r.status, r.read()
+  except urllib.error.HTTPError as e:
+    return e.code, e.read()
+
+
+def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, fmt)
+  return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+  """A PNG that claims width x height: a decompression bomb's header."""
+  def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def server(reference_run, cache_dir):
+  """`python -m cmfl_jax.serve` on the smoke workdir: (base URL, workdir,
+  statuses /healthz gave before 200)."""
+  workdir, _ = reference_run
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             JAX_COMPILATION_CACHE_DIR=cache_dir)
+  log = open(os.path.join(workdir + ".serve.log"), "w")
+  proc = subprocess.Popen([sys.executable, "-m", "cmfl_jax.serve", f"--workdir={workdir}",
+                           f"--port={port}", f"--max_bytes={MAX_BYTES}", "--batch_size=4"],
+                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  url, seen = f"http://127.0.0.1:{port}", []
+  deadline = time.monotonic() + 240
+  try:
+    while True:
+      assert proc.poll() is None and time.monotonic() < deadline, open(log.name).read()[-3000:]
+      try:
+        status, _ = _get(url + "/healthz")
+      except OSError:
+        time.sleep(0.05)
+        continue
+      seen.append(status)
+      if status == 200:
+        break
+      time.sleep(0.05)
+    yield url, workdir, seen, log.name
+  finally:
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def _eval_images(n: int) -> list[np.ndarray]:
+  import runpy
+  from cmfl_jax.data import sources
+  config = runpy.run_path(str(ROOT / "configs" / "smoke.py"))["get_config"]()
+  splits, _ = sources.load_splits(config.data, ["eval"])
+  return list(splits["eval"].images[:n])
+
+
+async def _post(session, url, data, **kw):
+  async with session.post(url + "/v1/score", data=data, **kw) as r:
+    return r.status, dict(r.headers), await r.json()
+
+
+def test_health_model_page_and_one_line_per_request(server):
+  url, _, seen, log = server
+  assert seen[-1] == 200 and 503 in seen  # bound before the model was ready
+  status, body = _get(url + "/v1/model")
+  model = json.loads(body)
+  assert status == 200 and model["source"] == "checkpoint"
+  assert model["serving"]["threshold_source"] == "dev_eer"
+  assert model["serving"]["threshold"] == model["checkpoint"]["dev_threshold"]
+  assert model["serving"]["batch_size"] == 4  # --batch_size (predict scores in 8s)
+  status, page = _get(url + "/")
+  assert status == 200 and b'<input id="file" type="file"' in page
+  assert b"http" not in page.replace(b"http://www.w3.org", b"")  # nothing from outside
+  for asset in (b"/static/app.js", b"/static/style.css"):
+    assert asset in page and _get(url + asset.decode())[0] == 200
+  access = [l for l in open(log).read().splitlines() if "GET /v1/model 200" in l]
+  assert len(access) == 1
+
+
+def test_concurrent_clients_get_predicts_scores(server, tmp_path):
+  """16 clients x 3 requests (raw body and multipart), all answered, each
+  p_real equal to predict's score of the same file, the verdict its threshold's."""
+  from cmfl_jax import predict
+  url, workdir, _, _ = server
+  images = _eval_images(6)
+  files = []
+  for i, image in enumerate(images):
+    files.append(tmp_path / f"{i}.{'jpg' if i == 5 else 'png'}")
+    files[-1].write_bytes(_png(image, "JPEG" if i == 5 else "PNG"))
+  expected = {r["path"]: r["score"] for r in predict.predict(workdir, [str(f) for f in files]).rows}
+
+  async def client(k, session):
+    out = []
+    for j in range(3):
+      path = files[(k + j) % len(files)]
+      if j == 1:
+        form = aiohttp.FormData()
+        form.add_field("image", path.read_bytes(), filename=path.name)
+        out.append((path, await _post(session, url, form)))
+      else:
+        out.append((path, await _post(session, url, path.read_bytes())))
+    return out
+
+  async def run():
+    async with aiohttp.ClientSession() as session:
+      return [r for rs in await asyncio.gather(*(client(k, session) for k in range(16)))
+              for r in rs]
+
+  answers = asyncio.run(run())
+  assert len(answers) == 48
+  for path, (status, _, body) in answers:
+    assert status == 200, body
+    assert abs(body["p_real"] - expected[str(path)]) <= 1e-6
+    assert body["verdict"] == ("real" if body["p_real"] >= body["threshold"] else "synthetic")
+    assert set(body["heads"]) == {"joint", "rgb", "freq"}
+    assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_calibrated"] < 1
+  assert _get(url + "/healthz")[0] == 200
+
+
+def test_bad_inputs_get_4xx_json_and_the_server_keeps_serving(server):
+  url, _, _, _ = server
+  good = _png(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
+  bmp = _png(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8), "BMP")
+  cases = [  # (method, path, body, status, words in the error)
+      ("POST", "/v1/score", os.urandom(MAX_BYTES + 1), 413, "too large"),
+      ("POST", "/v1/score", _png_header_only(100_000, 100_000), 413, "too large"),
+      ("POST", "/v1/score", _png_header_only(9_000, 9_000), 413, "9000x9000"),
+      ("POST", "/v1/score", b"not an image at all\n", 415, "not an image"),
+      ("POST", "/v1/score", good[:len(good) // 2], 422, "truncated PNG"),
+      ("POST", "/v1/score", bmp[:len(bmp) // 2], 422, "TF"),
+      ("POST", "/v1/score", _png(np.zeros((8, 8, 3), np.uint8)), 422, "too small"),
+      ("POST", "/v1/score", b"", 400, "empty"),
+      ("GET", "/v1/score", None, 405, "Method Not Allowed"),
+      ("PUT", "/healthz", b"x", 405, "Method Not Allowed"),
+      ("GET", "/etc/passwd", None, 404, "Not Found"),
+      ("GET", "/static/../../README.md", None, 404, "Not Found"),
+  ]
+
+  async def run():
+    async with aiohttp.ClientSession() as session:
+      for method, path, body, status, words in cases:
+        async with session.request(method, url + path, data=body) as r:
+          got = await r.json()
+          assert (r.status, list(got)) == (status, ["error"]), (path, r.status, got)
+          assert words in got["error"], got
+          if status == 405:
+            assert r.headers["Allow"]
+        async with session.get(url + "/healthz") as r:
+          assert r.status == 200
+      form = aiohttp.FormData()
+      form.add_field("picture", good, filename="a.png")
+      assert (await _post(session, url, form))[0] == 400
+      assert (await _post(session, url, good))[0] == 200
+
+  asyncio.run(run())
+
+
+# ---------------------------------------------------------------------------
+# In-process: the batcher and back-pressure, with a fake slow model.
+
+def _fake_model(delay: float, calls: list, faces=None):
+  from cmfl_jax.serving import limits, model, verdict
+
+  def score(images):
+    calls.append(images.shape)
+    time.sleep(delay)
+    p = images[:, 0, 0, 0].astype(np.float64) / 255
+    return {"joint": p, "rgb": p, "freq": p}
+
+  def decode(data):
+    return np.full((4, 4, 3), np.asarray(Image.open(io.BytesIO(data)))[0, 0, 0], np.uint8)
+
+  return model.ScoringModel(4, 4, score, decode, verdict.Policy(0.5, "test"), None,
+                            {"source": "test"}, limits.Limits(max_bytes=10_000), faces)
+
+
+def _served(state, body):
+  """Runs `body(session, url)` against `state`'s app on a real localhost port."""
+  from cmfl_jax.serving import app as app_lib
+
+  async def run():
+    server = test_utils.TestServer(app_lib.make_app(state), host="127.0.0.1")
+    await server.start_server()
+    try:
+      async with aiohttp.ClientSession() as session:
+        return await body(session, str(server.make_url("")).rstrip("/"))
+    finally:
+      await server.close()
+
+  return asyncio.run(run())
+
+
+def _pixel(value: int) -> bytes:
+  return _png(np.full((4, 4, 3), value, np.uint8))
+
+
+def test_requests_are_batched_into_one_padded_shape():
+  """Concurrent requests share batches of at most batch_size; each gets its own result."""
+  from cmfl_jax.serving import app as app_lib, limits
+  calls = []
+  state = app_lib.State(limits.Limits(max_bytes=10_000), max_pending=64, max_wait=0.05)
+
+  async def body(session, url):
+    state.ready(_fake_model(0.05, calls))
+    return await asyncio.gather(*(_post(session, url, _pixel(v)) for v in range(20)))
+
+  answers = _served(state, body)
+  assert [a[2]["p_real"] for a in answers] == pytest.approx([v / 255 for v in range(20)])
+  assert all(a[0] == 200 and a[2]["threshold_source"] == "test" for a in answers)
+  assert len(calls) < 20 and max(c[0] for c in calls) == 4  # batched, never above batch_size
+  assert sum(c[0] for c in calls) == 20
+
+
+def test_full_queue_answers_503_with_retry_after_then_recovers():
+  from cmfl_jax.serving import app as app_lib, limits
+  calls = []
+  state = app_lib.State(limits.Limits(max_bytes=10_000), max_pending=2, max_wait=0.0)
+
+  async def body(session, url):
+    async with session.get(url + "/healthz") as r:
+      assert r.status == 503 and r.headers["Retry-After"]  # no model yet
+    state.ready(_fake_model(1.5, calls))
+    first = [asyncio.ensure_future(_post(session, url, _pixel(v))) for v in range(2)]
+    await asyncio.sleep(0.3)  # both admitted, the model busy for 1.5 s
+    refused = await asyncio.gather(*(_post(session, url, _pixel(v)) for v in range(6)))
+    return await asyncio.gather(*first), refused, await _post(session, url, _pixel(9))
+
+  first, refused, after = _served(state, body)
+  assert [s for s, _, _ in first] == [200, 200]
+  for status, headers, got in refused:
+    assert status == 503 and int(headers["Retry-After"]) >= 1 and "busy" in got["error"]
+  assert after[0] == 200 and state.batcher.pending == 0
+
+
+def test_faces_are_returned_with_their_boxes():
+  """--align answers: every face with its box and scores; the first is the headline."""
+  from cmfl_jax.serving import app as app_lib, limits
+  faces = lambda data: [{"box": [1.0, 2.0, 3.0, 4.0], "face_score": 0.99,  # noqa: E731
+                         "image": np.full((4, 4, 3), 200, np.uint8)},
+                        {"box": [5.0, 6.0, 7.0, 8.0], "face_score": 0.9,
+                         "image": np.full((4, 4, 3), 10, np.uint8)}]
+  state = app_lib.State(limits.Limits(max_bytes=10_000))
+
+  async def body(session, url):
+    state.ready(_fake_model(0.0, [], faces))
+    return await _post(session, url, _pixel(1))
+
+  status, _, got = _served(state, body)
+  assert status == 200 and got["face_box"] == [1.0, 2.0, 3.0, 4.0]
+  assert [f["verdict"] for f in got["faces"]] == ["real", "synthetic"]
+  assert got["faces"][1]["box"] == [5.0, 6.0, 7.0, 8.0] and got["verdict"] == "real"
+
+
+def test_face_finder_matches_predict_align(tmp_path):
+  """The bytes path of --align finds the face predict --align finds, same input pixels."""
+  pytest.importorskip("mtcnn")
+  skdata = pytest.importorskip("skimage.data")
+  from cmfl_jax import predict
+  from cmfl_jax.data import aligned_crops as align_files, ops
+  from cmfl_jax.serving import model
+  path = tmp_path / "astronaut.png"
+  Image.fromarray(skdata.astronaut()).save(path)
+  options, geometry = align_files.AlignOptions(), ops.Geometry(32, True)
+  want = predict.aligned_faces(str(path), options, geometry)
+  got = model._face_finder(options, geometry)(path.read_bytes())
+  assert len(got) == len(want) == 1
+  assert got[0]["box"] == pytest.approx([float(v) for v in want[0]["face_box"].split()], abs=0.1)
+  np.testing.assert_array_equal(got[0]["image"], want[0]["image"])
+
+
+def test_threshold_sources(tmp_path):
+  """--calibration=NAME: the stored calibration's threshold and band; else the
+  dev ones; else 0.5. An export answers with the calibration it carries."""
+  from cmfl_jax.exporting.errors import ExportError
+  from cmfl_jax.serving import model
+  (tmp_path / "calibrations").mkdir()
+  band = {"lo": 0.7, "hi": 0.9, "target_error": 0.05}
+  (tmp_path / "calibrations" / "strict.json").write_text(json.dumps(
+      {"threshold": 0.8, "false_alarm": 0.05, "kind": "marginal", "n": 40, "k": 2,
+       "guarantee": "hand-made", "band": band}))
+  dev = {"dev_threshold": 0.4, "unsure_band": {"lo": 0.3, "hi": 0.5, "target_error": 0.05}}
+  policy = model._policy(str(tmp_path), None, dev, "strict")
+  assert (policy.threshold, policy.source, policy.band) == (0.8, "calibration:strict", band)
+  assert policy.decide({"p_real": 0.69})[0] == "synthetic"
+  assert policy.decide({"p_real": 0.8}) == ("unsure", policy.decide({"p_real": 0.8})[1])
+  assert "unsure band" in policy.decide({"p_real": 0.8})[1]
+  assert policy.decide({"p_real": 0.9})[0] == "real"
+  by_dev = model._policy(str(tmp_path), None, dev, None)
+  assert (by_dev.source, by_dev.band) == ("dev_eer", dev["unsure_band"])
+  assert model._policy(str(tmp_path), None, {}, None).threshold == 0.5
+  with pytest.raises(ExportError, match="unknown calibration 'lax'"):
+    model._policy(str(tmp_path), None, dev, "lax")
+  carried = {**dev, "chosen_calibration": {"name": "strict", "threshold": 0.7}}
+  assert model._policy(None, "exp", carried, "strict").threshold == 0.7
+  assert model._policy(None, "exp", carried, None).source == "calibration:strict"
+  with pytest.raises(ExportError, match="carries calibration 'strict', not 'lax'"):
+    model._policy(None, "exp", carried, "lax")
+
+
+# ---------------------------------------------------------------------------
+# The page in a real browser.
+
+def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypatch):
+  """Upload through the page's file input (keyboard-reachable), wait for the
+  verdict in words; SERVE_SCREENSHOT=PATH also saves a screenshot there."""
+  if not shutil.which("chromedriver"):
+    pytest.skip("chromedriver not installed (apt-get install chromium chromium-driver)")
+  webdriver = pytest.importorskip("selenium.webdriver")
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support import expected_conditions as ec
+  from selenium.webdriver.support.ui import WebDriverWait
+  monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager download anything
+  url, _, _, _ = server
+  image = tmp_path / "face.png"
+  image.write_bytes(_png(np.asarray(Image.fromarray(_eval_images(1)[0]).resize((160, 160)))))
+  options = webdriver.ChromeOptions()
+  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=900,900"):
+    options.add_argument(arg)
+  if shutil.which("chromium"):
+    options.binary_location = shutil.which("chromium")
+  driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")),
+                            options=options)
+  try:
+    driver.get(url + "/")
+    driver.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "verdict")))
+    verdict = driver.find_element(By.ID, "verdict")
+    assert verdict.text in ("Real face", "Synthetic face")
+    assert "P(real)" in driver.find_element(By.ID, "scores").text
+    assert "threshold" in driver.find_element(By.ID, "meaning").text
+    assert not driver.find_element(By.ID, "explanation").is_displayed()
+    if os.environ.get("SERVE_SCREENSHOT"):
+      driver.save_screenshot(os.environ["SERVE_SCREENSHOT"])
+  finally:
+    driver.quit()
+
+
+def test_bad_workdir_is_one_line_and_frees_the_port(tmp_path, capsys):
+  """The command's path (bind, load in a thread, fail): one `error:` line, exit 1."""
+  from cmfl_jax import serve
+  from cmfl_jax.serving import app as app_lib, limits, model
+  port = _free_port()
+  load = lambda: model.load(str(tmp_path))  # noqa: E731 - no checkpoints there
+  code = asyncio.run(serve.serve("127.0.0.1", port, load, app_lib.State(limits.Limits())))
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and len(err) == 1 and err[0].startswith("error:") and "checkpoint" in err[0]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", port))  # released
