@@ -26,10 +26,10 @@ _STAMP = re.compile(r"^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) +\d+ (\S+)\] (.*)$"
 #: (phase name, regular expression of the log message that ends it); in order.
 MARKERS = (
     ("imports and backend", r"^JAX .* backend"),
-    ("benchmark generated and splits loaded", r"^data audit|^data real"),
+    ("benchmark generated and splits loaded", r"^data audit"),
     ("model initialised", r"^model \S+: \d+ parameters"),
     ("first train step (compiles it)", r"^first train step done"),
-    ("training and validation", r"^training done"),
+    ("training (64 steps) and 2 validations", r"^training done"),
     ("restore for evaluation", r"^restored \S+ checkpoint"),
 )
 _EVAL = re.compile(r"^eval \S+ on (\S+) \[(\S+)\]")
@@ -59,8 +59,7 @@ def timeline(log: str, start: float, end: float) -> dict:
     hits = [t for t, msg in events if re.search(pattern, msg) and t >= at]
     if not hits:
       continue
-    # The last matching line of a phase ("data ..." repeats per split).
-    t = hits[-1] if name.startswith("benchmark") else hits[0]
+    t = hits[0]
     phases[name] = round(t - at, 1)
     at = t
   passes = []

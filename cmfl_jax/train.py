@@ -316,7 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
       ds = pipeline.train_dataset(train_split, config.data, global_batch, config.seed, epoch,
-                                  skip_batches=offset)
+                                  skip_batches=offset,
+                                  stop_batch=min(steps_per_epoch, offset + total_steps - step))
       window_start, window_metrics = time.perf_counter(), []
       for batch in pipeline.global_batches(ds, steps.batch_sharding(mesh)):
         state, step_metrics = train_fn(state, batch)
@@ -349,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         if step % steps_per_epoch == 0 or step == total_steps:
           ckpt.check_finite(state)
-          break  # validated, saved and the stop agreed below
+          continue  # the dataset ends here; validated, saved and the stop agreed below
         is_periodic_save = step % config.train.checkpoint_every_steps == 0
         stop = signals.agreed(step, boundary=is_periodic_save)
         if is_periodic_save or stop:

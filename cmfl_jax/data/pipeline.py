@@ -154,10 +154,16 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
 
 
 def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, epoch: int,
-                  skip_batches: int = 0) -> tf.data.Dataset:
-  """This process's batches of one training epoch, starting after `skip_batches`."""
+                  skip_batches: int = 0, stop_batch: int | None = None) -> tf.data.Dataset:
+  """This process's batches of one training epoch, starting after
+  `skip_batches` and ending before batch `stop_batch` (default: the epoch's
+  end). The training loop reads its iterator to the end: abandoning a tf.data
+  iterator with work in flight blocked the loop for 40-60 s at every epoch's
+  end (measured on the main job, BENCHMARKS.md "Where the main job's time goes")."""
   order = balanced_order(split.labels, seed, epoch, data_config.balance)
   n_batches = len(order) // global_batch
+  if stop_batch is not None:
+    n_batches = min(n_batches, stop_batch)
   order = order[skip_batches * global_batch:n_batches * global_batch]
   local = process_slice(order, global_batch)
   ds = _example_dataset(split, local, np.ones(len(local), bool), data_config, True, seed, epoch)
