@@ -154,8 +154,9 @@ def _file_batches(paths: Sequence[str], load: Callable, batch_size: int
       start += len(images)
 
 
-def _file_rows(paths: Sequence[str], geometry: ops.Geometry, data_config,
-               batch_size: int) -> Iterator[dict]:
+def file_rows(paths: Sequence[str], geometry: ops.Geometry, data_config,
+              batch_size: int) -> Iterator[dict]:
+  """{path, image} or {path, error} per file, in order, streamed (`_file_batches`)."""
   load = file_loader(geometry, data_config)
   for names, images, reasons in _file_batches(paths, load, batch_size):
     for path, image, reason in zip(names, images, reasons):
@@ -250,8 +251,8 @@ class Model:
     return self.heads(images)["joint"]
 
 
-def _padded(call: Callable[[np.ndarray], dict[str, np.ndarray]], batch_size: int, size: int
-            ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def padded_batches(call: Callable[[np.ndarray], dict[str, np.ndarray]], batch_size: int,
+                   size: int) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
   """`call` on fixed-size batches (a partial one zero-padded: one compilation),
   compiled before this returns, so that images/s measures the stream."""
 
@@ -283,7 +284,7 @@ def load_model(workdir: str, which: str = "best", batch_size: int | None = None)
     _, probs = eval_fn(state, jax.device_put(batch, sharding))
     return jax.device_get(probs)
 
-  return Model(config, meta, name, _padded(call, batch_size, config.data.image_size),
+  return Model(config, meta, name, padded_batches(call, batch_size, config.data.image_size),
                state, eval_fn, mesh)
 
 
@@ -310,7 +311,8 @@ def load_exported(directory: str, batch_size: int | None = None) -> Model:
             if (head := _ARTIFACT_HEADS.get(k))}
 
   return Model(config, meta, f"{card['checkpoint']['kind']}_{card['checkpoint']['step']}",
-               _padded(call, batch_size or config.train.eval_batch_size, config.data.image_size))
+               padded_batches(call, batch_size or config.train.eval_batch_size,
+                              config.data.image_size))
 
 
 def input_geometry(config: ml_collections.ConfigDict, aligned: bool | None = None,
@@ -327,7 +329,7 @@ def scored_rows(model: Model, paths: Sequence[str], geometry: ops.Geometry, alig
   `score` (default `model.score`) may return a dict per image instead."""
   batch_size = model.config.train.eval_batch_size
   found = (_face_rows(paths, align, geometry) if align
-           else _file_rows(paths, geometry, model.config.data, batch_size))
+           else file_rows(paths, geometry, model.config.data, batch_size))
   yield from _scored(found, score or model.score, batch_size)
 
 

@@ -60,7 +60,8 @@ async def serve(host: str, port: int, load, state: app_lib.State) -> int:
     loop.add_signal_handler(sig, stop.set)
   try:
     model = await loop.run_in_executor(None, load)
-  except (FileNotFoundError, checkpointing.CheckpointError, ImportError, ExportError) as e:
+  except (FileNotFoundError, checkpointing.CheckpointError, ImportError, ExportError,
+          ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     await runner.cleanup()
     return 1
@@ -80,12 +81,13 @@ def main(argv: Sequence[str]) -> int:
   py_logging.getLogger("cmfl_jax.serve").setLevel(py_logging.INFO)
   align = None
   if FLAGS.align:
-    from cmfl_jax.data import align_files
-    align = align_files.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
+    from cmfl_jax.data import aligned_crops
+    align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
   limits = limits_lib.Limits(FLAGS.max_bytes, FLAGS.max_pixels)
   state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000)
   load = lambda: model_lib.load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.model,  # noqa: E731
-                                FLAGS.calibration, align, limits, FLAGS.batch_size)
+                                FLAGS.calibration, align, limits, FLAGS.batch_size,
+                                FLAGS.explain)
   return asyncio.run(serve(FLAGS.host, FLAGS.port, load, state))
 
 
@@ -101,6 +103,8 @@ def define_flags() -> None:
   flags.DEFINE_enum("align_policy", "largest", ["largest", "most_confident", "all",
                                                 "skip_multiple"], "--align: which faces.")
   flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize.")
+  flags.DEFINE_bool("explain", False, "Return Grad-CAM maps of both streams with every score "
+                    "(the page shows them; --workdir only).")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (default: localhost only).")
   flags.DEFINE_integer("port", 8080, "TCP port.")
   flags.DEFINE_integer("max_queue", 64, "Requests in flight (reading, decoding, queued, "

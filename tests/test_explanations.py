@@ -131,7 +131,7 @@ def test_rows_are_streamed_one_batch_at_a_time(planted_run, tmp_path, monkeypatc
       pulled.append(p)
       yield {"path": p, "error": "error: broken"} if i == 4 else {"path": p, "image": images[i]}
 
-  monkeypatch.setattr(predict, "_file_rows", rows)
+  monkeypatch.setattr(predict, "file_rows", rows)
   config = ml_collections.ConfigDict({"data": {"image_size": 32, "aligned": True}, "seed": 0})
   loaded = runner.Loaded(model, None, config, 3)
   paths = [f"in/{i}.png" for i in range(10)]

@@ -3,6 +3,7 @@ real HTTP clients (aiohttp), the page in headless Chromium (selenium), and
 the batcher / back-pressure on an in-process server with a fake slow model."""
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 aiohttp = pytest.importorskip("aiohttp")
-from aiohttp import test_utils, web  # noqa: E402
+from aiohttp import test_utils  # noqa: E402
 from helpers import ROOT  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -65,7 +66,8 @@ def server(reference_run, cache_dir):
              JAX_COMPILATION_CACHE_DIR=cache_dir)
   log = open(os.path.join(workdir + ".serve.log"), "w")
   proc = subprocess.Popen([sys.executable, "-m", "cmfl_jax.serve", f"--workdir={workdir}",
-                           f"--port={port}", f"--max_bytes={MAX_BYTES}", "--batch_size=4"],
+                           f"--port={port}", f"--max_bytes={MAX_BYTES}", "--batch_size=4",
+                           "--explain"],
                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
   url, seen = f"http://127.0.0.1:{port}", []
   deadline = time.monotonic() + 240
@@ -149,12 +151,23 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
               for r in rs]
 
   answers = asyncio.run(run())
+  model_info = json.loads(_get(url + "/v1/model")[1])
+  assert model_info["serving"]["explanations"] == "gradcam"
   assert len(answers) == 48
   for path, (status, _, body) in answers:
     assert status == 200, body
     assert abs(body["p_real"] - expected[str(path)]) <= 1e-6
-    assert body["verdict"] == ("real" if body["p_real"] >= body["threshold"] else "synthetic")
+    band = model_info["serving"]["unsure_band"]
+    if band and band["lo"] <= body["p_real"] < band["hi"]:
+      assert body["verdict"] == "unsure" and "unsure band" in body["reason"]
+    else:
+      assert body["verdict"] == ("real" if body["p_real"] >= body["threshold"] else "synthetic")
     assert set(body["heads"]) == {"joint", "rgb", "freq"}
+    maps = body["explanation"]  # --explain: Grad-CAM of both streams, as PNGs
+    for stream in ("rgb", "freq"):
+      assert maps[f"{stream}_png"].startswith("data:image/png;base64,")
+      with Image.open(io.BytesIO(base64.b64decode(maps[f"{stream}_png"].split(",", 1)[1]))) as im:
+        assert im.size == (128, 128) and len(set(im.getdata())) > 1
     assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_calibrated"] < 1
   assert _get(url + "/healthz")[0] == 200
 
@@ -368,10 +381,10 @@ def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypat
     driver.find_element(By.ID, "file").send_keys(str(image))
     WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "verdict")))
     verdict = driver.find_element(By.ID, "verdict")
-    assert verdict.text in ("Real face", "Synthetic face")
+    assert verdict.text in ("Real face", "Synthetic face", "Unsure")
     assert "P(real)" in driver.find_element(By.ID, "scores").text
     assert "threshold" in driver.find_element(By.ID, "meaning").text
-    assert not driver.find_element(By.ID, "explanation").is_displayed()
+    assert driver.find_element(By.ID, "explanation").is_displayed()  # --explain
     if os.environ.get("SERVE_SCREENSHOT"):
       driver.save_screenshot(os.environ["SERVE_SCREENSHOT"])
   finally:

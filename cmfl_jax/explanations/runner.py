@@ -84,7 +84,7 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
     evidence = sanity.evidence_programs(loaded.model)
   names = dict(zip(paths, output_names(paths)))
   shape = (geometry.size, geometry.size, 3)
-  rows = predict._file_rows(paths, geometry, config.data, batch_size)  # pylint: disable=protected-access
+  rows = predict.file_rows(paths, geometry, config.data, batch_size)
   for group in _batched(rows, batch_size):
     good = [r for r in group if "image" in r]
     position = {id(r): i for i, r in enumerate(good)}

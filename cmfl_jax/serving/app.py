@@ -47,8 +47,8 @@ class State:
   def ready(self, model) -> None:
     """Starts batching for `model` (in the event loop's thread)."""
     self.limits = model.limits
-    run = lambda images: model.results(model.score(images))  # noqa: E731
-    self.batcher = batcher_lib.Batcher(run, model.batch_size, self.max_wait, self.max_pending)
+    self.batcher = batcher_lib.Batcher(model.run, model.batch_size, self.max_wait,
+                                       self.max_pending)
     self.batcher.start()
     self.model = model
 

@@ -32,6 +32,15 @@ class ScoringModel:
   description: dict[str, Any]
   limits: limits_lib.Limits
   faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
+  maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> PNG data URIs
+
+  def run(self, images: np.ndarray) -> list[dict[str, Any]]:
+    """Scores, verdicts and (with --explain) explanation maps of a batch."""
+    out = self.results(self.score(images))
+    if self.maps is not None:
+      for entry, maps in zip(out, self.maps(images)):
+        entry["explanation"] = maps
+    return out
 
   def results(self, heads: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """JSON-able scores, verdict and threshold of each image of a batch."""
@@ -132,10 +141,14 @@ def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str
 
 def load(workdir: str | None = None, which: str = "best", model: str | None = None,
          calibration: str | None = None, align=None,
-         limits: limits_lib.Limits | None = None, batch_size: int | None = None) -> ScoringModel:
+         limits: limits_lib.Limits | None = None, batch_size: int | None = None,
+         explain: bool = False) -> ScoringModel:
   """The model of `workdir` (checkpoint `which`) or of the export `model`,
   compiled for one padded batch shape (`batch_size`, default the config's
-  eval batch size) before this returns."""
+  eval batch size) before this returns; with `explain`, Grad-CAM maps too
+  (a checkpoint only: an export holds no gradients' program)."""
+  if explain and model:
+    raise ValueError("--explain needs --workdir: an exported model has no explanation program")
   from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
   if model:
@@ -155,12 +168,17 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   description["serving"] = {"threshold": policy.threshold, "threshold_source": policy.source,
                             "unsure_band": policy.band, "align": bool(align),
                             "batch_size": batch_size, "max_bytes": limits.max_bytes,
-                            "max_pixels": limits.max_pixels, "explanations": False}
+                            "max_pixels": limits.max_pixels,
+                            "explanations": "gradcam" if explain else False}
   decode = _decoder(geometry)
   decode(_probe_png(int(config.data.image_size)))  # trace the decode now, not on a request
+  maps = None
+  if explain:
+    from cmfl_jax.serving import maps as maps_lib
+    maps = maps_lib.explainer(workdir, which, batch_size)
   return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
                       decode, policy, loaded.meta.get("calibration"), description, limits,
-                      _face_finder(align, geometry) if align else None)
+                      _face_finder(align, geometry) if align else None, maps)
 
 
 def _probe_png(size: int) -> bytes:
