@@ -71,7 +71,7 @@ def run_copy(reference_run, tmp_path_factory):
   shared workdir stays as it is."""
   workdir = str(tmp_path_factory.mktemp("export") / "run")
   shutil.copytree(reference_run[0], workdir)
-  os.makedirs(os.path.join(workdir, "calibrations"))
+  os.makedirs(os.path.join(workdir, "calibrations"), exist_ok=True)
   with open(os.path.join(workdir, "calibrations", "strict.json"), "w") as f:
     json.dump({**_CALIBRATION_FIELDS, "threshold": 0.625}, f)
   return workdir
@@ -179,8 +179,13 @@ def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_proces
   from cmfl_jax import predict
   predictions = predict.predict(None, images[0], model=exported)
   rows = list(predictions.rows)
-  assert predictions.threshold == pytest.approx(in_process["threshold_dev"][0])
+  # The export carries the calibration chosen for it: its threshold decides.
+  assert predictions.threshold == pytest.approx(in_process["threshold_calibration"][0])
+  assert predictions.calibration is None  # no --calibration name was given to predict
   np.testing.assert_allclose([r["score"] for r in rows], in_process["p_real"], atol=TOL, rtol=0)
+  for r in rows:
+    assert r["verdict"] == "unsure" or r["verdict"] == (
+        "real" if r["score"] >= predictions.threshold else "synthetic")
   np.testing.assert_allclose([r["calibrated"] for r in rows], in_process["p_real_calibrated"],
                              atol=TOL, rtol=0)
   assert [r["path"] for r in rows] == images[0]

@@ -71,7 +71,8 @@ def test_non_posix_workdir_train_eval_reports_and_audit(tmp_path, monkeypatch, c
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   monkeypatch.chdir(cwd)  # a path mangled to a local one ("ram:/...") would land here
-  with caplog.at_level(logging.INFO):
+  # The absl logger itself too: an earlier in-process absl app may have set its level.
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
     train.train_and_evaluate(config, workdir)
   lines = [r.getMessage() for r in caplog.records]
   warn = [i for i, l in enumerate(lines) if "DATA AUDIT" in l and "Shortcut risk" in l]

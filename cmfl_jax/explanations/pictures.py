@@ -22,7 +22,9 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str) -> None:
-  fig.savefig(path, format="png", dpi=90, bbox_inches="tight")
+  import tensorflow as tf  # the workdir may be remote (gs://, ram://)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=90, bbox_inches="tight")
 
 
 def _heat(ax, background: np.ndarray, heat: np.ndarray, title: str, cmap_bg: str = "gray"):

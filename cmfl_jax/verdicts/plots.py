@@ -52,6 +52,8 @@ def plot_risk_coverage(results: Mapping[str, Any], path: str) -> bool:
   ax.legend(fontsize=6)
   ax.set_title("risk-coverage (dot: the dev-fitted band)", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  import tensorflow as tf  # the workdir may be remote (gs://, ram://)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
   return True
