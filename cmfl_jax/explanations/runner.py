@@ -42,9 +42,14 @@ def load(workdir: str, which: str = "best") -> Loaded:
   nothing but arrays and JSON is read (Orbax)."""
   config = predict.config_from_checkpoint(workdir, which)
   state, _, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
+  return from_state(config, state, mesh, int(meta["step"]))
+
+
+def from_state(config, state: steps.TrainState, mesh, step: int) -> Loaded:
+  """The model (eval mode) of an already restored state, e.g. `predict.load_model`'s."""
   _, programs = steps.create_train_state(config, mesh, abstract=True)
   model = nnx.merge(programs.eval_graphdef, state.params, state.batch_stats)
-  return Loaded(model, programs.model, config, int(meta["step"]))
+  return Loaded(model, programs.model, config, step)
 
 
 def output_names(paths: Sequence[str]) -> list[str]:

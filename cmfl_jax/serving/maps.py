@@ -27,14 +27,15 @@ def to_data_uri(heat: np.ndarray) -> str:
   return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def explainer(workdir: str, which: str, batch_size: int
-              ) -> Callable[[np.ndarray], list[dict[str, str]]]:
-  """uint8 images -> [{"rgb_png", "freq_png"}] (the streams the model has),
-  compiled for one padded batch shape before this returns."""
+def explainer(restored, batch_size: int) -> Callable[[np.ndarray], list[dict[str, str]]]:
+  """uint8 images -> [{"rgb_png", "freq_png"}] (the streams the model has) of
+  a checkpoint already restored by `predict.load_model`, compiled for one
+  padded batch shape before this returns."""
   import jax
   from cmfl_jax import predict
   from cmfl_jax.explanations import attribution, runner
-  loaded = runner.load(workdir, which)
+  loaded = runner.from_state(restored.config, restored.state, restored.mesh,
+                             int(restored.meta["step"]))
   compiled = attribution.compile_method(loaded.model, "gradcam")
 
   def call(images: np.ndarray) -> dict[str, np.ndarray]:

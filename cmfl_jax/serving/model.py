@@ -175,7 +175,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   maps = None
   if explain:
     from cmfl_jax.serving import maps as maps_lib
-    maps = maps_lib.explainer(workdir, which, batch_size)
+    maps = maps_lib.explainer(loaded, batch_size)
   return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
                       decode, policy, loaded.meta.get("calibration"), description, limits,
                       _face_finder(align, geometry) if align else None, maps)
