@@ -17,8 +17,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from cmfl_jax import (audit, backend, checkpointing, metrics, report, score_files, stats,
-                      steps, summaries)
+from cmfl_jax import (audit, backend, checkpointing, metrics, models, report, score_files,
+                      stats, steps, summaries)
+from cmfl_jax.attribution import classes as attribution_classes
+from cmfl_jax.attribution import evaluation as attribution_evaluation
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Split
 from cmfl_jax.explanations import frequencies
@@ -29,10 +31,14 @@ def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split,
                    config: ml_collections.ConfigDict, mesh: Mesh,
                    condition: str = "none") -> dict[str, Any]:
   """Mean loss terms and per-example scores (in split order) over one split,
-  optionally post-processed by a robustness `condition`."""
-  ds = pipeline.eval_dataset(split, config.data, config.train.eval_batch_size, condition)
+  optionally post-processed by a robustness `condition`; with the attribution
+  head also its logits [N, K] (`source_logits`)."""
+  sources = (attribution_classes.source_ids(split, config.attribution.classes)
+             if attribution_classes.enabled(config) else None)
+  ds = pipeline.eval_dataset(split, config.data, config.train.eval_batch_size, condition,
+                             sources)
   totals: dict[str, float] = {}
-  scores: dict[str, list] = {}
+  outputs: dict[str, list] = {}
   indices, masks = [], []
   for batch in pipeline.global_batches(ds, steps.batch_sharding(mesh)):
     sums, probs = eval_fn(state, batch)
@@ -41,7 +47,7 @@ def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split,
     gathered = multihost_utils.process_allgather(
         {"probs": probs, "index": batch["index"], "mask": batch["mask"]}, tiled=True)
     for head, p in gathered["probs"].items():
-      scores.setdefault(head, []).append(p)
+      outputs.setdefault(head, []).append(p)
     indices.append(gathered["index"])
     masks.append(gathered["mask"])
   count = totals.pop("count")
@@ -50,10 +56,14 @@ def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split,
   out = {k: v / count for k, v in totals.items()}
   out["count"] = int(count)
   out["scores"] = {}
-  for head, chunks in scores.items():
-    s = np.empty(len(split), np.float32)
-    s[order] = np.concatenate(chunks)[keep]
-    out["scores"][head] = s
+  for head, chunks in outputs.items():
+    values = np.concatenate(chunks)[keep]
+    in_order = np.empty((len(split),) + values.shape[1:], np.float32)
+    in_order[order] = values
+    if head == models.SOURCE:
+      out["source_logits"] = in_order
+    else:
+      out["scores"][head] = in_order
   return out
 
 
@@ -102,9 +112,10 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
                      ) -> tuple[Any, Any, Any, dict, str]:
   """(state, eval_fn, mesh, meta, name) for checkpoint `which` of `workdir`."""
   mesh = steps.make_mesh()
-  abstract, programs = steps.create_train_state(config, mesh, abstract=True)
   kind, step = checkpointing.select_step(workdir, which)
   manager = checkpointing.make_managers(workdir)[kind]
+  config = with_checkpoint_classes(config, checkpointing.read_meta(manager, step))
+  abstract, programs = steps.create_train_state(config, mesh, abstract=True)
   try:
     state, meta = checkpointing.restore(manager, step, abstract)
   except checkpointing.CheckpointError as e:
@@ -116,6 +127,22 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
       backend.step_compiler_options(programs.model, mesh))
   logging.info("restored %s checkpoint at step %d (val_loss=%s)", kind, step, meta.get("val_loss"))
   return state, eval_fn, mesh, meta, f"{kind}_{step}"
+
+
+def with_checkpoint_classes(config: ml_collections.ConfigDict, meta: dict
+                            ) -> ml_collections.ConfigDict:
+  """`config` with the attribution classes the checkpoint was trained with
+  (training fills them in from its split; a config given on the command line
+  for evaluation has none)."""
+  if not attribution_classes.enabled(config) or tuple(config.attribution.classes):
+    return config
+  trained = meta.get("config", {}).get("attribution", {})
+  if not trained.get("classes"):
+    raise ValueError("attribution.enabled is set but the checkpoint has no attribution head "
+                     "(trained without it)")
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.attribution.classes = tuple(trained["classes"])
+  return resolved
 
 
 def condition_tag(condition: str) -> str:
@@ -146,6 +173,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     ops.parse_condition(condition)  # fail before any work
   robustness_splits = _robustness_splits(config)
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
+  config = with_checkpoint_classes(config, meta)
   splits, skipped = sources.load_splits(config.data, config.data.eval_splits)
   audit_result = audit.audit_data(config.data, workdir)
   pipeline.report_skipped(skipped, workdir, "eval_data_report.json", audit.summary(audit_result))
@@ -163,11 +191,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if main:
     tf.io.gfile.makedirs(out_dir)
   joint_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+  source_logits: dict[str, tuple[Split, np.ndarray]] = {}
 
   def run(split_name: str, condition: str) -> dict[str, Any]:
     split = splits[split_name]
     res = evaluate_split(eval_fn, state, split, config, mesh, condition)
-    entry = {k: v for k, v in res.items() if k != "scores"}
+    entry = {k: v for k, v in res.items() if k not in ("scores", "source_logits")}
     for head, scores in res["scores"].items():
       entry[f"metrics_{head}"] = split_metrics(split.labels, scores, meta.get("dev_threshold"))
       entry[f"intervals_{head}"] = split_intervals(split.labels, scores, meta.get("dev_threshold"),
@@ -180,6 +209,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     if condition == "none":
       joint = res["scores"]["joint"]
       joint_scores[split_name] = (split.labels, joint)
+      if "source_logits" in res:
+        source_logits[split_name] = (split, res["source_logits"])
       if meta.get("operating_points"):  # fixed on the dev set, applied unchanged
         entry["operating_points"] = stats.evaluate_operating_points(
             split.labels, joint, meta["operating_points"], config.eval.bootstrap_resamples,
@@ -198,6 +229,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     results["robustness"][split_name] = {"none": results["splits"][split_name]}
     for condition in config.eval.conditions:
       results["robustness"][split_name][condition] = run(split_name, condition)
+  if source_logits and meta.get("attribution"):
+    results["attribution"] = attribution_evaluation.evaluate(
+        attribution_evaluation.collect(source_logits, config.attribution.classes),
+        meta["attribution"], config.eval.bootstrap_resamples, config.eval.confidence,
+        config.seed)
   if main and config.eval.get("explain_frequencies", False):
     results["frequencies"] = frequencies.frequency_summary(config, state, splits, out_dir)
   if main:

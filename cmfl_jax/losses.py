@@ -14,6 +14,9 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from cmfl_jax.models.detectors import SOURCE
 
 def bce_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """``-(y log p + (1 - y) log(1 - p))`` with p = sigmoid(logits), elementwise."""
@@ -72,6 +75,8 @@ def objective_per_example(
     alpha: float = 1.0,
     gamma: float = 3.0,
     multiplier: float = 2.0,
+    sources: jax.Array | None = None,
+    source_weight: float = 0.0,
 ) -> dict[str, jax.Array]:
   """Per-example terms of a training objective over a detector's head logits.
 
@@ -85,16 +90,34 @@ def objective_per_example(
     outputs: head name -> logits ``[B]``; always has ``joint``, two_stream
       models also ``rgb`` and ``freq``.
     labels: ``[B]`` with 1 = bona fide.
+    sources: ``[B]`` attribution class indices (-1: not a class, no term),
+      used when `outputs` has the attribution head's logits ("source").
+    source_weight: the attribution term's weight in "loss".
 
   Returns:
-    ``{"loss": [B], "bce_<head>": [B] for every head, and "cmfl": [B] for cmfl}``.
+    ``{"loss": [B], "bce_<head>": [B] for every P(real) head, "cmfl": [B] for
+    cmfl, and "attribution_ce": [B] with the attribution head}``.
   """
   if name not in OBJECTIVES:
     raise ValueError(f"unknown objective {name!r}; choose one of {tuple(OBJECTIVES)}")
+  outputs = dict(outputs)
+  source_logits = outputs.pop(SOURCE, None)
   terms = {f"bce_{head}": bce_per_example(logits, labels) for head, logits in outputs.items()}
   terms.update(OBJECTIVES[name](outputs, labels, terms, alpha=alpha, gamma=gamma,
                                 multiplier=multiplier))
+  if source_logits is not None and sources is not None:
+    terms["attribution_ce"] = source_cross_entropy(source_logits, sources)
+    terms["loss"] = terms["loss"] + source_weight * terms["attribution_ce"]
   return terms
+
+
+def source_cross_entropy(logits: jax.Array, sources: jax.Array) -> jax.Array:
+  """Softmax cross-entropy of the attribution head per example; 0 where the
+  source is -1 (an image of no class, e.g. an unseen generator in evaluation)."""
+  known = sources >= 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.where(known, sources, 0))
+  return jnp.where(known, ce, 0.0)
 
 
 def _bce_objective(outputs, labels, terms, **unused) -> dict[str, jax.Array]:

@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from cmfl_jax import metrics
+from cmfl_jax.attribution import report as attribution_report
 from cmfl_jax.explanations import frequencies
 from cmfl_jax.verdicts import plots as verdict_plots
 
@@ -294,6 +295,10 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
   verdict_lines = verdict_plots.table(results)
   if verdict_lines:
     lines += ["", "## Verdicts: real, synthetic, unsure (joint head)", "", *verdict_lines]
+  attribution_lines = attribution_report.table(results.get("attribution"))
+  if attribution_lines:
+    lines += ["", "## Which generator: attribution and unseen generators", "",
+              *attribution_lines]
   return lines
 
 
@@ -312,6 +317,9 @@ def write_eval_report(results: Mapping[str, Any],
     lines += ["![Reliability diagrams, raw and calibrated](reliability.png)", ""]
   if verdict_plots.plot_risk_coverage(results, os.path.join(out_dir, "risk_coverage.png")):
     lines += ["![Risk-coverage: error on the images given a verdict](risk_coverage.png)", ""]
+  if attribution_report.plot_confusion(results.get("attribution"),
+                                       os.path.join(out_dir, "attribution.png")):
+    lines += ["![Attribution decisions per source, unknown included](attribution.png)", ""]
   lines += frequencies.report_lines(results.get("frequencies"))
   path = os.path.join(out_dir, "report.md")
   with tf.io.gfile.GFile(path, "w") as f:

@@ -22,6 +22,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cmfl_jax import backend, losses, models
+from cmfl_jax.attribution import classes as attribution_classes
 
 DATA_AXIS = "data"
 
@@ -98,7 +99,8 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
   restoring a checkpoint without computing an initialisation). `config.model`
   becomes a typed `ModelConfig` here, for the mesh's platform.
   """
-  model_config = models.ModelConfig.from_config(config.model, backend.platform(mesh))
+  model_config = models.ModelConfig.from_config(config.model, backend.platform(mesh),
+                                                attribution_classes.num_sources(config))
   replicated = NamedSharding(mesh, P())
   programs: list[Programs] = []
 
@@ -125,7 +127,8 @@ def _forward_terms(graphdef, params, batch_stats, batch, loss_config):
   outputs = model(batch["image"])
   terms = losses.objective_per_example(
       loss_config.objective, outputs, batch["label"].astype(jnp.float32),
-      alpha=loss_config.alpha, gamma=loss_config.gamma, multiplier=loss_config.multiplier)
+      alpha=loss_config.alpha, gamma=loss_config.gamma, multiplier=loss_config.multiplier,
+      sources=batch.get("source"), source_weight=loss_config.get("attribution_weight", 0.0))
   return model, outputs, terms
 
 
@@ -172,13 +175,16 @@ def train_step(state: TrainState, batch: dict, *, programs: Programs,
 
 def eval_step(state: TrainState, batch: dict, *, programs: Programs,
               loss_config: ml_collections.ConfigDict) -> tuple[dict, dict]:
-  """Masked loss sums (eval-mode BN) and per-example P(real) of every head."""
+  """Masked loss sums (eval-mode BN) and per-example P(real) of every head
+  (with the attribution head: its logits [B, K] under `models.SOURCE`)."""
   _, outputs, terms = _forward_terms(programs.eval_graphdef, state.params, state.batch_stats,
                                      batch, loss_config)
   mask = batch["mask"]
   sums = {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in terms.items()}
   sums["count"] = jnp.sum(mask.astype(jnp.float32))
-  probs = {head: jax.nn.sigmoid(logits) for head, logits in outputs.items()}
+  probs = {head: jax.nn.sigmoid(logits) for head, logits in models.binary_heads(outputs).items()}
+  if models.SOURCE in outputs:
+    probs[models.SOURCE] = outputs[models.SOURCE]
   return sums, probs
 
 

@@ -24,6 +24,7 @@ from absl import logging
 
 from cmfl_jax import (audit, backend, checkpointing, evaluate, metrics, models, score_files,
                       stats, steps, summaries, weights)
+from cmfl_jax.attribution import classes as attribution_classes, openset
 from cmfl_jax.data import pipeline, sources
 from cmfl_jax.data.split import Split, split_summary
 from cmfl_jax.verdicts import selective
@@ -168,19 +169,28 @@ class _Checkpoints:
       checkpointing.wait(m)
 
 
-def dev_statistics(labels: np.ndarray, joint: np.ndarray,
-                   unsure_error: float = 0.05) -> dict[str, Any]:
+def dev_statistics(split: Split, result: dict[str, Any],
+                   config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Fixed on the dev set, travelling with the model: the EER threshold, the
   operating points at APCER/BPCER = 1 and 5 %, a Platt calibration of the
-  joint head (order-preserving: rankings and AUC unchanged) and the unsure
+  joint head (order-preserving: rankings and AUC unchanged), the unsure
   band around the EER threshold (`verdicts.selective`: the images given a
-  verdict have a dev error <= unsure_error)."""
+  verdict have a dev error <= eval.unsure_error) and, with the attribution
+  head, its open-set threshold (`attribution.openset`)."""
+  labels, joint = split.labels, result["scores"]["joint"]
   threshold = metrics.eer(labels, joint)[1]
-  return {"dev_threshold": threshold,
-          "unsure_band": selective.fit_band(labels, joint, threshold, unsure_error),
-          "operating_points": stats.dev_operating_points(labels, joint),
-          "calibration": stats.fit_platt(labels, evaluate.logits_of(joint)),
-          "dev_examples": int(len(labels))}
+  out = {"dev_threshold": threshold,
+         "unsure_band": selective.fit_band(labels, joint, threshold,
+                                           config.eval.get("unsure_error", 0.05)),
+         "operating_points": stats.dev_operating_points(labels, joint),
+         "calibration": stats.fit_platt(labels, evaluate.logits_of(joint)),
+         "dev_examples": int(len(labels))}
+  if "source_logits" in result:
+    classes = tuple(config.attribution.classes)
+    out["attribution"] = openset.fit(result["source_logits"],
+                                     attribution_classes.source_ids(split, classes), classes,
+                                     config.attribution.known_acceptance)
+  return out
 
 
 def validation_subset(split: Split, n: int, seed: int) -> Split:
@@ -213,8 +223,8 @@ def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Ch
       continue  # nothing saved, or refitted already (a rerun of a finished run)
     if step not in fitted:
       model = state if step == current else checkpointing.restore(manager, step, target)[0]
-      joint = evaluate.evaluate_split(eval_fn, model, val_split, config, mesh)["scores"]["joint"]
-      fitted[step] = dev_statistics(val_split.labels, joint, config.eval.get("unsure_error", 0.05))
+      fitted[step] = dev_statistics(
+          val_split, evaluate.evaluate_split(eval_fn, model, val_split, config, mesh), config)
     checkpointing.write_dev(manager, step, fitted[step])
     logging.info("%s step %d: dev threshold, operating points and calibration refitted on "
                  "the whole dev split (%d examples)", os.path.basename(str(manager.directory)),
@@ -234,17 +244,20 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
   ckpt.best_val = min(ckpt.best_val, val_loss)
   record = {"step": step, "epoch": step / ckpt.steps_per_epoch, "val_loss": val_loss,
             "val_examples": len(val_split),
-            **{f"val_{k}": float(v) for k, v in val.items() if k.startswith("bce_")}}
+            **{f"val_{k}": float(v) for k, v in val.items()
+               if k.startswith("bce_") or k == "attribution_ce"}}
+  if "source_logits" in val:
+    truth = attribution_classes.source_ids(val_split, config.attribution.classes)
+    record["val_attribution_accuracy"] = float(np.mean(val["source_logits"].argmax(-1) == truth))
   summaries.append_jsonl(log_path, record)
   if improved and summaries.is_main_process():
     score_files.write_scores(os.path.join(ckpt.workdir, "best_val_scores.csv"), val_split,
                              val["scores"]["joint"])
   summaries.write_scalars(writer, step, {f"val/{k}": v for k, v in val.items()
-                                         if k not in ("scores", "count")})
+                                         if k not in ("scores", "count", "source_logits")})
   logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / ckpt.steps_per_epoch, step, val_loss,
                " (best)" if improved else "")
-  dev = dev_statistics(val_split.labels, val["scores"]["joint"],
-                       config.eval.get("unsure_error", 0.05))
+  dev = dev_statistics(val_split, val, config)
   meta = {**ckpt.meta(step, val_loss), **dev}
   checkpointing.save(ckpt.latest, step, state, meta)
   # After a fallback to an earlier checkpoint the replayed step may already be
@@ -274,6 +287,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   audit_result = audit.audit_data(config.data, workdir)  # warns before the first step
   pipeline.report_skipped(skipped, workdir, extra=audit.summary(audit_result))
   train_split, val_split = splits[config.data.train_split], splits[config.data.val_split]
+  # The attribution classes, fixed here and saved in every checkpoint's config.
+  config = attribution_classes.resolve(config, train_split)
+  train_sources = None
+  if attribution_classes.enabled(config):
+    train_sources = attribution_classes.source_ids(train_split, config.attribution.classes)
+    logging.info("attribution head over %d sources: %s", len(config.attribution.classes),
+                 list(config.attribution.classes))
   val_subset = validation_subset(val_split, config.train.val_examples, config.seed)
   if val_subset is not val_split:
     logging.info("validating on %d of the %d dev examples (train.val_examples)",
@@ -317,7 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       epoch, offset = divmod(step, steps_per_epoch)
       ds = pipeline.train_dataset(train_split, config.data, global_batch, config.seed, epoch,
                                   skip_batches=offset,
-                                  stop_batch=min(steps_per_epoch, offset + total_steps - step))
+                                  stop_batch=min(steps_per_epoch, offset + total_steps - step),
+                                  sources=train_sources)
       window_start, window_metrics = time.perf_counter(), []
       for batch in pipeline.global_batches(ds, steps.batch_sharding(mesh)):
         state, step_metrics = train_fn(state, batch)

@@ -93,6 +93,18 @@ def get_config() -> ml_collections.ConfigDict:
   loss.alpha = 1.0
   loss.gamma = 3.0
   loss.multiplier = 2.0
+  loss.attribution_weight = 0.5        # weight of the attribution head's cross-entropy
+
+  # Which generator made it (cmfl_jax/attribution): a head on the fused embedding
+  # predicting the source (bona fide or a training generator), trained with the
+  # detection objective; off, the model and its checkpoints are as without it.
+  config.attribution = attribution = ml_collections.ConfigDict()
+  attribution.enabled = False
+  attribution.classes = ()             # () = "bona_fide" + the training split's generators
+  attribution.min_train_images = 32    # fewer training images for a class: config error
+  # Open-set "unknown generator": the energy score's threshold accepting this share
+  # of the known-class dev images (cmfl_jax/attribution/openset.py).
+  attribution.known_acceptance = 0.95
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 1e-4

@@ -3,8 +3,9 @@ spectrum input (`spectrum`) and the detectors with their typed config
 (`detectors`). Nothing here imports TensorFlow."""
 
 from cmfl_jax.models.densenet import DenseNet, DenseNetSpec, count_params, densenet_spec
-from cmfl_jax.models.detectors import (ARCHITECTURES, ModelConfig, OneStreamDetector,
-                                       TwoStreamDetector, create_model)
+from cmfl_jax.models.detectors import (ARCHITECTURES, SOURCE, ModelConfig, OneStreamDetector,
+                                       TwoStreamDetector, binary_heads, create_model)
 
 __all__ = ["ARCHITECTURES", "DenseNet", "DenseNetSpec", "ModelConfig", "OneStreamDetector",
-           "TwoStreamDetector", "count_params", "create_model", "densenet_spec"]
+           "SOURCE", "TwoStreamDetector", "binary_heads", "count_params", "create_model",
+           "densenet_spec"]

@@ -1,7 +1,9 @@
 """The detectors: one/two-stream DenseNets with sigmoid embeddings and heads,
 and their typed configuration (`ModelConfig`), built once from `config.model`.
 
-Every head outputs a logit of P(real) (label 1 = bona fide).
+Every head outputs a logit of P(real) (label 1 = bona fide). A two_stream
+model built with `num_sources > 0` also has the attribution head: logits over
+the sources (bona fide and the training generators) under `SOURCE`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from cmfl_jax.models import spectrum
 from cmfl_jax.models.densenet import DenseNet, DenseNetSpec, densenet_spec
 
 ONE_STREAM_INPUTS = ("rgb", "freq")
+#: The attribution head's output: logits [B, num_sources], not a P(real) head.
+SOURCE = "source"
+
+
+def binary_heads(outputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The P(real) heads' logits of a model's outputs (without `SOURCE`)."""
+  return {k: v for k, v in outputs.items() if k != SOURCE}
 
 # PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
 _linear_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -58,23 +67,27 @@ class TwoStreamDetector(nnx.Module):
   """
 
   def __init__(self, spec: DenseNetSpec, num_blocks: int, *, dtype: Any = jnp.float32,
-               ops: str = "xla", rngs: nnx.Rngs):
+               ops: str = "xla", num_sources: int = 0, rngs: nnx.Rngs):
     self.rgb_stream = DenseNet(spec, num_blocks, dtype=dtype, ops=ops, rngs=rngs)
     self.freq_stream = DenseNet(spec, num_blocks, dtype=dtype, ops=ops, rngs=rngs)
     c = self.rgb_stream.out_features
     self.rgb_head = Head(c, rngs=rngs)
     self.freq_head = Head(c, rngs=rngs)
     self.joint_head = Head(2 * c, rngs=rngs)
+    if num_sources:  # absent otherwise: the parameters and checkpoints stay as without it
+      self.source_head = nnx.Linear(2 * c, num_sources, kernel_init=_linear_kernel_init,
+                                    bias_init=_linear_bias_init(2 * c), rngs=rngs)
     self.dtype = dtype
 
   def forward_streams(self, rgb: jax.Array, freq: jax.Array) -> dict[str, jax.Array]:
     e_rgb = _embed(self.rgb_stream, rgb.astype(self.dtype))
     e_freq = _embed(self.freq_stream, freq.astype(self.dtype))
-    return {
-        "joint": self.joint_head(jnp.concatenate([e_rgb, e_freq], axis=-1)),
-        "rgb": self.rgb_head(e_rgb),
-        "freq": self.freq_head(e_freq),
-    }
+    fused = jnp.concatenate([e_rgb, e_freq], axis=-1)
+    out = {"joint": self.joint_head(fused), "rgb": self.rgb_head(e_rgb),
+           "freq": self.freq_head(e_freq)}
+    if hasattr(self, "source_head"):
+      out[SOURCE] = self.source_head(fused)
+    return out
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     return self.forward_streams(spectrum.normalize_rgb(images), spectrum.log_spectrum(images))
@@ -106,7 +119,8 @@ class OneStreamDetector(nnx.Module):
 #: Architectures by name -> builder from a ModelConfig.
 ARCHITECTURES = {
     "two_stream": lambda m, rngs: TwoStreamDetector(m.spec, m.num_blocks, dtype=m.dtype,
-                                                    ops=m.ops, rngs=rngs),
+                                                    ops=m.ops, num_sources=m.num_sources,
+                                                    rngs=rngs),
     "one_stream": lambda m, rngs: OneStreamDetector(m.spec, m.num_blocks, m.input, dtype=m.dtype,
                                                     ops=m.ops, rngs=rngs),
 }
@@ -124,11 +138,13 @@ class ModelConfig:
   ops: str = "gemm"                          # resolved kernel family: "gemm" | "xla"
   cpu_matmul: str = "eigen"                  # see cmfl_jax.backend
   pretrained: str = ""
+  num_sources: int = 0                       # attribution head width (0: none; two_stream)
 
   @classmethod
-  def from_config(cls, model: Mapping[str, Any], platform: str | None = None) -> "ModelConfig":
+  def from_config(cls, model: Mapping[str, Any], platform: str | None = None,
+                  num_sources: int = 0) -> "ModelConfig":
     """Validates `config.model`; "auto" kernels resolve for `platform`
-    (default: JAX's default backend)."""
+    (default: JAX's default backend); `num_sources` from `attribution.classes`."""
     cfg = dict(model)
     arch = cfg.get("arch", cls.arch)
     if arch not in ARCHITECTURES:
@@ -156,8 +172,11 @@ class ModelConfig:
     if cpu_matmul not in backend.CPU_MATMUL:
       raise ValueError(f"model.cpu_matmul must be one of {backend.CPU_MATMUL}, got "
                        f"{cpu_matmul!r}")
+    if num_sources and arch != "two_stream":
+      raise ValueError("attribution needs model.arch='two_stream' (the head reads the fused "
+                       f"embedding of both streams), got {arch!r}")
     return cls(arch, input_kind, spec, num_blocks, dtype, ops, cpu_matmul,
-               str(cfg.get("pretrained") or ""))
+               str(cfg.get("pretrained") or ""), int(num_sources))
 
 
 def create_model(model: ModelConfig | Mapping[str, Any], *, rngs: nnx.Rngs

@@ -1,0 +1,79 @@
+"""The attribution head's classes: bona fide plus every generator of the
+training split, fixed when training starts and stored in the checkpoint's
+config, so evaluation, predict, export and the service read the same list."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from cmfl_jax.data.split import Split
+
+#: Class 0: every bona fide image, whatever its camera or source name.
+BONA_FIDE = "bona_fide"
+#: Source index of an image whose generator is not a class (eval of unseen families).
+UNSEEN = -1
+
+
+def enabled(config: Any) -> bool:
+  """Whether the config asks for the attribution head."""
+  return bool(config.get("attribution", {}).get("enabled", False))
+
+
+def num_sources(config: Any) -> int:
+  """Width of the attribution head (0: no head; the classes must be resolved)."""
+  if not enabled(config):
+    return 0
+  classes = tuple(config.attribution.classes)
+  if not classes:
+    raise ValueError("attribution.classes is empty: it is filled from the training split when "
+                     "training starts (attribution.resolve) and stored with the checkpoint")
+  return len(classes)
+
+
+def source_ids(split: Split, classes: Sequence[str]) -> np.ndarray:
+  """int32 [N]: each example's class index; bona fide -> 0, a generator not in
+  `classes` -> UNSEEN."""
+  index = {name: i for i, name in enumerate(classes)}
+  ids = np.asarray([index.get(g, UNSEEN) for g in split.generators], np.int32)
+  return np.where(split.labels == 1, 0, ids).astype(np.int32)
+
+
+def resolve(config: ml_collections.ConfigDict, train_split: Split) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `attribution.classes` is bona fide plus the
+  training split's generators (sorted), or the configured list checked
+  against them. ValueError (naming the key) for a generator with fewer than
+  `attribution.min_train_images` training images, a configured class the
+  split lacks, or a training generator the list lacks."""
+  if not enabled(config):
+    return config
+  attack = train_split.labels != 1
+  names, counts = np.unique(train_split.generators[attack], return_counts=True)
+  found = dict(zip(names.tolist(), counts.tolist()))
+  configured = tuple(config.attribution.classes)
+  if configured:
+    if configured[0] != BONA_FIDE:
+      raise ValueError(f"attribution.classes must start with {BONA_FIDE!r}, got {configured}")
+    missing = sorted(set(configured[1:]) - set(found))
+    extra = sorted(set(found) - set(configured[1:]))
+    if missing or extra:
+      raise ValueError(f"attribution.classes {list(configured)} do not match the generators of "
+                       f"training split {train_split.name!r} {sorted(found)}: "
+                       + "; ".join(filter(None, [missing and f"no training images of {missing}",
+                                                 extra and f"not listed: {extra}"])))
+  least = int(config.attribution.min_train_images)
+  few = {g: n for g, n in found.items() if n < least}
+  n_real = int((~attack).sum())
+  if n_real < least:
+    few[BONA_FIDE] = n_real
+  if few:
+    raise ValueError(f"attribution: too few training images per class in split "
+                     f"{train_split.name!r}: {few} (attribution.min_train_images={least}); "
+                     "add images, merge generators, or lower the minimum")
+  if len(found) < 1:
+    raise ValueError(f"attribution: training split {train_split.name!r} has no generator")
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.attribution.classes = configured or (BONA_FIDE, *sorted(found))
+  return resolved
