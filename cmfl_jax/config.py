@@ -87,6 +87,20 @@ def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> 
   unknown = sorted(set(config.eval.robustness_splits) - set(data.eval_splits))
   if unknown:
     raise ConfigError(f"eval.robustness_splits {unknown} are not in data.eval_splits")
+  attribution = config.get("attribution")
+  if attribution is not None and attribution.enabled:
+    if model.arch != "two_stream":
+      raise ConfigError("attribution.enabled needs model.arch='two_stream' (the head reads the "
+                        "fused embedding of both streams)")
+    if not 0.0 < attribution.known_acceptance <= 1.0:
+      raise ConfigError(f"attribution.known_acceptance must be in (0, 1], got "
+                        f"{attribution.known_acceptance}")
+    if attribution.min_train_images < 1:
+      raise ConfigError(f"attribution.min_train_images must be >= 1, got "
+                        f"{attribution.min_train_images}")
+    if config.loss.get("attribution_weight", 0.0) < 0:
+      raise ConfigError(f"loss.attribution_weight must be >= 0, got "
+                        f"{config.loss.attribution_weight}")
   if not 0.0 <= config.eval.get("unsure_error", 0.05) < 1.0:
     raise ConfigError(f"eval.unsure_error must be in [0, 1), got {config.eval.unsure_error}")
   smallest = min_image_size(model)
