@@ -8,17 +8,27 @@ for all six, the closed-set attribution accuracy on the known three and the
 open-set AUROC per unseen family (cmfl_jax/attribution). ~13 min end to end
 on 2 CPU cores, cold (BENCHMARKS.md "Attribution"). Choose other known
 families with --config.data.train_split / val_split.
+
+`--config=configs/attribution.py:cost` asks whether the head costs detection:
+a sweep of the same detector with and without the head, 3 seeds each, with
+the paired comparison of their D-EERs (`sweep.compare`). To fit 2 CPU cores
+it uses the sweep's reduced DenseNet (as configs/paper_table.py), 2 epochs,
+no robustness conditions.
 """
 
 import os
 import runpy
+
+import ml_collections
 
 _cross_model = runpy.run_path(os.path.join(os.path.dirname(__file__), "cross_model.py"))
 
 KNOWN = ("progan", "stylegan2", "diffusion")
 
 
-def get_config():
+def get_config(grid: str = "run"):
+  if grid not in ("run", "cost"):
+    raise ValueError(f"attribution grid must be 'run' or 'cost', got {grid!r}")
   config = _cross_model["get_config"]()
   data = config.data
   data.train_split = "real_train+" + "+".join(f"{f}_train" for f in KNOWN)
@@ -30,4 +40,15 @@ def get_config():
   config.eval.conditions = ("jpeg:70", "blur:1", "resize:0.5")
   config.eval.explain_frequencies = False
   config.train.num_epochs = 1
+  if grid == "cost":
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.cells = (("two_stream/cmfl@known3", {"attribution.enabled": False}),
+                          ("two_stream/cmfl+attribution@known3", {"attribution.enabled": True}))
+    config.sweep.seeds = (0, 1, 2)
+    config.sweep.compare = (("two_stream/cmfl+attribution", "two_stream/cmfl"),)
+    config.model.growth_rate = 12
+    config.model.block_config = (4, 4)
+    config.model.num_init_features = 24
+    config.train.num_epochs = 2
+    config.eval.conditions = ()
   return config

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmfl_jax.data import face_detection as faces
+from cmfl_jax.data import face_detection as faces, face_geometry
 
 NoFace = faces.NoFace
 S = 224
@@ -35,35 +35,35 @@ def test_similarity_transform_recovers_a_known_one():
   rng = np.random.default_rng(0)
   src = rng.uniform(0, 500, (5, 2))
   m = _similarity(27.0, 0.37, 12.5, -40.0)
-  np.testing.assert_allclose(faces.similarity_transform(src, faces.apply_transform(m, src)), m,
+  np.testing.assert_allclose(face_geometry.similarity_transform(src, face_geometry.apply_transform(m, src)), m,
                              atol=1e-9)
   # A mirror image cannot be reached: no reflection in 4 parameters.
-  fit = faces.similarity_transform(src, src * [-1, 1])
+  fit = face_geometry.similarity_transform(src, src * [-1, 1])
   assert np.linalg.det(fit[:, :2]) > 0
 
 
 def test_templates_are_symmetric_and_frame_as_documented():
-  for name, t in faces.TEMPLATES.items():
+  for name, t in face_geometry.TEMPLATES.items():
     mirrored = (t * [-1, 1] + [1, 0])[[1, 0, 2, 4, 3]]
     np.testing.assert_allclose(mirrored, t, atol=1e-12, err_msg=name)
-  ffhq, arc = faces.TEMPLATES["ffhq"], faces.TEMPLATES["arcface"]
+  ffhq, arc = face_geometry.TEMPLATES["ffhq"], face_geometry.TEMPLATES["arcface"]
   assert ffhq[1, 0] - ffhq[0, 0] == pytest.approx(0.241, abs=0.002)   # eye distance / side
   assert ffhq[0, 1] == pytest.approx(0.472, abs=0.002)                # eye height
   assert ffhq[3, 1] == pytest.approx(0.750, abs=0.002)                # mouth height
   assert arc[1, 0] - arc[0, 0] == pytest.approx(0.315, abs=0.002)
-  np.testing.assert_allclose(faces.face_template("arcface", 112) + 0.5,
-                             faces.TEMPLATES["arcface"] * 112)
+  np.testing.assert_allclose(face_geometry.face_template("arcface", 112) + 0.5,
+                             face_geometry.TEMPLATES["arcface"] * 112)
   with pytest.raises(ValueError):
-    faces.face_template("nope")
+    face_geometry.face_template("nope")
 
 
 def test_ffhq_rule_puts_the_mean_face_on_its_template():
   # The FFHQ rule and its documented template agree, whatever the pose/scale.
-  template = faces.face_template("ffhq", S)
+  template = face_geometry.face_template("ffhq", S)
   for angle, scale in ((0, 1.0), (20, 3.1), (-35, 0.4)):
     m = _similarity(angle, scale, 300, 100)
-    landmarks = faces.apply_transform(m, template)
-    out = faces.apply_transform(faces.ffhq_matrix(landmarks, S), landmarks)
+    landmarks = face_geometry.apply_transform(m, template)
+    out = face_geometry.apply_transform(face_geometry.ffhq_matrix(landmarks, S), landmarks)
     np.testing.assert_allclose(out, template, atol=1e-6)
 
 
@@ -85,25 +85,25 @@ def test_warp_puts_a_source_point_where_the_matrix_says(angle, scale):
   # 0.5 and 0.15 take the antialiased pre-downscale path.
   image = _blob(600, 700, 401.0, 253.0, 2.0 / min(scale, 1.0))
   m = _similarity(angle, scale, 0, 0)
-  m[:, 2] += [101.0, 117.0] - faces.apply_transform(m, [[401.0, 253.0]])[0]
-  crop = faces.warp(image, m, S)
+  m[:, 2] += [101.0, 117.0] - face_geometry.apply_transform(m, [[401.0, 253.0]])[0]
+  crop = face_geometry.warp(image, m, S)
   assert crop.shape == (S, S, 3) and crop.dtype == np.uint8
   np.testing.assert_allclose(_peak(crop), [101.0, 117.0], atol=0.25)
 
 
 def test_box_matrix_is_square_with_margin_in_output_pixels():
-  m = faces.box_matrix([100, 50, 180, 170], S, margin=24)  # 80 x 120 box
+  m = face_geometry.box_matrix([100, 50, 180, 170], S, margin=24)  # 80 x 120 box
   # The longer side (120) spans S - 24 output pixels, centred.
   assert m[0, 0] == pytest.approx((S - 24) / 120) and m[1, 1] == m[0, 0] and m[0, 1] == 0
-  top_left = faces.apply_transform(m, [[140 - 60 - 0.5, 50 - 0.5]])[0]
+  top_left = face_geometry.apply_transform(m, [[140 - 60 - 0.5, 50 - 0.5]])[0]
   np.testing.assert_allclose(top_left, [12 - 0.5, 12 - 0.5], atol=1e-9)
 
 
 def test_outside_fraction_and_constant_fill():
   image = np.full((100, 100, 3), 200, np.uint8)
-  m = faces.box_matrix([-50, 0, 50, 100], 100)  # left half of the crop is off-image
-  assert faces.outside_fraction(m, (100, 100), 100) == pytest.approx(0.5, abs=0.011)
-  crop = faces.warp(image, m, 100, fill=(0, 0, 255))
+  m = face_geometry.box_matrix([-50, 0, 50, 100], 100)  # left half of the crop is off-image
+  assert face_geometry.outside_fraction(m, (100, 100), 100) == pytest.approx(0.5, abs=0.011)
+  crop = face_geometry.warp(image, m, 100, fill=(0, 0, 255))
   assert (crop[:, :48] == [0, 0, 255]).all() and (crop[:, 52:] == 200).all()
 
 
@@ -246,11 +246,11 @@ def test_one_face_and_eyes_on_the_template(aligned, name):
   face = result[0]
   assert face.crop.shape == (S, S, 3) and face.crop.dtype == np.uint8
   assert face.score > 0.95 and face.outside == 0.0
-  template = faces.face_template("ffhq", S)
+  template = face_geometry.face_template("ffhq", S)
   eye_error = np.linalg.norm(crop_landmarks[:2] - template[:2], axis=1)
   assert eye_error.max() < 3.0, eye_error
   # The transform maps the source landmarks near the template too.
-  moved = faces.apply_transform(face.transform, face.landmarks)
+  moved = face_geometry.apply_transform(face.transform, face.landmarks)
   assert np.linalg.norm(moved[:2] - template[:2], axis=1).max() < 3.0
 
 
@@ -337,7 +337,7 @@ def test_box_mode(photos, aligned):
   np.testing.assert_allclose(box, face.box)
   # Boxes are edges (continuous); the box centre lands on the crop centre.
   centre = [(box[0] + box[2]) / 2 - 0.5, (box[1] + box[3]) / 2 - 0.5]  # as a pixel index
-  np.testing.assert_allclose(faces.apply_transform(result[0].transform, [centre])[0],
+  np.testing.assert_allclose(face_geometry.apply_transform(result[0].transform, [centre])[0],
                              [S / 2 - 0.5, S / 2 - 0.5], atol=1e-6)
 
 
@@ -367,8 +367,8 @@ def test_tight_face_crops_are_handled_not_refused(photos, size, pad):
   the largest square inside it is used (framing "tight"), no pixel invented."""
   for name, image in photos.items():
     crop = _tight(image, size, pad)
-    matrix = faces.alignment_matrix(faces.detect(crop)[0].landmarks, S)
-    assert faces.outside_fraction(matrix, crop.shape[:2], S) > 0.05  # refused before (> 2 %)
+    matrix = face_geometry.alignment_matrix(faces.detect(crop)[0].landmarks, S)
+    assert face_geometry.outside_fraction(matrix, crop.shape[:2], S) > 0.05  # refused before (> 2 %)
     (face,) = faces.detect_and_align(crop)
     assert face.framing == "tight" and face.outside == 0.0, (name, face.outside)
     assert face.source_side == pytest.approx(size)  # the whole frame, resized to S

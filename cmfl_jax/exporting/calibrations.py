@@ -15,8 +15,9 @@ from cmfl_jax.verdicts import store
 def read(workdir: str, name: str) -> dict[str, Any]:
   """The calibration `name` of `workdir`, validated: {"name", "path",
   "threshold", "record"}; an unknown name or a bad file raises ExportError."""
-  if name not in store.names(workdir):
-    listed = ", ".join(store.names(workdir)) or "none"
+  available = store.names(workdir)
+  if name not in available:
+    listed = ", ".join(available) or "none"
     raise ExportError(f"unknown calibration {name!r} in {workdir}; available: {listed}")
   try:
     record = store.load(workdir, name)
