@@ -7,6 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
+from helpers import ROOT
+
 from cmfl_jax.data import readers
 from cmfl_jax.data.synthetic import builder as sf_builder
 from cmfl_jax.data.synthetic import sampler, v2
@@ -392,3 +394,22 @@ def test_difficulty_run_writes_json_and_picture(tmp_path):
   result = json.loads((tmp_path / "difficulty.json").read_text())
   assert set(result["classes"]) == {"real2", *sf.FAMILIES}
   assert (tmp_path / "difficulty.png").stat().st_size > 10_000
+
+
+def test_the_attribution_configs_splits_give_its_classes(tiny_builder):
+  """configs/attribution.py on the benchmark: bona fide + its three known
+  families are the head's classes; an unseen family's images are UNSEEN."""
+  import runpy
+
+  from cmfl_jax.attribution import classes
+  from cmfl_jax.data import tfds_faces
+  config = runpy.run_path(str(ROOT / "configs" / "attribution.py"))["get_config"]()
+  config.attribution.min_train_images = 16  # tiny: 16 images per source
+  train = tfds_faces.split_from_builder(tiny_builder, config.data.train_split)
+  resolved = classes.resolve(config, train)
+  assert resolved.attribution.classes == ("bona_fide", "diffusion", "progan", "stylegan2")
+  ids = classes.source_ids(train, resolved.attribution.classes)
+  assert np.bincount(ids).tolist() == [16, 16, 16, 16]
+  unseen = tfds_faces.split_from_builder(tiny_builder, "real_eval+dcgan_eval")
+  ids = classes.source_ids(unseen, resolved.attribution.classes)
+  assert sorted(set(ids.tolist())) == [classes.UNSEEN, 0]
