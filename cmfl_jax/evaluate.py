@@ -33,10 +33,10 @@ def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split,
   """Mean loss terms and per-example scores (in split order) over one split,
   optionally post-processed by a robustness `condition`; with the attribution
   head also its logits [N, K] (`source_logits`)."""
-  sources = (attribution_classes.source_ids(split, config.attribution.classes)
+  columns = ({"source": attribution_classes.source_ids(split, config.attribution.classes)}
              if attribution_classes.enabled(config) else None)
   ds = pipeline.eval_dataset(split, config.data, config.train.eval_batch_size, condition,
-                             sources)
+                             columns)
   totals: dict[str, float] = {}
   outputs: dict[str, list] = {}
   indices, masks = [], []

@@ -76,7 +76,8 @@ def objective_per_example(
     gamma: float = 3.0,
     multiplier: float = 2.0,
     sources: jax.Array | None = None,
-    source_weight: float = 0.0,
+    source_weights: jax.Array | None = None,
+    attribution_weight: float = 0.0,
 ) -> dict[str, jax.Array]:
   """Per-example terms of a training objective over a detector's head logits.
 
@@ -92,11 +93,14 @@ def objective_per_example(
     labels: ``[B]`` with 1 = bona fide.
     sources: ``[B]`` attribution class indices (-1: not a class, no term),
       used when `outputs` has the attribution head's logits ("source").
-    source_weight: the attribution term's weight in "loss".
+    source_weights: ``[B]`` per-example weights of the attribution term
+      (class balance; None: 1).
+    attribution_weight: the attribution term's weight in "loss".
 
   Returns:
     ``{"loss": [B], "bce_<head>": [B] for every P(real) head, "cmfl": [B] for
-    cmfl, and "attribution_ce": [B] with the attribution head}``.
+    cmfl, and with the attribution head "attribution_ce" and "detection_loss"
+    (the loss without the attribution term): [B]}``.
   """
   if name not in OBJECTIVES:
     raise ValueError(f"unknown objective {name!r}; choose one of {tuple(OBJECTIVES)}")
@@ -106,8 +110,10 @@ def objective_per_example(
   terms.update(OBJECTIVES[name](outputs, labels, terms, alpha=alpha, gamma=gamma,
                                 multiplier=multiplier))
   if source_logits is not None and sources is not None:
-    terms["attribution_ce"] = source_cross_entropy(source_logits, sources)
-    terms["loss"] = terms["loss"] + source_weight * terms["attribution_ce"]
+    ce = source_cross_entropy(source_logits, sources)
+    terms["attribution_ce"] = ce if source_weights is None else ce * source_weights
+    terms["detection_loss"] = terms["loss"]  # what keep-best validates on
+    terms["loss"] = terms["loss"] + attribution_weight * terms["attribution_ce"]
   return terms
 
 

@@ -128,7 +128,8 @@ def _forward_terms(graphdef, params, batch_stats, batch, loss_config):
   terms = losses.objective_per_example(
       loss_config.objective, outputs, batch["label"].astype(jnp.float32),
       alpha=loss_config.alpha, gamma=loss_config.gamma, multiplier=loss_config.multiplier,
-      sources=batch.get("source"), source_weight=loss_config.get("attribution_weight", 0.0))
+      sources=batch.get("source"), source_weights=batch.get("source_weight"),
+      attribution_weight=loss_config.get("attribution_weight", 0.0))
   return model, outputs, terms
 
 

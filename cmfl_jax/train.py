@@ -235,7 +235,9 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
               ckpt: _Checkpoints, writer, log_path: str | None) -> dict[str, Any]:
   """End of an epoch: validate, keep best and latest (with the dev threshold)."""
   val = evaluate.evaluate_split(eval_fn, state, val_split, config, mesh)
-  val_loss = float(val["loss"])
+  # Keep-best validates the detector: the attribution term does not move the
+  # checkpoint that detection is evaluated at (with and without the head alike).
+  val_loss = float(val.get("detection_loss", val["loss"]))
   if not math.isfinite(val_loss):
     raise NonFiniteLossError(f"non-finite validation loss at step {step}")
   # The same bits on every process (an all-reduced, replicated sum), so every
@@ -245,7 +247,7 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
   record = {"step": step, "epoch": step / ckpt.steps_per_epoch, "val_loss": val_loss,
             "val_examples": len(val_split),
             **{f"val_{k}": float(v) for k, v in val.items()
-               if k.startswith("bce_") or k == "attribution_ce"}}
+               if k.startswith("bce_") or k in ("cmfl", "attribution_ce")}}
   if "source_logits" in val:
     truth = attribution_classes.source_ids(val_split, config.attribution.classes)
     record["val_attribution_accuracy"] = float(np.mean(val["source_logits"].argmax(-1) == truth))
@@ -289,9 +291,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_split, val_split = splits[config.data.train_split], splits[config.data.val_split]
   # The attribution classes, fixed here and saved in every checkpoint's config.
   config = attribution_classes.resolve(config, train_split)
-  train_sources = None
+  train_columns = None
   if attribution_classes.enabled(config):
-    train_sources = attribution_classes.source_ids(train_split, config.attribution.classes)
+    ids = attribution_classes.source_ids(train_split, config.attribution.classes)
+    train_columns = {"source": ids}
+    if config.attribution.get("class_balanced", True):
+      order = pipeline.balanced_order(train_split.labels, config.seed, 0, config.data.balance)
+      train_columns["source_weight"] = attribution_classes.balance_weights(
+          ids, order, len(config.attribution.classes))
     logging.info("attribution head over %d sources: %s", len(config.attribution.classes),
                  list(config.attribution.classes))
   val_subset = validation_subset(val_split, config.train.val_examples, config.seed)
@@ -338,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ds = pipeline.train_dataset(train_split, config.data, global_batch, config.seed, epoch,
                                   skip_batches=offset,
                                   stop_batch=min(steps_per_epoch, offset + total_steps - step),
-                                  sources=train_sources)
+                                  columns=train_columns)
       window_start, window_metrics = time.perf_counter(), []
       for batch in pipeline.global_batches(ds, steps.batch_sharding(mesh)):
         state, step_metrics = train_fn(state, batch)

@@ -39,7 +39,7 @@ def get_config(grid: str = "run"):
   config.eval.robustness_splits = ("real_eval+stylegan2_eval",)
   config.eval.conditions = ("jpeg:70", "blur:1", "resize:0.5")
   config.eval.explain_frequencies = False
-  config.train.num_epochs = 1
+  config.train.num_epochs = 2   # 96 steps an epoch (bona fide oversampled to the 3 families)
   if grid == "cost":
     config.sweep = ml_collections.ConfigDict()
     config.sweep.cells = (("two_stream/cmfl@known3", {"attribution.enabled": False}),

@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   attribution.enabled = False
   attribution.classes = ()             # () = "bona_fide" + the training split's generators
   attribution.min_train_images = 32    # fewer training images for a class: config error
+  # Every class weighs the same in the attribution loss (bona fide is half of
+  # every epoch, each of K generators 1/(2K)); False: plain cross-entropy.
+  attribution.class_balanced = True
   # Open-set "unknown generator": the energy score's threshold accepting this share
   # of the known-class dev images (cmfl_jax/attribution/openset.py).
   attribution.known_acceptance = 0.95

@@ -81,6 +81,18 @@ def test_protocol_csv_attack_types_are_the_generators(tmp_path):
   assert classes.source_ids(split, resolved.attribution.classes).tolist() == [0, 0, 2, 2, 1, 1]
 
 
+def test_class_balance_weights_make_every_class_weigh_the_same_in_an_epoch():
+  from cmfl_jax.data import pipeline
+  split = _split(["real"] * 30 + ["progan"] * 20 + ["dcgan"] * 40)
+  ids = classes.source_ids(split, ("bona_fide", "dcgan", "progan"))
+  order = pipeline.balanced_order(split.labels, 0, 0, "oversample")  # bona fide x2 to 60
+  weights = classes.balance_weights(ids, order, 3)
+  per_class = np.bincount(ids[order], weights=weights[order], minlength=3)
+  np.testing.assert_allclose(per_class, per_class.mean(), rtol=1e-6)
+  assert weights[order].mean() == pytest.approx(1.0)
+  assert weights[ids == 2][0] > weights[ids == 1][0] > weights[ids == 0][0]
+
+
 # ---------------------------------------------------------------- model and loss
 def _tiny_model(num_sources, seed=0):
   config = models.ModelConfig.from_config(
@@ -118,13 +130,19 @@ def test_the_attribution_term_is_weighted_cross_entropy_and_skips_unseen_rows():
   src = np.asarray([0, 2, 1, 0, -1])
   plain = losses.objective_per_example("cmfl", outputs, labels)
   terms = losses.objective_per_example("cmfl", {**outputs, models.SOURCE: jnp.asarray(logits)},
-                                       labels, sources=jnp.asarray(src), source_weight=0.3)
+                                       labels, sources=jnp.asarray(src), attribution_weight=0.3)
   expected = -np.log(special.softmax(logits, axis=1)[np.arange(5), np.maximum(src, 0)])
   expected[src < 0] = 0.0
   np.testing.assert_allclose(terms["attribution_ce"], expected, rtol=1e-5)
   np.testing.assert_allclose(terms["loss"], plain["loss"] + 0.3 * expected, rtol=1e-5)
   assert "bce_source" not in terms  # the source logits are not a P(real) head
-  assert sorted(plain) == sorted(set(terms) - {"attribution_ce"})
+  weights = jnp.asarray([1.0, 2.0, 0.5, 1.0, 3.0])
+  weighted = losses.objective_per_example(
+      "cmfl", {**outputs, models.SOURCE: jnp.asarray(logits)}, labels,
+      sources=jnp.asarray(src), source_weights=weights, attribution_weight=0.3)
+  np.testing.assert_allclose(weighted["attribution_ce"], expected * np.asarray(weights), rtol=1e-5)
+  np.testing.assert_allclose(terms["detection_loss"], plain["loss"], rtol=1e-6)
+  assert sorted(plain) == sorted(set(terms) - {"attribution_ce", "detection_loss"})
   np.testing.assert_allclose(
       losses.source_cross_entropy(jnp.asarray(logits), jnp.asarray(np.maximum(src, 0))),
       optax.softmax_cross_entropy_with_integer_labels(logits, np.maximum(src, 0)), rtol=1e-6)
@@ -294,7 +312,14 @@ def test_a_run_reports_attribution_from_image_folders(folder_run):
   assert meta["config"]["attribution"]["classes"] == entry["classes"]
   assert meta["attribution"]["threshold"] == entry["threshold"]
   log = [json.loads(l) for l in open(os.path.join(workdir, "train_log.jsonl"))]
-  assert any("val_attribution_accuracy" in l and "val_attribution_ce" in l for l in log)
+  val = [l for l in log if "val_attribution_accuracy" in l and "val_attribution_ce" in l]
+  assert len(val) == 4
+  # Keep-best validates the detection objective alone: the attribution term is
+  # in the training loss but not in val_loss.
+  best = min(val, key=lambda l: l["val_loss"])
+  assert meta["step"] == best["step"] and meta["val_loss"] == pytest.approx(best["val_loss"])
+  for l in val:  # the cmfl objective: 0.5 CMFL(rgb, freq) + 0.5 BCE(joint)
+    assert l["val_loss"] == pytest.approx(0.5 * l["val_cmfl"] + 0.5 * l["val_bce_joint"])
 
 
 def test_evaluating_again_from_a_config_without_classes_uses_the_checkpoints(folder_run,

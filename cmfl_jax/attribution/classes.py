@@ -77,3 +77,16 @@ def resolve(config: ml_collections.ConfigDict, train_split: Split) -> ml_collect
   resolved = ml_collections.ConfigDict(config.to_dict())
   resolved.attribution.classes = configured or (BONA_FIDE, *sorted(found))
   return resolved
+
+
+def balance_weights(sources: np.ndarray, epoch_order: np.ndarray, num_classes: int
+                    ) -> np.ndarray:
+  """float32 [N]: each example's weight in the attribution loss, the inverse
+  of its class's share of a training epoch (`epoch_order`: the epoch's example
+  indices, oversampling included), normalised to mean 1 over the epoch. The
+  detector's balance makes bona fide half of every epoch and each of K
+  generators 1/(2K); unweighted, the head's cheapest answer is "bona fide".
+  Every class then weighs the same in the loss."""
+  counts = np.bincount(sources[epoch_order], minlength=num_classes).astype(np.float64)
+  per_class = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+  return per_class[sources].astype(np.float32)

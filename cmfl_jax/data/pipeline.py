@@ -114,9 +114,10 @@ LOADERS = {Pixels: _pixels_loader, Encoded: _encoded_loader, Records: _records_l
 
 def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_config: Any,
                      train: bool, seed: int, epoch: int, condition: str = "none",
-                     sources: np.ndarray | None = None) -> tf.data.Dataset:
+                     columns: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
   """Per-example dataset over `indices` of `split`, yielding image/label/mask
-  (and "source", the attribution class of each example of `split`, if given).
+  and `columns`, per-example values over the whole split (the attribution
+  head's "source" and "source_weight").
 
   `condition` post-processes each stored image first (robustness evaluation).
   """
@@ -124,11 +125,10 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   geometry = ops.Geometry.from_config(data_config)
   reencode_quality = ops.parse_reencode(data_config.reencode) if train else None
   prob = float(data_config.augment_prob)
-  columns = {"index": indices.astype(np.int64), "mask": mask.astype(np.bool_),
-             "label": split.labels[indices].astype(np.int32)}
-  if sources is not None:
-    columns["source"] = np.asarray(sources, np.int32)[indices]
-  ds = tf.data.Dataset.from_tensor_slices(columns)
+  ds = tf.data.Dataset.from_tensor_slices({
+      "index": indices.astype(np.int64), "mask": mask.astype(np.bool_),
+      "label": split.labels[indices].astype(np.int32),
+      **{k: np.asarray(v)[indices] for k, v in (columns or {}).items()}})
   load = LOADERS[type(split.storage)](split.storage)
 
   def process(ex):
@@ -158,10 +158,10 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
 
 def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, epoch: int,
                   skip_batches: int = 0, stop_batch: int | None = None,
-                  sources: np.ndarray | None = None) -> tf.data.Dataset:
+                  columns: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
   """This process's batches of one training epoch, starting after
   `skip_batches` and ending before batch `stop_batch` (default: the epoch's
-  end); `sources`: see `_example_dataset`. The training loop reads its
+  end); `columns`: see `_example_dataset`. The training loop reads its
   iterator to the end: abandoning a tf.data iterator with work in flight
   blocked the loop for 40-60 s at every epoch's end (measured on the main
   job, BENCHMARKS.md "Where the main job's time goes")."""
@@ -172,15 +172,16 @@ def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, 
   order = order[skip_batches * global_batch:n_batches * global_batch]
   local = process_slice(order, global_batch)
   ds = _example_dataset(split, local, np.ones(len(local), bool), data_config, True, seed, epoch,
-                        sources=sources)
+                        columns=columns)
   return ds.batch(global_batch // jax.process_count(), drop_remainder=True).prefetch(
       tf.data.AUTOTUNE)
 
 
 def eval_dataset(split: Split, data_config: Any, global_batch: int,
-                 condition: str = "none", sources: np.ndarray | None = None) -> tf.data.Dataset:
+                 condition: str = "none", columns: dict[str, np.ndarray] | None = None
+                 ) -> tf.data.Dataset:
   """Every example exactly once across hosts; the last batch padded, mask=False.
-  `condition`: test-time post-processing (see `postprocess`); `sources`: see
+  `condition`: test-time post-processing (see `postprocess`); `columns`: see
   `_example_dataset`."""
   n = len(split)
   padded = math.ceil(n / global_batch) * global_batch
@@ -189,7 +190,7 @@ def eval_dataset(split: Split, data_config: Any, global_batch: int,
   local_idx = process_slice(indices, global_batch)
   local_mask = process_slice(mask, global_batch)
   ds = _example_dataset(split, local_idx, local_mask, data_config, False, 0, 0, condition,
-                        sources)
+                        columns)
   return ds.batch(global_batch // jax.process_count()).prefetch(tf.data.AUTOTUNE)
 
 
