@@ -7,13 +7,17 @@
 PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
 With --align, raw photographs are detected and aligned first (the same code
 as `python -m cmfl_jax.align`), one row per face with its box and score.
-Prints CSV `path,score,verdict,reason[,p_real_calibrated]` (score = P(real);
+Prints CSV `path,score,verdict,reason[,p_real_calibrated][,generator,
+generator_confidence]` (score = P(real);
 verdict real, synthetic or unsure, from the threshold of --calibration, else
 the dev-set EER threshold stored with the checkpoint, else 0.5 with a
 warning; unsure, with its reason, in the dev-fitted band around it, when the
 verdict changes under --stability post-processing, or for a face too small
 to judge; p_real_calibrated: P(real) after the Platt calibration fitted on
-the dev set, where the checkpoint has one). Unreadable
+the dev set, where the checkpoint has one; generator: with the attribution
+head, the class it names (bona_fide or a training generator) or `unknown`
+when the open-set rule fitted on the dev set rejects every class, and the
+softmax probability of its most likely class). Unreadable
 files get an `error: ...` row and the rest are still scored; the exit status
 is 1 if any file failed.
 
@@ -35,7 +39,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
 
 from cmfl_jax import backend
 
@@ -49,8 +53,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from cmfl_jax import checkpointing, evaluate, stats, steps
+from cmfl_jax import checkpointing, evaluate, models, stats, steps
 from cmfl_jax import config as config_lib
+from cmfl_jax.attribution import classes as attribution_classes, openset
 from cmfl_jax.data import ops, readers
 from cmfl_jax.exporting.errors import ExportError
 
@@ -222,21 +227,26 @@ def _scored(rows: Iterable[dict], score: Callable[[np.ndarray], np.ndarray],
 class Predictions:
   """What `predict` returns: the verdict threshold (None: none stored, 0.5
   used), whether rows carry "calibrated", the rows, produced lazily, the
-  unsure band (None: none) and the named calibration used (None: the dev
-  threshold)."""
+  unsure band (None: none), the named calibration used (None: the dev
+  threshold) and the attribution classes when rows carry "generator" and
+  "generator_confidence" (empty: no attribution head)."""
 
   threshold: float | None
   calibrated: bool
   rows: Iterator[dict]
   band: dict | None = None
   calibration: str | None = None
+  classes: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
 class Model:
   """A restored checkpoint or an exported model, compiled for one padded
   batch shape: `heads(uint8 images) -> {head: P(real)}` ("joint", and "rgb",
-  "freq" for two streams); `state`, `eval_fn` and `mesh` for a checkpoint only."""
+  "freq" for two streams; with the attribution head also the open-set
+  decision `openset.INDEX` and `openset.CONFIDENCE`, and for a checkpoint its
+  logits `models.SOURCE`); `classes` names the decided indices (empty: no
+  attribution head); `state`, `eval_fn` and `mesh` for a checkpoint only."""
 
   config: ml_collections.ConfigDict
   meta: dict
@@ -245,10 +255,20 @@ class Model:
   state: Any = None
   eval_fn: Callable | None = None
   mesh: Any = None
+  classes: tuple[str, ...] = ()
 
   def score(self, images: np.ndarray) -> np.ndarray:
     """The joint head's P(real)."""
     return self.heads(images)["joint"]
+
+
+#: `Model.heads` entries that are not a P(real) head.
+ATTRIBUTION_OUTPUTS = (models.SOURCE, openset.INDEX, openset.CONFIDENCE)
+
+
+def p_real_heads(heads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The P(real) heads of `Model.heads`' answer."""
+  return {k: v for k, v in heads.items() if k not in ATTRIBUTION_OUTPUTS}
 
 
 def padded_batches(call: Callable[[np.ndarray], dict[str, np.ndarray]], batch_size: int,
@@ -277,24 +297,32 @@ def load_model(workdir: str, which: str = "best", batch_size: int | None = None)
   state, eval_fn, mesh, meta, name = evaluate.restore_for_eval(config, workdir, which)
   batch_size = batch_size or config.train.eval_batch_size
   sharding = steps.batch_sharding(mesh)
+  # The open-set rule fitted on the dev split decides, as evaluation decides.
+  fitted = meta.get("attribution") if attribution_classes.num_sources(config) else None
 
   def call(images: np.ndarray) -> dict[str, np.ndarray]:
     batch = {"image": images, "label": np.zeros(len(images), np.int32),
              "mask": np.ones(len(images), bool)}
     _, probs = eval_fn(state, jax.device_put(batch, sharding))
-    return jax.device_get(probs)
+    heads = jax.device_get(probs)
+    if fitted:
+      heads[openset.INDEX], heads[openset.CONFIDENCE] = openset.decide(heads[models.SOURCE],
+                                                                       fitted)
+    return heads
 
   return Model(config, meta, name, padded_batches(call, batch_size, config.data.image_size),
-               state, eval_fn, mesh)
+               state, eval_fn, mesh, tuple(fitted["classes"]) if fitted else ())
 
 
-#: Export output -> head.
-_ARTIFACT_HEADS = {"p_real": "joint", "p_real_rgb": "rgb", "p_real_freq": "freq"}
+#: Export output -> `Model.heads` entry.
+_ARTIFACT_HEADS = {"p_real": "joint", "p_real_rgb": "rgb", "p_real_freq": "freq",
+                   openset.INDEX: openset.INDEX, openset.CONFIDENCE: openset.CONFIDENCE}
 
 
 def load_exported(directory: str, batch_size: int | None = None) -> Model:
   """An exported model (`cmfl_jax.export`): its card's config, thresholds and
-  calibrations; its P(real) outputs as the heads."""
+  calibrations; its P(real) outputs as the heads, and the generator it
+  decided where it has the attribution head."""
   from cmfl_jax.exporting import artifact
   loaded = artifact.load(directory)
   card = loaded.card
@@ -304,6 +332,8 @@ def load_exported(directory: str, batch_size: int | None = None) -> Model:
           "unsure_band": card.get("unsure_band"),
           "chosen_calibration": chosen and {**chosen["record"], "threshold": chosen["threshold"]},
           "card": card}
+  if card.get("attribution"):
+    meta["attribution"] = card["attribution"]
   config = loaded.config
 
   def call(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -312,7 +342,8 @@ def load_exported(directory: str, batch_size: int | None = None) -> Model:
 
   return Model(config, meta, f"{card['checkpoint']['kind']}_{card['checkpoint']['step']}",
                padded_batches(call, batch_size or config.train.eval_batch_size,
-                              config.data.image_size))
+                              config.data.image_size),
+               classes=tuple(meta.get("attribution", {}).get("classes", ())))
 
 
 def input_geometry(config: ml_collections.ConfigDict, aligned: bool | None = None,
@@ -336,17 +367,20 @@ def scored_rows(model: Model, paths: Sequence[str], geometry: ops.Geometry, alig
 def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
             aligned: bool | None = None, align=None, calibration: str | None = None,
             stability: Sequence[str] = (), model: str | None = None) -> Predictions:
-  """Rows {path, score, verdict, reason | error[, calibrated]} in input
-  order, streamed: files are checked and decoded by tf.data a few batches
-  ahead and scored in fixed-size batches, so memory does not grow with the
-  number of paths. With `align` (`AlignOptions`) every photograph is first
+  """Rows {path, score, verdict, reason | error[, calibrated][, generator,
+  generator_confidence]} in input order, streamed: files are checked and
+  decoded by tf.data a few batches ahead and scored in fixed-size batches,
+  so memory does not grow with the number of paths. With `align` (`AlignOptions`) every photograph is first
   detected and aligned; rows then carry the face box and detection score.
   Scores come from checkpoint `which` of `workdir`, or with `model` from an
   exported model directory (which carries the calibration chosen at export).
   `calibration` names a stored calibration (`cmfl_jax.calibrate`) whose
   threshold and unsure band decide the verdicts; `stability` conditions
   (e.g. `verdicts.stability.CONDITIONS`) are scored too and a verdict that
-  changes under one is unsure. The model is compiled before this returns."""
+  changes under one is unsure. With the attribution head, rows name the
+  generator (`attribution.openset.decide` with the dev-fitted rule, or the
+  export's own decision) and `Predictions.classes` lists the classes. The
+  model is compiled before this returns."""
   from cmfl_jax import verdicts
   from cmfl_jax.verdicts import stability as stability_lib
   stability = stability_lib.check_conditions(stability)
@@ -364,9 +398,11 @@ def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
   cut = 0.5 if threshold is None else threshold
 
   def score(images: np.ndarray) -> list[dict]:
-    main = loaded.score(images)
+    heads = loaded.heads(images)
+    main = heads["joint"]
     under = stability_lib.scores_under(images, loaded.score, stability)
-    return [{"score": float(s), "under": {c: float(v[i]) for c, v in under.items()}}
+    named = openset.answers(heads, loaded.classes, len(main))
+    return [{"score": float(s), "under": {c: float(v[i]) for c, v in under.items()}, **named[i]}
             for i, s in enumerate(main)]
 
   def rows() -> Iterator[dict]:
@@ -380,7 +416,33 @@ def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
               platt, evaluate.logits_of(np.asarray([row["score"]])))[0])
       yield row
 
-  return Predictions(threshold, platt is not None, rows(), band, calibration)
+  return Predictions(threshold, platt is not None, rows(), band, calibration, loaded.classes)
+
+
+def write_csv(predictions: Predictions, align: bool, out: TextIO) -> tuple[int, int]:
+  """predict's CSV of `predictions` (columns as the module docstring lists,
+  the optional ones only where rows carry them) written to `out` as rows
+  come; (scored, failed) counts."""
+  w = csv.writer(out)
+  calibrated = predictions.calibrated
+  face_columns = ["face_box", "face_score", "faces_found", "framing"] if align else []
+  generator_columns = [openset.GENERATOR, openset.CONFIDENCE] if predictions.classes else []
+  w.writerow(["path", "score", "verdict", "reason",
+              *(["p_real_calibrated"] if calibrated else []), *generator_columns, *face_columns])
+  scored = failed = 0
+  for r in predictions.rows:
+    faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
+             r.get("faces_found", ""), r.get("framing", "")] if align else []
+    extra = ([f"{r['calibrated']:.6f}" if "calibrated" in r else ""] if calibrated else [])
+    extra += ([r.get(openset.GENERATOR, ""), f"{r[openset.CONFIDENCE]:.6f}"
+               if openset.CONFIDENCE in r else ""] if generator_columns else [])
+    if "error" in r:
+      w.writerow([r["path"], "", r["error"], "", *extra, *faces])
+      failed += 1
+    else:
+      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], r["reason"], *extra, *faces])
+      scored += 1
+  return scored, failed
 
 
 def main(argv: Sequence[str]) -> int:
@@ -411,22 +473,12 @@ def main(argv: Sequence[str]) -> int:
   if calibrated:
     logging.info("p_real_calibrated: P(real) after the Platt calibration fitted on the dev set "
                  "(same ranking as score; verdicts use the threshold on score)")
-  w = csv.writer(sys.stdout)
-  face_columns = ["face_box", "face_score", "faces_found", "framing"] if align else []
-  w.writerow(["path", "score", "verdict", "reason",
-              *(["p_real_calibrated"] if calibrated else []), *face_columns])
-  scored = failed = 0
+  if predictions.classes:
+    logging.info("generator: one of %s, or %r where the open-set rule fitted on the dev set "
+                 "rejects them all; generator_confidence: softmax probability of the most "
+                 "likely class", list(predictions.classes), openset.UNKNOWN)
   start = time.perf_counter()
-  for r in predictions.rows:
-    faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
-             r.get("faces_found", ""), r.get("framing", "")] if align else []
-    extra = ([f"{r['calibrated']:.6f}" if "calibrated" in r else ""] if calibrated else [])
-    if "error" in r:
-      w.writerow([r["path"], "", r["error"], "", *extra, *faces])
-      failed += 1
-    else:
-      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], r["reason"], *extra, *faces])
-      scored += 1
+  scored, failed = write_csv(predictions, bool(align), sys.stdout)
   sys.stdout.flush()
   seconds = time.perf_counter() - start
   logging.info("%s", json.dumps({"scored": scored, "failed": failed, "threshold": threshold,

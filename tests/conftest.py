@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
-from helpers import run_main  # noqa: E402
+from helpers import attribution_outputs, run_main  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,30 @@ def reference_run(tmp_path_factory, cache_dir):
   workdir = str(tmp_path_factory.mktemp("ref"))
   proc = run_main(workdir, cache_dir=cache_dir, guard_log=workdir + ".guard.log")
   return workdir, proc
+
+
+@pytest.fixture(scope="session")
+def attribution_run(tmp_path_factory, cache_dir):
+  """A one-epoch smoke run with the attribution head (classes bona_fide and
+  toy_nn_upsampler), evaluated; shared by the predict, export and serve tests."""
+  workdir = str(tmp_path_factory.mktemp("attribution") / "run")
+  run_main(workdir, "--config.attribution.enabled=True", "--config.attribution.min_train_images=8",
+           "--config.train.num_epochs=1", "--config.eval.conditions=()", cache_dir=cache_dir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def attribution_reference(attribution_run, tmp_path_factory):
+  """The toy eval images as PNG files and what the checkpoint itself gives
+  for them, through the evaluation path (not predict's, not the export's):
+  {"paths", "pixels", "logits" [N, K], "joint", "fitted" (meta's open-set fit)}."""
+  return attribution_outputs(attribution_run, str(tmp_path_factory.mktemp("attribution_images")))
+
+
+@pytest.fixture(scope="session")
+def attribution_export(attribution_run, tmp_path_factory):
+  """The attribution run exported (in process: `bundle.export_model`)."""
+  from cmfl_jax.exporting import bundle
+  output = str(tmp_path_factory.mktemp("attribution_export") / "out")
+  bundle.export_model(attribution_run, output)
+  return output

@@ -56,3 +56,38 @@ def restore_latest(workdir):
   import jax
   leaves = jax.tree_util.tree_flatten_with_path(out["state"])[0]
   return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}, dict(out["meta"])
+
+
+def attribution_outputs(workdir, folder):
+  """The smoke config's eval images saved as PNGs in `folder`, scored by
+  checkpoint `best` of `workdir` through `evaluate.evaluate_split` on a file
+  split: {"paths", "pixels", "logits" (attribution head), "joint", "fitted"}."""
+  import runpy
+  from PIL import Image
+  from cmfl_jax import evaluate, predict
+  from cmfl_jax.data import sources
+  from cmfl_jax.data.split import Files, Split
+  config = runpy.run_path(SMOKE)["get_config"]()
+  pixels = sources.load_splits(config.data, ["eval"])[0]["eval"].images
+  paths = [os.path.join(folder, f"{i:02d}.png") for i in range(len(pixels))]
+  for path, image in zip(paths, pixels):
+    Image.fromarray(image).save(path)
+  config = predict.config_from_checkpoint(workdir, "best")
+  state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, "best")
+  split = Split("files", np.zeros(len(paths), np.int32), np.asarray(["x"] * len(paths)),
+                Files(np.asarray(paths)))
+  out = evaluate.evaluate_split(eval_fn, state, split, config, mesh)
+  return {"paths": paths, "pixels": np.stack(pixels), "logits": out["source_logits"],
+          "joint": out["scores"]["joint"], "fitted": meta["attribution"]}
+
+
+def energy_cut(logits):
+  """An open-set threshold splitting the images' energies near the middle, in
+  the widest gap there: some images come out "unknown", some named, and none
+  lies within float32 rounding of the cut."""
+  from cmfl_jax.attribution import openset
+  energies = np.sort(openset.energy(logits))
+  n = len(energies)
+  k = max(range(n // 4, 3 * n // 4 + 1), key=lambda i: energies[i] - energies[i - 1])
+  assert energies[k] - energies[k - 1] > 1e-4, energies
+  return float((energies[k - 1] + energies[k]) / 2)

@@ -172,6 +172,8 @@ def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
   text = open(os.path.join(exported, "MODEL_CARD.md")).read()
   for heading in ("## Training data", "## Input contract", "## Evaluation", "## Known limits"):
     assert heading in text
+  assert "attribution" not in card and "## Generator attribution" not in text  # no such head
+  assert not any("generator" in k or "source" in k for k in card["outputs"])
   assert meta["fingerprint"] in text and "| eval | 16 |" in text
 
 
@@ -317,3 +319,128 @@ def test_outputs_follow_the_architecture_and_the_stored_numbers():
       "threshold_calibration"]
   with pytest.raises(ExportError, match="not an increasing Platt map"):
     serving_fn.Constants.of({"calibration": {"method": "platt", "a": -1.0, "b": 0.0}}, None)
+
+
+# ---------------------------------------------------------------------------
+# The attribution head (issue #33): which generator, decided inside the artifact.
+
+def test_artifacts_decide_the_generator_as_the_checkpoint(attribution_export,
+                                                          attribution_reference):
+  """Both artifacts, read back: `source_probs` is the softmax of the
+  checkpoint's own logits (evaluation path), `generator_index` is
+  `openset.decide` with the stored threshold (-1 = unknown), computed inside
+  the compiled function, and `generator_confidence` its confidence; int32 /
+  float32 with the batch dimension."""
+  import jax
+  import tensorflow as tf
+  from scipy import special
+  from cmfl_jax.attribution import openset
+  from cmfl_jax.exporting import jax_export, savedmodel
+  ref = attribution_reference
+  logits, fitted = ref["logits"], ref["fitted"]
+  index, confidence = openset.decide(logits, fitted)
+  near = np.abs(openset.energy(logits) - fitted["threshold"]) < 1e-4  # float32 rounding
+  assert not near.all()
+  exported = jax_export.read(os.path.join(attribution_export, jax_export.FILENAME))
+  signature = tf.saved_model.load(os.path.join(attribution_export, savedmodel.DIRNAME)
+                                  ).signatures[savedmodel.SIGNATURE]
+  got = {"jax_exported": {k: np.asarray(v)
+                          for k, v in jax.device_get(exported.call(ref["pixels"])).items()},
+         "saved_model": {k: v.numpy() for k, v in
+                         signature(**{savedmodel.INPUT: tf.constant(ref["pixels"])}).items()}}
+  n, k = logits.shape
+  for name, out in got.items():
+    assert out["generator_index"].dtype == np.int32 and out["generator_index"].shape == (n,)
+    assert out["source_probs"].dtype == np.float32 and out["source_probs"].shape == (n, k)
+    assert out["generator_confidence"].dtype == np.float32, name
+    np.testing.assert_array_equal(out["generator_index"][~near], index[~near], err_msg=name)
+    np.testing.assert_allclose(out["source_probs"], special.softmax(logits, axis=-1), atol=TOL,
+                               rtol=0, err_msg=name)
+    np.testing.assert_allclose(out["generator_confidence"], confidence, atol=TOL, rtol=0)
+    np.testing.assert_allclose(out["p_real"], ref["joint"], atol=TOL, rtol=0)
+  np.testing.assert_array_equal(got["jax_exported"]["generator_index"],
+                                got["saved_model"]["generator_index"])
+
+
+def test_predict_with_model_names_the_generator(attribution_export, attribution_reference):
+  """`predict --model` rows carry the artifact's decision, named with the card's classes."""
+  from cmfl_jax import predict
+  from cmfl_jax.attribution import openset
+  ref = attribution_reference
+  predictions = predict.predict(None, ref["paths"], model=attribution_export, stability=())
+  rows = list(predictions.rows)
+  assert predictions.classes == tuple(ref["fitted"]["classes"])
+  index, confidence = openset.decide(ref["logits"], ref["fitted"])
+  clear = np.abs(openset.energy(ref["logits"]) - ref["fitted"]["threshold"]) >= 1e-4
+  want = openset.names(index, ref["fitted"]["classes"])
+  assert [r["generator"] for r, c in zip(rows, clear) if c] == [w for w, c in zip(want, clear)
+                                                                if c]
+  np.testing.assert_allclose([r["generator_confidence"] for r in rows], confidence, atol=TOL)
+
+
+def test_card_lists_the_classes_rule_and_threshold(attribution_export, attribution_reference):
+  from cmfl_jax.exporting import serving_fn
+  fitted = attribution_reference["fitted"]
+  card = json.load(open(os.path.join(attribution_export, "model_card.json")))
+  entry = card["attribution"]
+  assert (entry["classes"], entry["rule"], entry["threshold"]) == (
+      fitted["classes"], "energy", fitted["threshold"])
+  assert entry["known_acceptance"] == fitted["known_acceptance"] == 0.95
+  assert entry["evaluation"]["closed_set_accuracy"]["low"] <= entry["evaluation"][
+      "closed_set_accuracy"]["value"]
+  assert list(card["outputs"])[-3:] == ["source_probs", "generator_index", "generator_confidence"]
+  assert all(card["outputs"][k] == serving_fn.OUTPUTS[k] for k in card["outputs"])
+  outputs = card["artifacts"]["saved_model"]["outputs"]
+  assert outputs["generator_index"] == ["int32", [None]]
+  assert outputs["source_probs"] == ["float32", [None, len(fitted["classes"])]]
+  text = open(os.path.join(attribution_export, "MODEL_CARD.md")).read()
+  assert "## Generator attribution" in text and "0: bona_fide, 1: toy_nn_upsampler" in text
+  assert f"threshold {fitted['threshold']:.4f}" in text and "`generator_index`" in text
+
+
+def test_jax_rules_decide_as_the_numpy_ones():
+  """`openset.decide_jax` (what the export compiles, float32) against
+  `openset.decide` (float64) on random logits for both rules, at thresholds
+  that leave some images unknown; images within rounding of the cut are left
+  out."""
+  import jax
+  from cmfl_jax.attribution import openset
+  assert set(openset.JAX_RULES) == set(openset.RULES)
+  logits = np.random.default_rng(3).normal(0, 3, (400, 5)).astype(np.float32)
+  for rule, score in openset.RULES.items():
+    scores = score(logits)
+    for quantile in (0.0, 0.3, 0.7):
+      fitted = {"rule": rule, "threshold": float(np.quantile(scores, quantile))}
+      index, confidence = openset.decide(logits, fitted)
+      got = jax.jit(lambda x, fitted=fitted: openset.decide_jax(x, fitted))(logits)
+      clear = np.abs(scores - fitted["threshold"]) > 1e-5
+      np.testing.assert_array_equal(np.asarray(got[0])[clear], index[clear])
+      np.testing.assert_allclose(got[1], confidence, atol=1e-6)
+      np.testing.assert_allclose(np.asarray(got[2]).max(axis=-1), confidence, atol=1e-6)
+      assert (quantile == 0.0) == (index != -1).all() and (index[clear] >= 0).any()
+
+
+def test_self_check_compares_integer_outputs_and_dtypes_exactly():
+  from cmfl_jax.exporting import ExportError, bundle
+  want = {"generator_index": np.asarray([0, -1], np.int32),
+          "p_real": np.asarray([0.5, 0.25], np.float32)}
+  assert bundle._max_difference(dict(want), want) == 0.0
+  off = {**want, "generator_index": np.asarray([0, 1], np.int32)}
+  assert bundle._max_difference(off, want) == 2.0 > bundle.SELF_CHECK_TOLERANCE
+  with pytest.raises(ExportError, match="generator_index is float32"):
+    bundle._max_difference({**want, "generator_index": want["generator_index"].astype(
+        np.float32)}, want)
+
+
+def test_attribution_constants_need_the_dev_fit():
+  from cmfl_jax import models
+  from cmfl_jax.exporting import ExportError, serving_fn
+  fitted = {"classes": ["bona_fide", "gan"], "rule": "energy", "threshold": 1.0}
+  assert serving_fn.Constants.of({"attribution": fitted}, None).attribution is None  # no head
+  with_head = serving_fn.Constants.of({"attribution": fitted}, None, num_sources=2)
+  assert serving_fn.output_names(models.ModelConfig(arch="two_stream"), with_head)[-3:] == [
+      "source_probs", "generator_index", "generator_confidence"]
+  with pytest.raises(ExportError, match="no open-set threshold"):
+    serving_fn.Constants.of({}, None, num_sources=2)
+  with pytest.raises(ExportError, match="does not match its 3-class head"):
+    serving_fn.Constants.of({"attribution": fitted}, None, num_sources=3)

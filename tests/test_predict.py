@@ -72,6 +72,8 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
        str(tmp_path / "broken.png"), str(broken["missing"])],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-3000:]
+  # Without the attribution head, the columns of before it existed.
+  assert proc.stdout.splitlines()[0] == "path,score,verdict,reason,p_real_calibrated"
   rows = list(csv.DictReader(proc.stdout.splitlines()))
   assert len(rows) == 16 + len(broken) + 1
   in_folder = sorted(broken[k].name for k in broken if k != "missing")
@@ -148,7 +150,9 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
     held.append(sum(decoded) - len(rows))  # decoded, not yet handed out
   assert len(decoded) > 5 and max(held) <= 2 * batch_size, (decoded, held)
   assert [r["path"] for r in rows] == paths
+  assert predictions.classes == ()
   for row, kind in zip(rows, kinds):
+    assert "generator" not in row and "generator_confidence" not in row
     if kind is None:
       assert "error" not in row and row["verdict"] in ("real", "synthetic", "unsure")
     else:
@@ -240,3 +244,50 @@ def test_predict_align_scores_raw_photographs_and_reports_no_face(reference_run,
   assert len(face["face_box"].split()) == 4 and float(face["face_score"]) > 0.9
   assert face["faces_found"] == "1"
   assert rows["noise.png"]["score"] == "" and rows["noise.png"]["verdict"].startswith("no face")
+
+
+def test_predict_names_the_generator_or_unknown(attribution_run, attribution_reference, tmp_path):
+  """With the attribution head: rows carry the generator the checkpoint's
+  dev-fitted open-set rule decides (`openset.decide` on the logits of the
+  evaluation path, not predict's); on a copy whose threshold is moved to the
+  middle of the images' energies (dev.json overrides the checkpoint's meta)
+  some images are "unknown", and the CSV has both columns."""
+  import csv
+  import io
+  import shutil
+  from cmfl_jax import checkpointing, predict
+  from cmfl_jax.attribution import openset
+  from helpers import energy_cut
+  ref = attribution_reference
+  classes = ref["fitted"]["classes"]
+  assert classes == ["bona_fide", "toy_nn_upsampler"]
+  predictions = predict.predict(attribution_run, ref["paths"], stability=())
+  rows = list(predictions.rows)
+  assert predictions.classes == tuple(classes)
+  index, confidence = openset.decide(ref["logits"], ref["fitted"])
+  assert [r["generator"] for r in rows] == openset.names(index, classes)
+  np.testing.assert_allclose([r["generator_confidence"] for r in rows], confidence, atol=1e-6)
+  np.testing.assert_allclose([r["score"] for r in rows], ref["joint"], atol=1e-6)
+
+  workdir = str(tmp_path / "run")
+  shutil.copytree(attribution_run, workdir)
+  kind, step = checkpointing.select_step(workdir, "best")
+  manager = checkpointing.make_managers(workdir)[kind]
+  cut = {**ref["fitted"], "threshold": energy_cut(ref["logits"])}
+  checkpointing.write_dev(manager, step, {**checkpointing.read_dev(manager, step),
+                                          "attribution": cut})
+  out = io.StringIO()
+  predictions = predict.predict(workdir, [*ref["paths"], str(tmp_path / "missing.png")],
+                                stability=())
+  assert predict.write_csv(predictions, False, out) == (len(ref["paths"]), 1)
+  assert out.getvalue().splitlines()[0] == (
+      "path,score,verdict,reason,p_real_calibrated,generator,generator_confidence")
+  rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+  assert rows[-1]["verdict"] == "error: missing file"
+  assert rows[-1]["generator"] == rows[-1]["generator_confidence"] == ""
+  index, confidence = openset.decide(ref["logits"], cut)
+  named = openset.names(index, classes)
+  assert [r["generator"] for r in rows[:-1]] == named
+  assert "unknown" in named and set(named) - {"unknown"}
+  np.testing.assert_allclose([float(r["generator_confidence"]) for r in rows[:-1]], confidence,
+                             atol=2e-6)

@@ -163,6 +163,7 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
     else:
       assert body["verdict"] == ("real" if body["p_real"] >= body["threshold"] else "synthetic")
     assert set(body["heads"]) == {"joint", "rgb", "freq"}
+    assert "generator" not in body and "generator_confidence" not in body  # no such head
     maps = body["explanation"]  # --explain: Grad-CAM of both streams, as PNGs
     for stream in ("rgb", "freq"):
       assert maps[f"{stream}_png"].startswith("data:image/png;base64,")
@@ -213,20 +214,26 @@ def test_bad_inputs_get_4xx_json_and_the_server_keeps_serving(server):
 # ---------------------------------------------------------------------------
 # In-process: the batcher and back-pressure, with a fake slow model.
 
-def _fake_model(delay: float, calls: list, faces=None):
+def _fake_model(delay: float, calls: list, faces=None, classes=()):
+  """With `classes`, an attribution head too: class 1 above P(real) 0.5, else unknown."""
   from cmfl_jax.serving import limits, model, verdict
 
   def score(images):
     calls.append(images.shape)
     time.sleep(delay)
     p = images[:, 0, 0, 0].astype(np.float64) / 255
-    return {"joint": p, "rgb": p, "freq": p}
+    heads = {"joint": p, "rgb": p, "freq": p}
+    if classes:
+      heads.update(generator_index=np.where(p > 0.5, 1, -1).astype(np.int32),
+                   generator_confidence=p.astype(np.float32))
+    return heads
 
   def decode(data):
     return np.full((4, 4, 3), np.asarray(Image.open(io.BytesIO(data)))[0, 0, 0], np.uint8)
 
   return model.ScoringModel(4, 4, score, decode, verdict.Policy(0.5, "test"), None,
-                            {"source": "test"}, limits.Limits(max_bytes=10_000), faces)
+                            {"source": "test"}, limits.Limits(max_bytes=10_000), faces,
+                            classes=classes)
 
 
 def _served(state, body):
@@ -355,27 +362,32 @@ def test_threshold_sources(tmp_path):
 # ---------------------------------------------------------------------------
 # The page in a real browser.
 
-def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypatch):
-  """Upload through the page's file input (keyboard-reachable), wait for the
-  verdict in words; SERVE_SCREENSHOT=PATH also saves a screenshot there."""
+def _browser(monkeypatch):
+  """Headless Chromium through chromedriver (the test is skipped without it)."""
   if not shutil.which("chromedriver"):
     pytest.skip("chromedriver not installed (apt-get install chromium chromium-driver)")
   webdriver = pytest.importorskip("selenium.webdriver")
-  from selenium.webdriver.common.by import By
-  from selenium.webdriver.support import expected_conditions as ec
-  from selenium.webdriver.support.ui import WebDriverWait
   monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager download anything
-  url, _, _, _ = server
-  image = tmp_path / "face.png"
-  image.write_bytes(_png(np.asarray(Image.fromarray(_eval_images(1)[0]).resize((160, 160)))))
   options = webdriver.ChromeOptions()
   for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
               "--window-size=900,900"):
     options.add_argument(arg)
   if shutil.which("chromium"):
     options.binary_location = shutil.which("chromium")
-  driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")),
-                            options=options)
+  return webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")),
+                          options=options)
+
+
+def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypatch):
+  """Upload through the page's file input (keyboard-reachable), wait for the
+  verdict in words; SERVE_SCREENSHOT=PATH also saves a screenshot there."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support import expected_conditions as ec
+  from selenium.webdriver.support.ui import WebDriverWait
+  driver = _browser(monkeypatch)
+  url, _, _, _ = server
+  image = tmp_path / "face.png"
+  image.write_bytes(_png(np.asarray(Image.fromarray(_eval_images(1)[0]).resize((160, 160)))))
   try:
     driver.get(url + "/")
     driver.find_element(By.ID, "file").send_keys(str(image))
@@ -385,6 +397,7 @@ def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypat
     assert "P(real)" in driver.find_element(By.ID, "scores").text
     assert "threshold" in driver.find_element(By.ID, "meaning").text
     assert driver.find_element(By.ID, "explanation").is_displayed()  # --explain
+    assert "generator" not in driver.find_element(By.ID, "scores").text  # no such head
     if os.environ.get("SERVE_SCREENSHOT"):
       driver.save_screenshot(os.environ["SERVE_SCREENSHOT"])
   finally:
@@ -402,3 +415,73 @@ def test_bad_workdir_is_one_line_and_frees_the_port(tmp_path, capsys):
   assert code == 1 and len(err) == 1 and err[0].startswith("error:") and "checkpoint" in err[0]
   with socket.socket() as s:
     s.bind(("127.0.0.1", port))  # released
+
+
+# ---------------------------------------------------------------------------
+# The attribution head (issue #33): the generator in each answer and on the page.
+
+def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
+    attribution_run, attribution_export, attribution_reference):
+  """`generator` and `generator_confidence` in every scored image's JSON: from
+  a --workdir checkpoint, `openset.decide` on the checkpoint's logits (the
+  evaluation path's); from an exported --model, the decision made inside
+  the artifact, the same; through HTTP too; /v1/model shows the fit."""
+  from cmfl_jax.attribution import openset
+  from cmfl_jax.serving import app as app_lib, limits, model
+  ref = attribution_reference
+  index, confidence = openset.decide(ref["logits"], ref["fitted"])
+  want = openset.names(index, ref["fitted"]["classes"])
+  near = np.abs(openset.energy(ref["logits"]) - ref["fitted"]["threshold"]) < 1e-4
+  for kind, loaded in (("checkpoint", model.load(attribution_run, batch_size=8)),
+                       ("export", model.load(model=attribution_export, batch_size=8))):
+    answers = loaded.run(ref["pixels"])
+    got = [a["generator"] for a in answers]
+    assert [g for g, n in zip(got, near) if not n] == [w for w, n in zip(want, near) if not n]
+    np.testing.assert_allclose([a["generator_confidence"] for a in answers], confidence,
+                               atol=1e-5, err_msg=kind)
+    assert all(set(a["heads"]) == {"joint", "rgb", "freq"} for a in answers)
+    state = app_lib.State(limits.Limits())
+
+    async def body(session, url, loaded=loaded):
+      state.ready(loaded)
+      async with session.get(url + "/v1/model") as r:
+        described = await r.json()
+      return described, await _post(session, url, open(ref["paths"][0], "rb").read())
+
+    described, (status, _, answer) = _served(state, body)
+    assert status == 200 and answer["generator"] == got[0], answer
+    assert answer["generator_confidence"] == pytest.approx(answers[0]["generator_confidence"])
+    fit = (described["checkpoint"] if kind == "checkpoint" else described["card"])["attribution"]
+    assert fit["threshold"] == ref["fitted"]["threshold"]
+
+
+def test_page_shows_the_generator(tmp_path, monkeypatch):
+  """A model with the attribution head (fake): the answers carry the named
+  generator or "unknown", and the page lists it among the scores."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support import expected_conditions as ec
+  from selenium.webdriver.support.ui import WebDriverWait
+  from cmfl_jax.serving import app as app_lib, limits
+  driver = _browser(monkeypatch)
+  image = tmp_path / "bright.png"
+  image.write_bytes(_pixel(200))
+  state = app_lib.State(limits.Limits(max_bytes=10_000))
+
+  def upload(url):
+    driver.get(url + "/")
+    driver.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "verdict")))
+    return driver.find_element(By.ID, "scores").text
+
+  async def body(session, url):
+    state.ready(_fake_model(0.0, [], classes=("bona_fide", "gan")))
+    answers = [(await _post(session, url, _pixel(v)))[2] for v in (200, 10)]
+    return answers, await asyncio.get_running_loop().run_in_executor(None, upload, url)
+
+  try:
+    (bright, dark), text = _served(state, body)
+  finally:
+    driver.quit()
+  assert (bright["generator"], dark["generator"]) == ("gan", "unknown")
+  assert bright["generator_confidence"] == pytest.approx(200 / 255)
+  assert "generator" in text and "gan (78.4 %)" in text, text

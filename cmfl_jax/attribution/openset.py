@@ -22,12 +22,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
 from cmfl_jax.attribution.classes import UNSEEN
 
 UNKNOWN = "unknown"
+#: The decision as predict's rows and columns, the service's JSON and the
+#: export's outputs name it (`Model.heads` of predict carries INDEX and CONFIDENCE).
+GENERATOR = "generator"                    # class name or UNKNOWN
+INDEX = "generator_index"                  # int32 class index, UNSEEN = unknown
+CONFIDENCE = "generator_confidence"        # softmax probability of the argmax class
+PROBS = "source_probs"                     # softmax over the classes [B, K]
 
 
 def energy(logits: np.ndarray) -> np.ndarray:
@@ -42,6 +50,9 @@ def max_softmax(logits: np.ndarray) -> np.ndarray:
 
 #: Rule name -> known-ness score from logits [N, K] (higher = known).
 RULES = {"energy": energy, "max_softmax": max_softmax}
+#: The same rules inside a compiled function (float32; the export decides with them).
+JAX_RULES = {"energy": lambda logits: jax.nn.logsumexp(logits, axis=-1),
+             "max_softmax": lambda logits: jax.nn.softmax(logits, axis=-1).max(axis=-1)}
 
 
 def fit(logits: np.ndarray, sources: np.ndarray, classes: Sequence[str],
@@ -71,6 +82,29 @@ def decide(logits: np.ndarray, fitted: Mapping[str, Any]) -> tuple[np.ndarray, n
   return np.where(known, best, UNSEEN).astype(np.int32), probs.max(axis=-1)
 
 
+def decide_jax(logits: jax.Array, fitted: Mapping[str, Any]
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`decide` traced into a compiled function, so an exported model needs no
+  Python to say "unknown": (int32 index or UNSEEN, confidence, softmax [B, K]).
+  In float32: only an image whose score is within rounding of the threshold
+  can be decided otherwise than by `decide`."""
+  probs = jax.nn.softmax(logits, axis=-1)
+  known = JAX_RULES[fitted["rule"]](logits) >= fitted["threshold"]
+  index = jnp.where(known, jnp.argmax(logits, axis=-1), UNSEEN).astype(jnp.int32)
+  return index, probs.max(axis=-1), probs
+
+
 def names(decisions: np.ndarray, classes: Sequence[str]) -> list[str]:
   """Class names of `decide`'s indices ("unknown" for UNSEEN)."""
   return [UNKNOWN if d == UNSEEN else classes[d] for d in decisions]
+
+
+def answers(outputs: Mapping[str, np.ndarray], classes: Sequence[str], count: int
+            ) -> list[dict[str, Any]]:
+  """Per image {GENERATOR: name or "unknown", CONFIDENCE: float} from decided
+  outputs (INDEX, CONFIDENCE); `count` empty dicts without classes (no head),
+  so that callers add the fields only where the head exists."""
+  if not classes:
+    return [{} for _ in range(count)]
+  return [{GENERATOR: name, CONFIDENCE: float(c)}
+          for name, c in zip(names(outputs[INDEX], classes), outputs[CONFIDENCE])]

@@ -33,9 +33,18 @@ def _directory_bytes(path: str) -> int:
 
 
 def _max_difference(got: dict, expected: dict) -> float:
+  """Largest absolute difference over all outputs, which must have the model's
+  names, dtypes and shapes (an integer output, the generator index, then
+  counts any disagreement as at least 1)."""
   if set(got) != set(expected):
     raise ExportError(f"artifact outputs {sorted(got)} differ from {sorted(expected)}")
-  return max(float(np.max(np.abs(np.asarray(got[k]) - expected[k]))) for k in expected)
+  got = {k: np.asarray(v) for k, v in got.items()}
+  for k, want in expected.items():
+    if (got[k].dtype, got[k].shape) != (want.dtype, want.shape):
+      raise ExportError(f"artifact output {k} is {got[k].dtype}{list(got[k].shape)}, the "
+                        f"model's {want.dtype}{list(want.shape)}")
+  return max(float(np.max(np.abs(got[k].astype(np.float64) - want.astype(np.float64))))
+             for k, want in expected.items())
 
 
 def _self_check(directory: str, probe: np.ndarray, expected: dict) -> dict[str, float]:
@@ -59,7 +68,7 @@ def export_model(workdir: str, output: str, which: str = "best", calibration: st
   staging.check_target(output, overwrite)
   chosen = calibrations.read(workdir, calibration) if calibration else None
   restored = serving_fn.restore(workdir, which)
-  constants = serving_fn.Constants.of(restored.meta, chosen)
+  constants = serving_fn.Constants.of(restored.meta, chosen, restored.model.num_sources)
   serve = serving_fn.serving_function(restored, constants)
   names = serving_fn.output_names(restored.model, constants)
   size = int(restored.config.data.image_size)

@@ -49,9 +49,13 @@ def _read_json(path: str) -> Any:
     return None
 
 
+def _metrics_path(workdir: str, kind: str, step: int) -> str:
+  return os.path.join(workdir, "eval", f"{kind}_{step}", "metrics.json")
+
+
 def _evaluation(workdir: str, kind: str, step: int, config) -> dict[str, Any] | None:
   """Joint-head metrics with bootstrap intervals from `evaluate`'s metrics.json."""
-  path = os.path.join(workdir, "eval", f"{kind}_{step}", "metrics.json")
+  path = _metrics_path(workdir, kind, step)
   results = _read_json(path)
   if not results:
     return None
@@ -63,12 +67,39 @@ def _evaluation(workdir: str, kind: str, step: int, config) -> dict[str, Any] | 
           "bootstrap_resamples": config.eval.bootstrap_resamples, "splits": splits}
 
 
+#: Open-set rule -> its score in words (`attribution.openset.RULES`).
+RULE_WORDS = {"energy": "energy score, logsumexp of the attribution head's logits",
+              "max_softmax": "largest softmax probability of the attribution head"}
+#: What the card keeps of metrics.json's `attribution` entry.
+_ATTRIBUTION_METRICS = ("closed_set_accuracy", "chance", "per_class_accuracy", "known_rejected",
+                        "unseen_sources", "unknown_share", "open_set_auroc")
+
+
+def _attribution(workdir: str, restored: serving_fn.Restored, fitted: dict) -> dict[str, Any]:
+  """The attribution head's classes, its open-set rule and threshold, what the
+  outputs mean, and its evaluation where metrics.json has one."""
+  path = _metrics_path(workdir, restored.kind, restored.step)
+  measured = (_read_json(path) or {}).get("attribution")
+  return {"classes": list(fitted["classes"]), "rule": fitted["rule"],
+          "score": RULE_WORDS.get(fitted["rule"], fitted["rule"]),
+          "threshold": fitted["threshold"], "known_acceptance": fitted.get("known_acceptance"),
+          "dev_images": fitted.get("dev_images"),
+          "decision": "generator_index = the most likely class where the score is >= "
+                      "threshold, else -1 (unknown: none of the classes); the threshold "
+                      "accepts known_acceptance of the dev split's known-class images",
+          "evaluation": measured and {"source": os.path.relpath(path, workdir),
+                                      **{k: measured[k] for k in _ATTRIBUTION_METRICS
+                                         if k in measured}}}
+
+
 def build(workdir: str, restored: serving_fn.Restored, constants: serving_fn.Constants,
           calibration: dict | None, outputs: list[str], artifacts: dict) -> dict[str, Any]:
-  """The card as a JSON-able dict."""
+  """The card as a JSON-able dict (`attribution` only for a model with that head)."""
   config, data, model = restored.config, restored.config.data, restored.model
   report = _read_json(os.path.join(workdir, "data_report.json")) or {}
   size = int(data.image_size)
+  attribution = ({"attribution": _attribution(workdir, restored, constants.attribution)}
+                 if constants.attribution else {})
   return {
       "format": FORMAT,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -110,6 +141,7 @@ def build(workdir: str, restored: serving_fn.Restored, constants: serving_fn.Con
       # a chosen calibration's own band is in its record.
       "unsure_band": restored.meta.get("unsure_band"),
       "operating_points": restored.meta.get("operating_points"),
+      **attribution,
       "evaluation": _evaluation(workdir, restored.kind, restored.step, config),
       "intended_use": INTENDED_USE,
       "limits": list(LIMITS),
@@ -145,7 +177,7 @@ def markdown(card: dict[str, Any]) -> str:
             f"- chosen calibration: " + (f"{cal['chosen']['name']}, threshold "
                                          f"{_fmt(cal['chosen']['threshold'])}"
                                          if cal["chosen"] else "none"),
-            "", "## Evaluation", ""]
+            ""] + _attribution_markdown(card.get("attribution")) + ["## Evaluation", ""]
   ev = card["evaluation"]
   if not ev:
     lines.append("No evaluation of this checkpoint found (`python -m cmfl_jax.main --mode=eval`).")
@@ -163,6 +195,31 @@ def markdown(card: dict[str, Any]) -> str:
   lines += ["", "## Artifacts", ""] + [f"- {k}: {json.dumps(v)}"
                                        for k, v in card["artifacts"].items()]
   return "\n".join(lines) + "\n"
+
+
+def _attribution_markdown(entry: dict[str, Any] | None) -> list[str]:
+  """The "Generator attribution" section (none without the head)."""
+  if not entry:
+    return []
+  indexed = ", ".join(f"{i}: {c}" for i, c in enumerate(entry["classes"]))
+  lines = ["## Generator attribution", "", f"- classes (index: name): {indexed}",
+           f"- open-set rule: {entry['rule']} ({entry['score']}), threshold "
+           f"{_fmt(entry['threshold'])}, accepting {_fmt(entry['known_acceptance'])} of the "
+           f"{entry['dev_images']} known-class dev images",
+           f"- decision: {entry['decision']}"]
+  ev = entry.get("evaluation")
+  if ev:
+    acc = ev.get("closed_set_accuracy")
+    if acc:
+      lines.append(f"- closed-set accuracy: {acc['value']:.4f} [{acc['low']:.4f}, "
+                   f"{acc['high']:.4f}] (chance {_fmt(ev.get('chance'))}), from `{ev['source']}`")
+    lines.append(f"- known images called unknown: {_fmt(ev.get('known_rejected'))}")
+    lines += [f"- unseen {name} called unknown: {_fmt(share)}"
+              for name, share in (ev.get("unknown_share") or {}).items()]
+  lines.append("- limits: \"unknown\" is measured only on the unseen generators listed here"
+               + ("" if ev and ev.get("unseen_sources") else " (none)")
+               + "; a generator close to a known one may be named as that one.")
+  return lines + [""]
 
 
 def write(card: dict[str, Any], directory: str) -> None:

@@ -5,9 +5,10 @@ same StableHLO as the `jax.export` artifact in one `XlaCallModule` op, so
 both artifacts compute exactly the same program, including the FFT and the
 percentile sort of the spectrum, which have no faithful TF-op rewrite. The
 signature `serving_default` takes `images`, uint8 [batch, H, W, 3], any batch
-size, and returns a dict of float32 [batch] tensors; loading needs
-TensorFlow only (no JAX, no this project), and TF Serving serves it as it
-serves any SavedModel with XLA ops.
+size, and returns a dict of float32 [batch] tensors (with the attribution
+head also `source_probs` float32 [batch, classes] and `generator_index`
+int32 [batch]); loading needs TensorFlow only (no JAX, no this project),
+and TF Serving serves it as it serves any SavedModel with XLA ops.
 """
 
 from __future__ import annotations

@@ -3,11 +3,13 @@ built from a checkpoint.
 
 It is the model's own `__call__` (ImageNet normalisation and the log-FFT
 spectrum computed inside, from the raw pixels), the heads' sigmoids, the
-dev-set Platt calibration and the verdict thresholds, closed over the
-restored weights so that each artifact is one self-contained function. The
-model is rebuilt with XLA's own operations (`ops="xla"`): the GEMM-built CPU
-kernels used for training (`cmfl_jax.models.kernels`) have the same
-parameters and values but are a CPU speed device, not a portable program.
+dev-set Platt calibration and the verdict thresholds, and with the
+attribution head the generator decided by the dev-fitted open-set rule
+(`attribution.openset.decide_jax`), closed over the restored weights so that
+each artifact is one self-contained function. The model is rebuilt with
+XLA's own operations (`ops="xla"`): the GEMM-built CPU kernels used for
+training (`cmfl_jax.models.kernels`) have the same parameters and values but
+are a CPU speed device, not a portable program.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from cmfl_jax import checkpointing, models, steps
+from cmfl_jax.attribution import openset
 from cmfl_jax.exporting.errors import ExportError
 
 #: Head of the model -> output name.
@@ -37,7 +40,16 @@ OUTPUTS = {
                      "checkpoint has none); repeated per image",
     "threshold_calibration": "verdict threshold on p_real of the chosen --calibration; "
                              "repeated per image (only with --calibration)",
+    openset.PROBS: "float32 [batch, classes]: softmax of the attribution head over the "
+                   "classes listed under attribution (only with the attribution head)",
+    openset.INDEX: "int32: index of the class the attribution head names, -1 = unknown "
+                   "generator (its open-set score is below the dev-fitted threshold; only "
+                   "with the attribution head)",
+    openset.CONFIDENCE: "softmax probability of the most likely class, also for unknown "
+                        "(only with the attribution head)",
 }
+#: The attribution head's outputs, in the card's order.
+ATTRIBUTION_OUTPUTS = (openset.PROBS, openset.INDEX, openset.CONFIDENCE)
 #: Probabilities are clipped as `evaluate.logits_of` does before the calibration.
 _P_CLIP = 1e-7
 
@@ -81,27 +93,47 @@ class Constants:
   dev_threshold: float
   platt: dict              # {"method": "platt", "a", "b"}; a=1, b=0 when none was fitted
   calibration_threshold: float | None
+  attribution: dict | None = None  # the open-set fit (`openset.fit`); None: no head
 
   @classmethod
-  def of(cls, meta: dict, calibration: dict | None) -> "Constants":
+  def of(cls, meta: dict, calibration: dict | None, num_sources: int = 0) -> "Constants":
+    """From the checkpoint's meta; `num_sources`: the attribution head's width
+    (0: none), whose open-set fit must then be stored with the checkpoint."""
     dev = meta.get("dev_threshold")
     platt = meta.get("calibration") or {"method": "platt", "a": 1.0, "b": 0.0}
     if platt.get("method") != "platt" or not float(platt["a"]) > 0:
       raise ExportError(f"the checkpoint's calibration {platt} is not an increasing Platt map")
     return cls(0.5 if dev is None else float(dev), dict(platt),
-               None if calibration is None else float(calibration["threshold"]))
+               None if calibration is None else float(calibration["threshold"]),
+               _attribution(meta, num_sources))
+
+
+def _attribution(meta: dict, num_sources: int) -> dict | None:
+  """The checkpoint's open-set fit, checked against the head; None without a head."""
+  if not num_sources:
+    return None
+  fitted = meta.get("attribution")
+  if not fitted:
+    raise ExportError("the checkpoint has the attribution head but no open-set threshold "
+                      "fitted on the dev split (meta 'attribution'); it cannot say 'unknown'")
+  if fitted.get("rule") not in openset.JAX_RULES or len(fitted.get("classes", ())) != num_sources:
+    raise ExportError(f"the checkpoint's open-set fit (rule {fitted.get('rule')!r}, classes "
+                      f"{fitted.get('classes')}) does not match its {num_sources}-class head")
+  return dict(fitted)
 
 
 def output_names(model: models.ModelConfig, constants: Constants) -> list[str]:
   """The artifact's outputs, in the order the card lists them."""
   names = ["p_real", *(["p_real_rgb", "p_real_freq"] if model.arch == "two_stream" else []),
            "p_real_calibrated", "threshold_dev"]
-  return names + (["threshold_calibration"] if constants.calibration_threshold is not None else [])
+  names += ["threshold_calibration"] if constants.calibration_threshold is not None else []
+  return names + (list(ATTRIBUTION_OUTPUTS) if constants.attribution else [])
 
 
 def serving_function(restored: Restored, constants: Constants
                      ) -> Callable[[jax.Array], dict[str, jax.Array]]:
-  """images uint8 [batch, H, W, 3] -> {output name: float32 [batch]}; pure."""
+  """images uint8 [batch, H, W, 3] -> {output name: float32 [batch]} (and the
+  attribution outputs: see OUTPUTS); pure."""
   module = models.create_model(restored.model, rngs=nnx.Rngs(0))
   module.eval()
   graphdef = nnx.split(module, nnx.Param, nnx.BatchStat)[0]
@@ -109,7 +141,13 @@ def serving_function(restored: Restored, constants: Constants
   a, b = float(constants.platt["a"]), float(constants.platt["b"])
 
   def serve(images: jax.Array) -> dict[str, jax.Array]:
-    out = {HEAD_OUTPUTS[head]: jax.nn.sigmoid(logit) for head, logit in model(images).items()}
+    outputs = model(images)
+    out = {HEAD_OUTPUTS[head]: jax.nn.sigmoid(logit)
+           for head, logit in models.binary_heads(outputs).items()}
+    if constants.attribution:
+      (out[openset.INDEX], out[openset.CONFIDENCE],
+       out[openset.PROBS]) = openset.decide_jax(outputs[models.SOURCE].astype(jnp.float32),
+                                                constants.attribution)
     p = jnp.clip(out["p_real"], _P_CLIP, 1 - _P_CLIP)  # as predict: logit of the clipped P
     out["p_real_calibrated"] = jax.nn.sigmoid(a * (jnp.log(p) - jnp.log1p(-p)) + b)
     ones = jnp.ones_like(out["p_real"])

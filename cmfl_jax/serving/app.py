@@ -135,7 +135,8 @@ async def score(request: web.Request) -> web.Response:
   body["face_box"] = faces[0]["box"] if faces else None
   if faces:
     body["faces"] = [{**f, **r} for f, r in zip(faces, results)]
-  request[NOTE] = f"p_real={body['p_real']:.6f} verdict={body['verdict']}"
+  request[NOTE] = f"p_real={body['p_real']:.6f} verdict={body['verdict']}" + (
+      f" generator={body['generator']}" if "generator" in body else "")
   return web.json_response(body)
 
 

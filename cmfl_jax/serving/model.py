@@ -4,7 +4,8 @@ description `/v1/model` returns.
 
 Uploaded bytes are decoded exactly as predict decodes a file (TF's decoders,
 `ops.resize_and_crop` with the same geometry), so a served `p_real` equals
-predict's score on the same file.
+predict's score on the same file, and with the attribution head `generator`
+and `generator_confidence` equal predict's columns.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ScoringModel:
   limits: limits_lib.Limits
   faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
   maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> PNG data URIs
+  classes: tuple[str, ...] = ()                           # attribution classes (): no head
 
   def run(self, images: np.ndarray) -> list[dict[str, Any]]:
     """Scores, verdicts and (with --explain) explanation maps of a batch."""
@@ -43,19 +45,23 @@ class ScoringModel:
     return out
 
   def results(self, heads: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """JSON-able scores, verdict and threshold of each image of a batch."""
-    from cmfl_jax import evaluate, stats
+    """JSON-able scores, verdict and threshold of each image of a batch, and
+    with the attribution head the generator predict names."""
+    from cmfl_jax import evaluate, predict, stats
+    from cmfl_jax.attribution import openset
     out = []
+    named = openset.answers(heads, self.classes, len(heads["joint"]))
+    p_real_heads = predict.p_real_heads(heads)
     for i in range(len(heads["joint"])):
       p = float(heads["joint"][i])
-      scores = {"p_real": p, "heads": {k: float(v[i]) for k, v in heads.items()}}
+      scores = {"p_real": p, "heads": {k: float(v[i]) for k, v in p_real_heads.items()}}
       scores["p_real_calibrated"] = (float(stats.apply_calibration(
           self.calibration, evaluate.logits_of(np.asarray([p])))[0])
                                      if self.calibration else None)
       verdict, reason = self.policy.decide(scores)
       out.append({**scores, "verdict": verdict, "reason": reason,
                   "meaning": verdict_lib.MEANING[verdict], "threshold": self.policy.threshold,
-                  "threshold_source": self.policy.source})
+                  "threshold_source": self.policy.source, **named[i]})
     return out
 
 
@@ -108,8 +114,9 @@ def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
   kind, step = checkpointing.select_step(workdir, which)
   meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
   keep = ("epoch", "val_loss", "dev_threshold", "calibration", "operating_points", "fingerprint")
+  attribution = {"attribution": meta["attribution"]} if meta.get("attribution") else {}
   return {"source": "checkpoint", "checkpoint": {"kind": kind, "step": step,
-                                                 **{k: meta.get(k) for k in keep}},
+                                                 **{k: meta.get(k) for k in keep}, **attribution},
           "architecture": {"arch": config.model.get("arch"), "backbone": config.model.backbone},
           "input": {"size": int(config.data.image_size), "aligned": bool(config.data.aligned)},
           "config": config.to_dict()}
@@ -178,7 +185,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
     maps = maps_lib.explainer(loaded, batch_size)
   return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
                       decode, policy, loaded.meta.get("calibration"), description, limits,
-                      _face_finder(align, geometry) if align else None, maps)
+                      _face_finder(align, geometry) if align else None, maps, loaded.classes)
 
 
 def _probe_png(size: int) -> bytes:

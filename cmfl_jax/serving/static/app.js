@@ -44,6 +44,10 @@ function show(body, url) {
   row(dl, "threshold", pct(body.threshold));
   for (const [head, p] of Object.entries(body.heads || {}))
     if (head !== "joint") row(dl, HEADS[head] || head, pct(p));
+  if (body.generator !== undefined)  // only from a model with the attribution head
+    row(dl, "generator", body.generator === "unknown"
+        ? `unknown: none of those it was trained on (top class ${pct(body.generator_confidence)})`
+        : `${body.generator} (${pct(body.generator_confidence)})`);
   const img = $("preview");
   img.onload = () => {
     drawBoxes(body.faces || [], img.naturalWidth, img.naturalHeight);
