@@ -58,27 +58,59 @@ def restore_latest(workdir):
   return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}, dict(out["meta"])
 
 
-def attribution_outputs(workdir, folder):
-  """The smoke config's eval images saved as PNGs in `folder`, scored by
-  checkpoint `best` of `workdir` through `evaluate.evaluate_split` on a file
-  split: {"paths", "pixels", "logits" (attribution head), "joint", "fitted"}."""
-  import runpy
+#: Image folders for the attribution runs: name -> how its images differ
+#: from bona fide 1/f fields (as the toy data's upsampler does).
+ATTRIBUTION_GENERATORS = {
+    "upsample2": lambda rng, n, s: _field(rng, n, s // 2).repeat(2, 1).repeat(2, 2),
+    "stripes": lambda rng, n, s: np.clip(_field(rng, n, s)
+                                         + 0.25 * (np.arange(s) % 2)[None, None, :, None], 0, 1),
+    "upsample4": lambda rng, n, s: _field(rng, n, s // 4).repeat(4, 1).repeat(4, 2),
+}
+#: Split -> its generators: two known in training, one unseen (upsample4).
+ATTRIBUTION_LAYOUT = {"train": ["upsample2", "stripes"], "dev": ["upsample2", "stripes"],
+                      "eval_upsample2": ["upsample2"], "eval_stripes": ["stripes"],
+                      "eval_upsample4": ["upsample4"]}
+ATTRIBUTION_FLAGS = ("--config.data.source=folder", "--config.data.train_split=train",
+                     "--config.data.val_split=dev", "--config.data.verify=none",
+                     "--config.data.audit=False", "--config.attribution.enabled=True",
+                     "--config.eval.conditions=()")
+
+
+def _field(rng, n, size):
+  from cmfl_jax.data import sources
+  return sources._smooth_field(rng, n, size)
+
+
+def write_attribution_folders(root):
+  """`root/<split>/<real|generator>/NNN.png` as ATTRIBUTION_LAYOUT, 32x32."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, gens in ATTRIBUTION_LAYOUT.items():
+    n = 32 if split == "train" else 16
+    for gen, images in [("real", _field(rng, n, 32)),
+                        *[(g, ATTRIBUTION_GENERATORS[g](rng, n, 32)) for g in gens]]:
+      folder = os.path.join(root, split, gen)
+      os.makedirs(folder, exist_ok=True)
+      for i, img in enumerate(images):
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(
+            os.path.join(folder, f"{i:03d}.png"))
+
+
+def attribution_outputs(workdir, paths):
+  """What checkpoint `best` of `workdir` gives for the image files `paths`,
+  through `evaluate.evaluate_split` on a file split (not predict's path):
+  {"paths", "pixels", "logits" (attribution head), "joint", "fitted"}."""
   from PIL import Image
   from cmfl_jax import evaluate, predict
-  from cmfl_jax.data import sources
   from cmfl_jax.data.split import Files, Split
-  config = runpy.run_path(SMOKE)["get_config"]()
-  pixels = sources.load_splits(config.data, ["eval"])[0]["eval"].images
-  paths = [os.path.join(folder, f"{i:02d}.png") for i in range(len(pixels))]
-  for path, image in zip(paths, pixels):
-    Image.fromarray(image).save(path)
   config = predict.config_from_checkpoint(workdir, "best")
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, "best")
   split = Split("files", np.zeros(len(paths), np.int32), np.asarray(["x"] * len(paths)),
                 Files(np.asarray(paths)))
   out = evaluate.evaluate_split(eval_fn, state, split, config, mesh)
-  return {"paths": paths, "pixels": np.stack(pixels), "logits": out["source_logits"],
-          "joint": out["scores"]["joint"], "fitted": meta["attribution"]}
+  return {"paths": list(paths), "pixels": np.stack([np.asarray(Image.open(p)) for p in paths]),
+          "logits": out["source_logits"], "joint": out["scores"]["joint"],
+          "fitted": meta["attribution"]}
 
 
 def energy_cut(logits):

@@ -14,10 +14,10 @@ from flax import nnx
 from PIL import Image
 from scipy import special
 
-from helpers import ROOT, run_main
+from helpers import ATTRIBUTION_FLAGS, ROOT, run_main
 from cmfl_jax import losses, models
 from cmfl_jax.attribution import classes, evaluation, openset
-from cmfl_jax.data import readers, sources
+from cmfl_jax.data import readers
 from cmfl_jax.data.split import Pixels, Split
 
 
@@ -245,48 +245,10 @@ def test_collect_takes_each_source_once_across_splits():
 
 
 # ---------------------------------------------------------------- end to end (folders)
-_GENERATORS = {
-    # name -> how its images differ from bona fide 1/f fields (as toy data's upsampler).
-    "upsample2": lambda rng, n, s: sources._smooth_field(rng, n, s // 2).repeat(2, 1).repeat(2, 2),
-    "stripes": lambda rng, n, s: np.clip(sources._smooth_field(rng, n, s)
-                                         + 0.25 * (np.arange(s) % 2)[None, None, :, None], 0, 1),
-    "upsample4": lambda rng, n, s: sources._smooth_field(rng, n, s // 4).repeat(4, 1).repeat(4, 2),
-}
-
-
-def _write(folder, images):
-  os.makedirs(folder, exist_ok=True)
-  for i, img in enumerate(images):
-    Image.fromarray((img * 255).round().astype(np.uint8)).save(os.path.join(folder, f"{i:03d}.png"))
-
-
-@pytest.fixture(scope="module")
-def folder_run(tmp_path_factory, cache_dir):
-  """Two generators known in training, one unseen, as image folders."""
-  root = tmp_path_factory.mktemp("attribution_data")
-  rng = np.random.default_rng(0)
-  layout = {"train": ["upsample2", "stripes"], "dev": ["upsample2", "stripes"],
-            "eval_upsample2": ["upsample2"], "eval_stripes": ["stripes"],
-            "eval_upsample4": ["upsample4"]}
-  for split, gens in layout.items():
-    n = 32 if split == "train" else 16
-    _write(root / split / "real", sources._smooth_field(rng, n, 32))
-    for gen in gens:
-      _write(root / split / gen, _GENERATORS[gen](rng, n, 32))
-  workdir = str(tmp_path_factory.mktemp("attribution_run"))
-  proc = run_main(workdir, "--config.data.source=folder", f"--config.data.data_root={root}",
-                  "--config.data.train_split=train", "--config.data.val_split=dev",
-                  "--config.data.eval_splits=('eval_upsample2','eval_stripes','eval_upsample4')",
-                  "--config.data.verify=none", "--config.data.audit=False",
-                  "--config.attribution.enabled=True", "--config.attribution.min_train_images=16",
-                  "--config.eval.conditions=()", "--config.train.num_epochs=4",
-                  # The tiny smoke model learns in 64 steps at this rate (1e-3: not at all).
-                  "--config.optim.learning_rate=0.01", cache_dir=cache_dir)
-  return workdir, proc, root
-
-
-def test_a_run_reports_attribution_from_image_folders(folder_run):
-  workdir, proc, _ = folder_run
+# `attribution_run` (conftest.py): bona fide and two generators known in
+# training as image folders, a third one unseen.
+def test_a_run_reports_attribution_from_image_folders(attribution_run):
+  workdir, proc = attribution_run
   out_dir = os.path.join(workdir, "eval", sorted(os.listdir(os.path.join(workdir, "eval")))[0])
   results = json.load(open(os.path.join(out_dir, "metrics.json")))
   entry = results["attribution"]
@@ -322,27 +284,23 @@ def test_a_run_reports_attribution_from_image_folders(folder_run):
     assert l["val_loss"] == pytest.approx(0.5 * l["val_cmfl"] + 0.5 * l["val_bce_joint"])
 
 
-def test_evaluating_again_from_a_config_without_classes_uses_the_checkpoints(folder_run,
-                                                                              cache_dir):
-  workdir, _, root = folder_run
-  proc = run_main(workdir, "--mode=eval", "--config.data.source=folder",
-                  f"--config.data.data_root={root}", "--config.data.train_split=train",
-                  "--config.data.val_split=dev", "--config.data.eval_splits=('eval_upsample4',)",
-                  "--config.data.verify=none", "--config.data.audit=False",
-                  "--config.attribution.enabled=True", "--config.eval.conditions=()",
-                  cache_dir=cache_dir)
+def test_evaluating_again_from_a_config_without_classes_uses_the_checkpoints(
+    attribution_run, attribution_data, cache_dir, tmp_path):
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(attribution_run[0], workdir)  # the shared run stays as it is
+  proc = run_main(workdir, "--mode=eval", *ATTRIBUTION_FLAGS,
+                  f"--config.data.data_root={attribution_data}",
+                  "--config.data.eval_splits=('eval_upsample4',)", cache_dir=cache_dir)
   assert "| upsample4 |" in proc.stdout
 
 
-def test_too_few_images_of_a_generator_stops_the_run_with_one_line(folder_run, tmp_path,
+def test_too_few_images_of_a_generator_stops_the_run_with_one_line(attribution_data, tmp_path,
                                                                   cache_dir):
-  _, _, root = folder_run
-  proc = run_main(str(tmp_path / "w"), "--config.data.source=folder",
-                  f"--config.data.data_root={root}", "--config.data.train_split=train",
-                  "--config.data.val_split=dev", "--config.data.eval_splits=('eval_stripes',)",
-                  "--config.data.verify=none", "--config.data.audit=False",
-                  "--config.attribution.enabled=True", "--config.attribution.min_train_images=64",
-                  cache_dir=cache_dir, check=False)
+  proc = run_main(str(tmp_path / "w"), *ATTRIBUTION_FLAGS,
+                  f"--config.data.data_root={attribution_data}",
+                  "--config.data.eval_splits=('eval_stripes',)",
+                  "--config.attribution.min_train_images=64", cache_dir=cache_dir, check=False)
   assert proc.returncode == 1
   assert "too few training images" in proc.stderr and "Traceback" not in proc.stderr
 

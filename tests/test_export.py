@@ -394,7 +394,7 @@ def test_card_lists_the_classes_rule_and_threshold(attribution_export, attributi
   assert outputs["generator_index"] == ["int32", [None]]
   assert outputs["source_probs"] == ["float32", [None, len(fitted["classes"])]]
   text = open(os.path.join(attribution_export, "MODEL_CARD.md")).read()
-  assert "## Generator attribution" in text and "0: bona_fide, 1: toy_nn_upsampler" in text
+  assert "## Generator attribution" in text and "0: bona_fide, 1: stripes, 2: upsample2" in text
   assert f"threshold {fitted['threshold']:.4f}" in text and "`generator_index`" in text
 
 

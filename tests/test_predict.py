@@ -260,8 +260,8 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
   from helpers import energy_cut
   ref = attribution_reference
   classes = ref["fitted"]["classes"]
-  assert classes == ["bona_fide", "toy_nn_upsampler"]
-  predictions = predict.predict(attribution_run, ref["paths"], stability=())
+  assert classes == ["bona_fide", "stripes", "upsample2"]
+  predictions = predict.predict(attribution_run[0], ref["paths"], stability=())
   rows = list(predictions.rows)
   assert predictions.classes == tuple(classes)
   index, confidence = openset.decide(ref["logits"], ref["fitted"])
@@ -270,7 +270,7 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
   np.testing.assert_allclose([r["score"] for r in rows], ref["joint"], atol=1e-6)
 
   workdir = str(tmp_path / "run")
-  shutil.copytree(attribution_run, workdir)
+  shutil.copytree(attribution_run[0], workdir)
   kind, step = checkpointing.select_step(workdir, "best")
   manager = checkpointing.make_managers(workdir)[kind]
   cut = {**ref["fitted"], "threshold": energy_cut(ref["logits"])}

@@ -432,7 +432,7 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
   index, confidence = openset.decide(ref["logits"], ref["fitted"])
   want = openset.names(index, ref["fitted"]["classes"])
   near = np.abs(openset.energy(ref["logits"]) - ref["fitted"]["threshold"]) < 1e-4
-  for kind, loaded in (("checkpoint", model.load(attribution_run, batch_size=8)),
+  for kind, loaded in (("checkpoint", model.load(attribution_run[0], batch_size=8)),
                        ("export", model.load(model=attribution_export, batch_size=8))):
     answers = loaded.run(ref["pixels"])
     got = [a["generator"] for a in answers]
