@@ -302,3 +302,15 @@ def test_predict_align_marks_faces_too_small_and_tight_crops(reference_run, tmp_
   assert 0 <= rows["small.png"]["score"] <= 1
   assert rows["tight.png"]["framing"] == "tight" and "score" in rows["tight.png"]
   assert not rows["tight.png"]["reason"].startswith("face too small")
+
+
+def test_one_rule_picks_the_threshold_for_predict_and_the_service():
+  band = {"lo": 0.4, "hi": 0.6}
+  meta = {"dev_threshold": 0.3, "unsure_band": band}
+  named = {"threshold": 0.8, "band": None}
+  assert verdicts.rule(meta, named, "strict") == (0.8, None, "calibration:strict")
+  assert verdicts.rule(meta) == (0.3, band, "dev_eer")
+  assert verdicts.rule({}) == (None, None, "default_0.5")
+  carried = {**meta, "chosen_calibration": {"name": "lax", "threshold": 0.7}}
+  assert verdicts.rule(carried) == (0.7, None, "calibration:lax")  # an export's own
+  assert verdicts.rule(carried, named, "strict")[0] == 0.8  # a named one wins

@@ -124,26 +124,21 @@ def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
 
 def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None
             ) -> verdict_lib.Policy:
-  """The verdict policy as predict's: a named calibration's threshold and band
-  (for an export: the one it carries), else the dev threshold and band, else 0.5."""
+  """The verdict policy: predict's rule (`verdicts.rule`); a calibration named
+  for an export must be the one it carries."""
+  from cmfl_jax import verdicts
   from cmfl_jax.exporting import calibrations
   from cmfl_jax.exporting.errors import ExportError
-  chosen, name = None, calibration
+  chosen = None
   if workdir is not None and calibration is not None:
     chosen = calibrations.read(workdir, calibration)["record"]
-  elif model is not None:
-    chosen = meta.get("chosen_calibration")
-    name = chosen and chosen.get("name")
-    if calibration is not None and name != calibration:
-      raise ExportError(f"the export {model} carries calibration {name or 'none'!r}, "
+  elif model is not None and calibration is not None:
+    carried = (meta.get("chosen_calibration") or {}).get("name")
+    if carried != calibration:
+      raise ExportError(f"the export {model} carries calibration {carried or 'none'!r}, "
                         f"not {calibration!r}")
-  if chosen:
-    return verdict_lib.Policy(float(chosen["threshold"]), f"calibration:{name}",
-                              chosen.get("band"))
-  dev = meta.get("dev_threshold")
-  if dev is None:
-    return verdict_lib.Policy(0.5, "default_0.5")
-  return verdict_lib.Policy(float(dev), "dev_eer", meta.get("unsure_band"))
+  threshold, band, source = verdicts.rule(meta, chosen, calibration)
+  return verdict_lib.Policy(0.5 if threshold is None else threshold, source, band)
 
 
 def load(workdir: str | None = None, which: str = "best", model: str | None = None,

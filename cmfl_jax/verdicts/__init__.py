@@ -8,12 +8,12 @@
   `unsure`;
 * `store`: named calibrations in `<workdir>/calibrations/<name>.json`.
 
-The public API other commands use: `load_calibration`, `decide`.
+The public API other commands use: `load_calibration`, `rule`, `decide`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from cmfl_jax.verdicts import conformal, selective, store
 from cmfl_jax.verdicts.store import CalibrationError
@@ -25,6 +25,25 @@ def load_calibration(workdir: str, name: str) -> dict[str, Any]:
   """The named calibration of `workdir`: "threshold" (P(real) below it is
   synthetic), its guarantee, and the dev-fitted "band" if one was fitted."""
   return store.load(workdir, name)
+
+
+def rule(meta: Mapping[str, Any], chosen: Mapping[str, Any] | None = None,
+         name: str | None = None) -> tuple[float | None, dict[str, Any] | None, str]:
+  """Which threshold and unsure band decide, the same for predict and the
+  service: a named calibration (`chosen`, called `name`), else the one an
+  exported model carries (`meta["chosen_calibration"]`), else the dev EER
+  threshold and band stored with the checkpoint, else none (0.5 is used).
+  Returns (threshold or None, band or None, source: "calibration:NAME",
+  "dev_eer" or "default_0.5")."""
+  if not chosen and meta.get("chosen_calibration"):
+    chosen = meta["chosen_calibration"]
+    name = chosen.get("name")
+  if chosen:
+    return float(chosen["threshold"]), chosen.get("band"), f"calibration:{name}"
+  dev = meta.get("dev_threshold")
+  if dev is None:
+    return None, None, "default_0.5"
+  return float(dev), meta.get("unsure_band"), "dev_eer"
 
 
 def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
@@ -45,4 +64,4 @@ def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
 
 
 __all__ = ["CalibrationError", "REAL", "SYNTHETIC", "UNSURE", "conformal", "decide",
-           "load_calibration", "selective", "store"]
+           "load_calibration", "rule", "selective", "store"]
