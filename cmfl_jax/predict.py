@@ -169,6 +169,11 @@ def file_rows(paths: Sequence[str], geometry: ops.Geometry, data_config,
                                                                          "image": image}
 
 
+def model_input(face, geometry: ops.Geometry) -> np.ndarray:
+  """An aligned face's crop resized and cropped to the model's input."""
+  return np.asarray(ops.resize_and_crop(tf.constant(face.crop), geometry))
+
+
 def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
   """Rows for the faces of one photograph (detected and aligned as
   `cmfl_jax.align` does), each with its model input; one "no face" row if none.
@@ -181,7 +186,7 @@ def aligned_faces(path: str, options, geometry: ops.Geometry) -> list[dict]:
   rows = []
   for k, face in enumerate(result):
     rows.append({"path": path if len(result) == 1 else f"{path}#{k}",
-                 "image": np.asarray(ops.resize_and_crop(tf.constant(face.crop), geometry)),
+                 "image": model_input(face, geometry),
                  "face_box": " ".join(f"{v:.1f}" for v in face.box),
                  "face_score": face.score, "faces_found": face.faces_found,
                  "framing": face.framing,

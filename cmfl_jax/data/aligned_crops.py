@@ -70,6 +70,12 @@ def align_image(path: str,
   image = face_detection.load_rgb(path)
   if isinstance(image, face_detection.NoFace):
     return image
+  return align_pixels(image, options)
+
+
+def align_pixels(image: np.ndarray,
+                 options: AlignOptions) -> list[face_detection.Face] | face_detection.NoFace:
+  """The faces of decoded RGB pixels (an upload to the service), as for a file."""
   return face_detection.detect_and_align(image, options.settings, options.mode, options.policy,
                                          options.size, margin=options.margin,
                                          max_outside=options.max_outside)

@@ -124,9 +124,8 @@ class NoFace:
 
 def load_rgb(path: str | os.PathLike, max_pixels: int = 64_000_000,
              max_bytes: int = 200_000_000) -> np.ndarray | NoFace:
-  """(H, W, 3) uint8 RGB, EXIF orientation applied (first frame of animations,
-  alpha dropped), or NoFace(reason) for files that are missing, empty, too
-  large, not images, corrupt or truncated."""
+  """(H, W, 3) uint8 RGB of a file (`decode_rgb`), or NoFace(reason) for
+  files that are missing, empty, too large, not images, corrupt or truncated."""
   try:
     size = os.path.getsize(path)
   except OSError as e:
@@ -140,6 +139,13 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = 64_000_000,
       data = f.read()
   except OSError as e:
     return NoFace(f"unreadable file: {e.strerror or e}")
+  return decode_rgb(data, max_pixels)
+
+
+def decode_rgb(data: bytes, max_pixels: int = 64_000_000) -> np.ndarray | NoFace:
+  """(H, W, 3) uint8 RGB, EXIF orientation applied (first frame of animations,
+  alpha dropped), or NoFace(reason) for bytes that are not an image, corrupt,
+  truncated or too large."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)

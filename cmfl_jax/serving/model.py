@@ -84,27 +84,18 @@ def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
 
 
 def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
-  """bytes -> faces found as predict --align finds them (MTCNN on the PIL
-  pixels with EXIF orientation), each cropped to the model input."""
-  import tensorflow as tf
-  from PIL import Image, ImageOps
-  from cmfl_jax.data import face_detection, ops
+  """bytes -> faces found as predict --align finds them (the same decoding and
+  `aligned_crops` rules as for a file), each cropped to the model input."""
+  from cmfl_jax import predict
+  from cmfl_jax.data import aligned_crops, face_detection
 
   def find(data: bytes) -> list[dict]:
-    try:
-      with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), np.uint8)
-    except Exception as e:  # noqa: BLE001 - checked already; a late decoder error
-      raise limits_lib.Rejected(422, f"not a readable image ({type(e).__name__})") from None
-    found = face_detection.detect_and_align(rgb, options.settings, options.mode, options.policy,
-                                   options.size, margin=options.margin,
-                                   max_outside=options.max_outside)
-    if not found:
-      return []
+    image = face_detection.decode_rgb(data)
+    if isinstance(image, face_detection.NoFace):  # checked already: a late decoder error
+      raise limits_lib.Rejected(422, f"not a readable image ({image.reason})")
+    found = aligned_crops.align_pixels(image, options)
     return [{"box": [round(float(v), 1) for v in face.box], "face_score": float(face.score),
-             "image": np.asarray(ops.resize_and_crop(tf.constant(face.crop), geometry))}
-            for face in found]
+             "image": predict.model_input(face, geometry)} for face in found or []]
 
   return find
 
