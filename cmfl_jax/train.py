@@ -187,9 +187,11 @@ def dev_statistics(split: Split, result: dict[str, Any],
          "dev_examples": int(len(labels))}
   if "source_logits" in result:
     classes = tuple(config.attribution.classes)
-    out["attribution"] = openset.fit(result["source_logits"],
-                                     attribution_classes.source_ids(split, classes), classes,
-                                     config.attribution.known_acceptance)
+    out["attribution"] = {
+        **openset.fit(result["source_logits"], attribution_classes.source_ids(split, classes),
+                      classes, config.attribution.known_acceptance),
+        # The sources the head knows: closed-set accuracy is measured on these.
+        "dev_sources": sorted(set(split.generators.tolist()))}
   return out
 
 

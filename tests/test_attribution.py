@@ -203,13 +203,21 @@ def test_evaluation_numbers_against_a_direct_computation():
   fitted = openset.fit(np.concatenate([s["logits"] for n, s in srcs.items()
                                        if s["class"] != classes.UNSEEN]),
                        np.zeros(120, int), ["bona_fide", "progan", "dcgan"], 0.9)
+  # A bona fide camera never seen in training: class 0, but not a known source.
+  srcs["real2"] = {"logits": rng.normal(size=(50, 3)), "label": 1, "class": 0}
+  fitted["dev_sources"] = ["dcgan", "progan", "real"]
   out = evaluation.evaluate(srcs, fitted, n_resamples=300, seed=0)
+  assert out["other_bona_fide_sources"] == ["real2"]
+  assert out["known_sources"] == ["dcgan", "progan", "real"]
   known = [srcs[n] for n in ("real", "progan", "dcgan")]
   correct = np.concatenate([s["logits"].argmax(1) == s["class"] for s in known])
   assert out["closed_set_accuracy"]["value"] == pytest.approx(correct.mean())
   lo, hi = out["closed_set_accuracy"]["low"], out["closed_set_accuracy"]["high"]
   assert lo < correct.mean() < hi and hi - lo < 0.2
   assert out["chance"] == pytest.approx(60 / 120)
+  per_class = [np.mean(s["logits"].argmax(1) == s["class"]) for s in known]
+  assert out["balanced_accuracy"] == pytest.approx(np.mean(per_class))
+  assert out["balanced_chance"] == pytest.approx(1 / 3)
   assert np.sum(out["confusion"]["counts"]) == 120
   assert out["unseen_sources"] == ["diffusion", "swagan"]
   # AUROC over the known *generators* only (bona fide left out).

@@ -3,9 +3,11 @@
 
 Images are grouped by their source name (the split's `generators`) over all
 evaluation splits, each source taken once (the bona fide eval images recur in
-every per-family split). Known sources are bona fide (any camera: they are
-class 0) and the training generators; every other generator is an unseen
-family.
+every per-family split). Known sources are those of the dev split the rule
+was fitted on (bona fide and the training generators); every other generator
+is an unseen family. Bona fide images of other sources (a camera never seen,
+as the benchmark's real2) are class 0 but not known: they appear in the
+decisions table only.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def evaluate(sources: Mapping[str, Mapping[str, Any]], fitted: Mapping[str, Any]
   """The `attribution` entry of metrics.json (see the module docstring).
 
   closed_set_accuracy: argmax over the known classes, on the known sources'
-  images, beside `chance` (the largest class share: always answering it).
+  images, beside `chance` (the largest class share: always answering it);
+  balanced_accuracy: the mean of the per-class accuracies, beside
+  `balanced_chance` (1 / classes present).
   open_set_auroc: the rule's score, known generators' images (positive)
   against each unseen family's and all of them; bona fide images are left
   out, since telling them from unseen generators is the detector's job.
@@ -70,7 +74,8 @@ def evaluate(sources: Mapping[str, Mapping[str, Any]], fitted: Mapping[str, Any]
   dev threshold; known_rejected: the share of known images called so.
   """
   classes = list(fitted["classes"])
-  known = {n: s for n, s in sources.items() if s["class"] != UNSEEN}
+  seen = set(fitted.get("dev_sources", sources))
+  known = {n: s for n, s in sources.items() if s["class"] != UNSEEN and n in seen}
   unseen = {n: s for n, s in sources.items() if s["class"] == UNSEEN}
   if not known:
     raise ValueError("attribution: no evaluation image of a known class")
@@ -80,6 +85,9 @@ def evaluate(sources: Mapping[str, Mapping[str, Any]], fitted: Mapping[str, Any]
   confusion = np.zeros((len(classes), len(classes)), int)
   np.add.at(confusion, (truth, guess), 1)
   shares = np.bincount(truth, minlength=len(classes)) / truth.size
+  per_class = {c: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+               for i, c in enumerate(classes)}
+  present = [v for v in per_class.values() if v is not None]
   decided = {n: openset.decide(s["logits"], fitted)[0] for n, s in sources.items()}
   # Rows: every source; columns: the classes, then "unknown" (the decision with rejection).
   open_confusion = {n: (np.bincount(np.where(d == UNSEEN, len(classes), d),
@@ -89,11 +97,12 @@ def evaluate(sources: Mapping[str, Mapping[str, Any]], fitted: Mapping[str, Any]
       "classes": classes, "rule": fitted["rule"], "threshold": fitted["threshold"],
       "known_acceptance": fitted["known_acceptance"],
       "known_sources": sorted(known), "unseen_sources": sorted(unseen),
+      "other_bona_fide_sources": sorted(set(sources) - set(known) - set(unseen)),
       "closed_set_accuracy": _accuracy_interval(guess == truth, n_resamples, confidence, seed),
       "chance": float(shares.max()),
-      "per_class_accuracy": {c: (float(confusion[i, i] / confusion[i].sum())
-                                 if confusion[i].sum() else None)
-                             for i, c in enumerate(classes)},
+      "balanced_accuracy": float(np.mean(present)),
+      "balanced_chance": 1.0 / len(present),
+      "per_class_accuracy": per_class,
       "confusion": {"rows": classes, "columns": classes, "counts": confusion.tolist()},
       "open_confusion": {"columns": classes + [openset.UNKNOWN], "counts": open_confusion},
       "known_rejected": float(np.mean(np.concatenate(

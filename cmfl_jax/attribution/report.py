@@ -27,8 +27,12 @@ def table(entry: Mapping[str, Any] | None) -> list[str]:
     return []
   classes = entry["classes"]
   lines = [f"Classes: {', '.join(classes)}. Closed-set accuracy (argmax over the known "
-           f"classes, on their eval images): {_ci(entry['closed_set_accuracy'])} %, chance "
-           f"{_pct(entry['chance'])} %. Known images called unknown at the dev threshold: "
+           f"classes, on the eval images of the sources trained on): "
+           f"{_ci(entry['closed_set_accuracy'])} %, chance {_pct(entry['chance'])} %; balanced "
+           f"(mean per class) {_pct(entry['balanced_accuracy'])} %, chance "
+           f"{_pct(entry['balanced_chance'])} %. Per class: "
+           + ", ".join(f"{c} {_pct(v)} %" for c, v in entry["per_class_accuracy"].items())
+           + f". Known images called unknown at the dev threshold: "
            f"{_pct(entry['known_rejected'])} % (target {_pct(1 - entry['known_acceptance'])} "
            "%).", ""]
   if "open_set_auroc" in entry:
@@ -62,7 +66,8 @@ def plot_confusion(entry: Mapping[str, Any] | None, path: str) -> bool:
   import matplotlib.pyplot as plt
   import tensorflow as tf
   counts = entry["open_confusion"]["counts"]
-  rows = [*entry["known_sources"], *entry["unseen_sources"]]
+  rows = [*entry["known_sources"], *entry.get("other_bona_fide_sources", []),
+          *entry["unseen_sources"]]
   matrix = np.asarray([counts[r] for r in rows], float)
   shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
   columns = entry["open_confusion"]["columns"]

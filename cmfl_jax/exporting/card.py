@@ -71,7 +71,8 @@ def _evaluation(workdir: str, kind: str, step: int, config) -> dict[str, Any] | 
 RULE_WORDS = {"energy": "energy score, logsumexp of the attribution head's logits",
               "max_softmax": "largest softmax probability of the attribution head"}
 #: What the card keeps of metrics.json's `attribution` entry.
-_ATTRIBUTION_METRICS = ("closed_set_accuracy", "chance", "per_class_accuracy", "known_rejected",
+_ATTRIBUTION_METRICS = ("closed_set_accuracy", "chance", "balanced_accuracy", "balanced_chance",
+                        "per_class_accuracy", "known_rejected", "known_sources",
                         "unseen_sources", "unknown_share", "open_set_auroc")
 
 
