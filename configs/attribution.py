@@ -5,8 +5,8 @@ are known in training (progan, stylegan2, diffusion); the other three
 
 Every family's eval split is scored, so the report has the detection table
 for all six, the closed-set attribution accuracy on the known three and the
-open-set AUROC per unseen family (cmfl_jax/attribution). ~13 min end to end
-on 2 CPU cores, cold (BENCHMARKS.md "Attribution"). Choose other known
+open-set AUROC per unseen family (cmfl_jax/attribution). 12 min 40 s end to
+end on 2 CPU cores, cold (BENCHMARKS.md "Attribution: the config's run"). Choose other known
 families with --config.data.train_split / val_split.
 
 `--config=configs/attribution.py:cost` asks whether the head costs detection:
