@@ -114,7 +114,7 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
   mesh = steps.make_mesh()
   kind, step = checkpointing.select_step(workdir, which)
   manager = checkpointing.make_managers(workdir)[kind]
-  config = with_checkpoint_classes(config, checkpointing.read_meta(manager, step))
+  config = attribution_classes.from_checkpoint(config, checkpointing.read_meta(manager, step))
   abstract, programs = steps.create_train_state(config, mesh, abstract=True)
   try:
     state, meta = checkpointing.restore(manager, step, abstract)
@@ -127,22 +127,6 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
       backend.step_compiler_options(programs.model, mesh))
   logging.info("restored %s checkpoint at step %d (val_loss=%s)", kind, step, meta.get("val_loss"))
   return state, eval_fn, mesh, meta, f"{kind}_{step}"
-
-
-def with_checkpoint_classes(config: ml_collections.ConfigDict, meta: dict
-                            ) -> ml_collections.ConfigDict:
-  """`config` with the attribution classes the checkpoint was trained with
-  (training fills them in from its split; a config given on the command line
-  for evaluation has none)."""
-  if not attribution_classes.enabled(config) or tuple(config.attribution.classes):
-    return config
-  trained = meta.get("config", {}).get("attribution", {})
-  if not trained.get("classes"):
-    raise ValueError("attribution.enabled is set but the checkpoint has no attribution head "
-                     "(trained without it)")
-  resolved = ml_collections.ConfigDict(config.to_dict())
-  resolved.attribution.classes = tuple(trained["classes"])
-  return resolved
 
 
 def condition_tag(condition: str) -> str:
@@ -173,7 +157,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     ops.parse_condition(condition)  # fail before any work
   robustness_splits = _robustness_splits(config)
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
-  config = with_checkpoint_classes(config, meta)
+  config = attribution_classes.from_checkpoint(config, meta)
   splits, skipped = sources.load_splits(config.data, config.data.eval_splits)
   audit_result = audit.audit_data(config.data, workdir)
   pipeline.report_skipped(skipped, workdir, "eval_data_report.json", audit.summary(audit_result))

@@ -74,9 +74,27 @@ def resolve(config: ml_collections.ConfigDict, train_split: Split) -> ml_collect
                      "add images, merge generators, or lower the minimum")
   if len(found) < 1:
     raise ValueError(f"attribution: training split {train_split.name!r} has no generator")
-  resolved = ml_collections.ConfigDict(config.to_dict())
-  resolved.attribution.classes = configured or (BONA_FIDE, *sorted(found))
-  return resolved
+  return _with_classes(config, configured or (BONA_FIDE, *sorted(found)))
+
+
+def from_checkpoint(config: ml_collections.ConfigDict, meta: dict) -> ml_collections.ConfigDict:
+  """`config` with the classes the checkpoint was trained with (`meta`: its
+  metadata): a config given on the command line for evaluation has none."""
+  if not enabled(config) or tuple(config.attribution.classes):
+    return config
+  trained = meta.get("config", {}).get("attribution", {})
+  if not trained.get("classes"):
+    raise ValueError("attribution.enabled is set but the checkpoint has no attribution head "
+                     "(trained without it)")
+  return _with_classes(config, tuple(trained["classes"]))
+
+
+def _with_classes(config: ml_collections.ConfigDict, names: Sequence[str]
+                  ) -> ml_collections.ConfigDict:
+  """A copy of `config` (the caller's stays as it is) with these classes."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.attribution.classes = tuple(names)
+  return copy
 
 
 def balance_weights(sources: np.ndarray, epoch_order: np.ndarray, num_classes: int

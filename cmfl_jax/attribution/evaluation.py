@@ -18,7 +18,7 @@ import numpy as np
 
 from cmfl_jax import stats
 from cmfl_jax.attribution import openset
-from cmfl_jax.attribution.classes import UNSEEN
+from cmfl_jax.attribution.classes import UNSEEN, source_ids
 from cmfl_jax.data.split import Split
 
 
@@ -26,7 +26,6 @@ def collect(per_split: Mapping[str, tuple[Split, np.ndarray]], classes: Sequence
             ) -> dict[str, dict[str, Any]]:
   """source name -> {"logits" [n, K], "label" (bona fide 1 / attack 0),
   "class" (index or UNSEEN)}, each source from the first split that has it."""
-  from cmfl_jax.attribution.classes import source_ids
   out: dict[str, dict[str, Any]] = {}
   for split, logits in per_split.values():
     ids = source_ids(split, classes)
