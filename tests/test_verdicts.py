@@ -103,6 +103,24 @@ def test_band_meets_the_target_error_with_the_widest_coverage():
   assert sep["dev_coverage"] == 1.0 and sep["dev_error"] == 0.0
 
 
+def test_band_with_tied_scores_reports_what_it_does():
+  """Saturated float32 scores (exactly 0 or 1) and coarse scores tie: the
+  band's edges cannot split a group of equal scores, so the coverage and
+  error the fit reports are those of applying the band to the same dev
+  scores, and the error meets the target."""
+  for seed in range(60):
+    rng = np.random.default_rng(seed)
+    n = rng.integers(5, 40)
+    labels = rng.integers(0, 2, n)
+    scores = rng.choice([0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0], n)
+    for target in (0.05, 0.2):
+      band = selective.fit_band(labels, scores, 0.5, target)
+      s = selective.summary(labels, scores, band)
+      assert s["coverage"] == pytest.approx(band["dev_coverage"]), (seed, band, s)
+      assert s["selective_error"] == pytest.approx(band["dev_error"]), (seed, band, s)
+      assert s["selective_error"] <= target + 1e-9
+
+
 def test_band_on_held_out_data_and_risk_coverage():
   labels, scores = _dev(seed=1)
   band = selective.fit_band(labels, scores, 0.5, 0.05)
