@@ -115,6 +115,22 @@ def collect_image_paths(inputs: Iterable[str]) -> list[str]:
   return out
 
 
+def pixel_reason(im: Image.Image, max_pixels: int) -> str | None:
+  """Why an opened image (header only) has too many pixels, or None. Frames
+  count: an animation's frames together must fit `max_pixels`, so that no
+  decoder (TF keeps the first frame today, another may not) can be made to
+  hold many large frames from a small file. Counting GIF frames walks their
+  headers; no pixel is decoded."""
+  w, h = im.size
+  frames = int(getattr(im, "n_frames", 1) or 1)
+  if w * h > max_pixels:
+    return f"too large ({w}x{h} > {max_pixels} pixels; decompression bomb?)"
+  if w * h * frames > max_pixels:
+    return (f"too large ({frames} frames of {w}x{h} > {max_pixels} pixels in all; "
+            "send one frame)")
+  return None
+
+
 def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: bool) -> str | None:
   """Why `path` cannot be used, or None. Never raises.
 
@@ -133,8 +149,9 @@ def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: boo
       if im.format not in DECODABLE_FORMATS:
         return f"unsupported image format {im.format}"
       w, h = im.size
-      if w * h > max_pixels:
-        return f"too large ({w}x{h} > {max_pixels} pixels; decompression bomb?)"
+      too_large = pixel_reason(im, max_pixels)
+      if too_large:
+        return too_large
       if min(w, h) < min_side:
         return f"too small ({w}x{h}; min side {min_side})"
       if full_decode:
@@ -145,7 +162,7 @@ def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: boo
 
 
 #: The cache table of `check_image_files`; bump the version when a verdict's meaning changes.
-CHECK_TABLE, CHECK_VERSION = "checks", 1
+CHECK_TABLE, CHECK_VERSION = "checks", 2  # 2: frames counted
 
 
 def _verdict_key(full_decode: bool, min_side: int, max_pixels: int) -> str:

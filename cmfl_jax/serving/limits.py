@@ -44,15 +44,15 @@ def check_image_bytes(data: bytes, limits: Limits) -> None:
   try:
     with Image.open(io.BytesIO(data)) as im:
       kind, (w, h) = im.format, im.size
+      too_large = readers.pixel_reason(im, limits.max_pixels) if kind else None
   except Image.DecompressionBombError as e:
     raise Rejected(413, f"image too large ({e})") from None
   except Exception:  # noqa: BLE001 - PIL raises many types for a non-image
     raise Rejected(415, "not an image (PNG, JPEG, BMP or GIF expected)") from None
   if kind not in readers.DECODABLE_FORMATS:
     raise Rejected(415, f"unsupported image format {kind}")
-  if w * h > limits.max_pixels:
-    raise Rejected(413, f"image too large ({w}x{h} > {limits.max_pixels} pixels; "
-                   "decompression bomb?)")
+  if too_large:
+    raise Rejected(413, f"image {too_large}")
   if min(w, h) < limits.min_side:
     raise Rejected(422, f"image too small ({w}x{h}; min side {limits.min_side})")
   reason = readers.truncation(data)
