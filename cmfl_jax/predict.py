@@ -336,7 +336,7 @@ def load_exported(directory: str, batch_size: int | None = None) -> Model:
           "calibration": card["calibration"]["platt"],
           "unsure_band": card.get("unsure_band"),
           "chosen_calibration": chosen and {**chosen["record"], "threshold": chosen["threshold"]},
-          "card": card}
+          "fingerprint": card["checkpoint"].get("fingerprint"), "card": card}
   if card.get("attribution"):
     meta["attribution"] = card["attribution"]
   config = loaded.config
@@ -395,9 +395,11 @@ def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
   chosen = verdicts.load_calibration(workdir, calibration) if calibration else None
   loaded = load_exported(model) if model else load_model(workdir, which)
   config, meta = loaded.config, loaded.meta
-  threshold, band, _ = verdicts.rule(meta, chosen, calibration)
-  platt = meta.get("calibration")
   geometry = input_geometry(config, aligned, align)
+  using = verdicts.binding.fitted_on(meta, loaded.name, config.data.image_size,
+                                     geometry.aligned, bool(align))
+  threshold, band, _ = verdicts.rule(meta, chosen, calibration, using)
+  platt = meta.get("calibration")
   cut = 0.5 if threshold is None else threshold
 
   def score(images: np.ndarray) -> list[dict]:

@@ -177,7 +177,7 @@ def test_store_refuses_to_overwrite_and_reads_plain_json(tmp_path):
   assert json.load(open(where))["threshold"] == cal["threshold"]  # untouched
   store.save(str(tmp_path), "phone", {**cal, "threshold": 0.9}, overwrite=True)
   assert store.load(str(tmp_path), "phone")["threshold"] == 0.9
-  with pytest.raises(store.CalibrationError, match="it has: phone"):
+  with pytest.raises(store.CalibrationError, match="available: phone"):
     store.load(str(tmp_path), "camera")
   with pytest.raises(store.CalibrationError, match="bad calibration name"):
     store.path(str(tmp_path), "../x")

@@ -113,10 +113,11 @@ def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
           "config": config.to_dict()}
 
 
-def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None
-            ) -> verdict_lib.Policy:
+def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None,
+            using: dict) -> verdict_lib.Policy:
   """The verdict policy: predict's rule (`verdicts.rule`); a calibration named
-  for an export must be the one it carries."""
+  for an export must be the one it carries, and the one deciding must have
+  been fitted on this model and input (`using`, `verdicts.binding`)."""
   from cmfl_jax import verdicts
   from cmfl_jax.exporting import calibrations
   from cmfl_jax.exporting.errors import ExportError
@@ -128,7 +129,7 @@ def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str
     if carried != calibration:
       raise ExportError(f"the export {model} carries calibration {carried or 'none'!r}, "
                         f"not {calibration!r}")
-  threshold, band, source = verdicts.rule(meta, chosen, calibration)
+  threshold, band, source = verdicts.rule(meta, chosen, calibration, using)
   return verdict_lib.Policy(0.5 if threshold is None else threshold, source, band)
 
 
@@ -151,9 +152,12 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
     loaded = predict.load_model(workdir, which, batch_size)
     description = _checkpoint_description(workdir, which, loaded.config)
   config = loaded.config
-  policy = _policy(workdir, model, loaded.meta, calibration)
   geometry = ops.Geometry(int(config.data.image_size),
                           True if align else bool(config.data.aligned))
+  from cmfl_jax.verdicts import binding
+  using = binding.fitted_on(loaded.meta, loaded.name, geometry.size, geometry.aligned,
+                            bool(align))
+  policy = _policy(workdir, model, loaded.meta, calibration, using)
   base = limits or limits_lib.Limits()
   limits = dataclasses.replace(base, max_pixels=min(base.max_pixels, int(config.data.max_pixels)),
                                min_side=readers.min_image_side(config.data))

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cmfl_jax.verdicts import conformal, selective, stability, store
+from cmfl_jax.verdicts import binding, conformal, selective, stability, store
 
 
 def check_before_scoring(workdir: str, name: str, count: int, alpha: float,
@@ -85,6 +85,8 @@ def calibrate(workdir: str, paths: Sequence[str], name: str, alpha: float = 0.05
                  "scored": len(scores), "skipped": skipped, "aligned_faces": bool(align),
                  "score_quantiles": np.quantile(scores, [0, 0.05, 0.5, 0.95, 1]).tolist(),
                  "dev": price, "band": band, "stability": list(stability.CONDITIONS),
+                 binding.KEY: binding.fitted_on(model.meta, model.name, config.data.image_size,
+                                                geometry.aligned, bool(align)),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                      timespec="seconds")}
   where = store.save(workdir, name, calibration, overwrite)
