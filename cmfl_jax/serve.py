@@ -84,7 +84,10 @@ def main(argv: Sequence[str]) -> int:
     from cmfl_jax.data import aligned_crops
     align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
   limits = limits_lib.Limits(FLAGS.max_bytes, FLAGS.max_pixels)
-  state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000)
+  state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000,
+                        body_timeout=FLAGS.body_timeout_s, max_readers=FLAGS.max_readers,
+                        max_buffered=FLAGS.max_buffered_mb * 2**20,
+                        decode_pixels=FLAGS.decode_megapixels and FLAGS.decode_megapixels * 10**6)
   load = lambda: model_lib.load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.model,  # noqa: E731
                                 FLAGS.calibration, align, limits, FLAGS.batch_size,
                                 FLAGS.explain)
@@ -107,8 +110,17 @@ def define_flags() -> None:
                     "(the page shows them; --workdir only).")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (default: localhost only).")
   flags.DEFINE_integer("port", 8080, "TCP port.")
-  flags.DEFINE_integer("max_queue", 64, "Requests in flight (reading, decoding, queued, "
-                       "scored) before new ones get 503 + Retry-After.")
+  flags.DEFINE_integer("max_queue", 64, "Requests being decoded, queued or scored (taken "
+                       "once the body is in) before new ones get 503 + Retry-After.")
+  flags.DEFINE_float("body_timeout_s", 30.0, "Deadline for receiving a request body (408 "
+                     "beyond): a slow upload is dropped, not waited for.", lower_bound=0.1)
+  flags.DEFINE_integer("max_readers", 1024, "Bodies being received at once (503 beyond).",
+                       lower_bound=1)
+  flags.DEFINE_integer("max_buffered_mb", 512, "Bytes of request bodies held at once, received "
+                       "and not yet answered (503 beyond; at least --max_bytes).", lower_bound=1)
+  flags.DEFINE_integer("decode_megapixels", None, "Pixels decoded at once across the decode "
+                       "threads (memory ~ 15 bytes per pixel); default: twice --max_pixels.",
+                       lower_bound=1)
   flags.DEFINE_integer("batch_size", None, "The compiled batch (requests are padded to it); "
                        "default: the config's eval batch size. Smaller: less latency when "
                        "few clients; larger: more throughput under load.", lower_bound=1)

@@ -103,12 +103,25 @@ async def _post(session, url, data, **kw):
     return r.status, dict(r.headers), await r.json()
 
 
+def _paths_in(described) -> list[str]:
+  """Strings of a JSON answer that look like a path of the server's disk."""
+  if isinstance(described, dict):
+    return [p for v in described.values() for p in _paths_in(v)]
+  if isinstance(described, list):
+    return [p for v in described for p in _paths_in(v)]
+  return [described] if isinstance(described, str) and (
+      described.startswith(("/", "~")) or ":\\" in described or "/tmp" in described) else []
+
+
 def test_health_model_page_and_one_line_per_request(server):
-  url, _, seen, log = server
+  url, workdir, seen, log = server
   assert seen[-1] == 200 and 503 in seen  # bound before the model was ready
   status, body = _get(url + "/v1/model")
   model = json.loads(body)
   assert status == 200 and model["source"] == "checkpoint"
+  # What the model is, not where it lives: no config dump, no path of this disk.
+  assert "config" not in model and not _paths_in(model) and workdir.encode() not in body
+  assert model["architecture"]["backbone"] and model["input"]["size"] == 32
   assert model["serving"]["threshold_source"] == "dev_eer"
   assert model["serving"]["threshold"] == model["checkpoint"]["dev_threshold"]
   assert model["serving"]["batch_size"] == 4  # --batch_size (predict scores in 8s)
@@ -294,6 +307,138 @@ def test_full_queue_answers_503_with_retry_after_then_recovers():
   assert after[0] == 200 and state.batcher.pending == 0
 
 
+async def _slow_upload(host: str, port: int, interval: float, length: int = 1000):
+  """A client that sends the headers with Content-Length, then a byte every
+  `interval` seconds until answered: (status, seconds until answered)."""
+  start = time.monotonic()
+  reader, writer = await asyncio.open_connection(host, port)
+  writer.write(f"POST /v1/score HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
+               f"application/octet-stream\r\nContent-Length: {length}\r\n\r\n".encode())
+
+  async def trickle():
+    for _ in range(length):
+      writer.write(b"\x89")
+      await writer.drain()
+      await asyncio.sleep(interval)
+
+  sending = asyncio.ensure_future(trickle())
+  try:
+    line = await reader.readline()
+  finally:
+    sending.cancel()
+    writer.close()
+  return int(line.split()[1]), time.monotonic() - start
+
+
+def test_slow_uploads_take_no_scoring_slot_and_are_dropped_at_the_deadline():
+  """More slow clients than scoring slots (Content-Length sent, a byte every
+  0.3 s): a normal upload is still answered 200 at once; the slow ones get
+  408 at the body deadline, and the server is healthy after, nothing held."""
+  from cmfl_jax.serving import app as app_lib, limits
+  state = app_lib.State(limits.Limits(max_bytes=10_000), max_pending=2, max_wait=0.0,
+                        body_timeout=2.0)
+
+  async def body(session, url):
+    state.ready(_fake_model(0.0, []))
+    host, port = url.split("//")[1].split(":")
+    slow = [asyncio.ensure_future(_slow_upload(host, int(port), 0.3)) for _ in range(8)]
+    await asyncio.sleep(0.5)
+    assert state.readers == 8
+    start = time.monotonic()
+    normal = await _post(session, url, _pixel(7))
+    took = time.monotonic() - start
+    dropped = await asyncio.gather(*slow)
+    async with session.get(url + "/healthz") as r:
+      health = r.status, await r.json()
+    return normal, took, dropped, health, await _post(session, url, _pixel(9))
+
+  normal, took, dropped, health, after = _served(state, body)
+  assert normal[0] == 200 and took < 1.0, (normal, took)
+  assert all(status == 408 and 1.9 < seconds < 4 for status, seconds in dropped), dropped
+  assert health == (200, {"status": "ok", "pending": 0, "reading": 0})
+  assert after[0] == 200 and state.buffered == 0
+
+
+def test_multipart_parts_other_than_the_image_are_bounded():
+  """A part that is not `image` gets OTHER_PART_BYTES, however large the body may be."""
+  from cmfl_jax.serving import app as app_lib, limits
+  state = app_lib.State(limits.Limits(max_bytes=200_000))
+  fake = _fake_model(0.0, [])
+  fake.limits = limits.Limits(max_bytes=200_000)
+
+  async def body(session, url):
+    state.ready(fake)
+    out = []
+    for note in (b"a phone photo", b"x" * (app_lib.OTHER_PART_BYTES + 1)):
+      form = aiohttp.FormData()
+      form.add_field("note", note, filename="note.txt")
+      form.add_field("image", _pixel(3), filename="a.png")
+      out.append(await _post(session, url, form))
+    return out
+
+  (small, large) = _served(state, body)
+  assert small[0] == 200
+  assert large[0] == 413 and "multipart field 'note' larger than" in large[2]["error"]
+  assert state.buffered == 0 and state.readers == 0
+
+
+def test_decoding_holds_pixels_from_a_budget_not_a_thread_each():
+  """8 concurrent uploads, 8 decode threads, a budget of 3 images' pixels:
+  never more than 3 are decoded at once."""
+  import concurrent.futures
+  import threading
+  from cmfl_jax.serving import app as app_lib, limits
+  state = app_lib.State(limits.Limits(max_bytes=10_000), decode_pixels=3 * 16)
+  state.decode_pool = concurrent.futures.ThreadPoolExecutor(8)
+  fake = _fake_model(0.0, [])
+  lock, now, most = threading.Lock(), [0], [0]
+  plain = fake.decode
+
+  def decode(data):
+    with lock:
+      now[0] += 1
+      most[0] = max(most[0], now[0])
+    time.sleep(0.2)
+    with lock:
+      now[0] -= 1
+    return plain(data)
+
+  fake.decode = decode
+
+  async def body(session, url):
+    state.ready(fake)
+    return await asyncio.gather(*(_post(session, url, _pixel(v)) for v in range(8)))
+
+  answers = _served(state, body)
+  assert all(a[0] == 200 for a in answers)
+  assert most[0] == 3 and state.decode_budget.peak == 48, (most, state.decode_budget.peak)
+
+
+@pytest.mark.parametrize("fault", ["lost_result", "hang"])
+def test_a_lost_or_late_result_fails_its_request_and_frees_its_slot(fault):
+  """A scorer that returns one result too few, or never returns in time: the
+  request is answered (500, or 503 at the batcher's timeout), not left
+  holding its slot."""
+  from cmfl_jax.serving import app as app_lib, limits, model
+  state = app_lib.State(limits.Limits(max_bytes=10_000), max_pending=1, result_timeout=0.5)
+  fake = _fake_model(0.0, [])
+  if fault == "lost_result":
+    fake.run = lambda images: model.ScoringModel.run(fake, images)[:-1]
+  else:
+    fake.run = lambda images: time.sleep(2.0) or model.ScoringModel.run(fake, images)
+
+  async def body(session, url):
+    state.ready(fake)
+    start = time.monotonic()
+    failed = await _post(session, url, _pixel(1))
+    return failed, time.monotonic() - start, state.batcher.pending
+
+  (status, _, got), took, pending = _served(state, body)
+  assert pending == 0 and took < 1.5, (took, pending)
+  assert (status, got["error"].split(" (")[0]) == (
+      (500, "internal error") if fault == "lost_result" else (503, "scoring timed out"))
+
+
 def test_faces_are_returned_with_their_boxes():
   """--align answers: every face with its box and scores; the first is the headline."""
   from cmfl_jax.serving import app as app_lib, limits
@@ -452,6 +597,7 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
     assert status == 200 and answer["generator"] == got[0], answer
     assert answer["generator_confidence"] == pytest.approx(answers[0]["generator_confidence"])
     fit = (described["checkpoint"] if kind == "checkpoint" else described["card"])["attribution"]
+    assert "config" not in described.get("card", described) and not _paths_in(described), kind
     assert fit["threshold"] == ref["fitted"]["threshold"]
 
 

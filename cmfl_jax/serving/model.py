@@ -101,6 +101,7 @@ def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
 
 
 def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
+  """What the model is, for strangers: no config dump, no path of this disk."""
   from cmfl_jax import checkpointing
   kind, step = checkpointing.select_step(workdir, which)
   meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
@@ -110,7 +111,34 @@ def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
                                                  **{k: meta.get(k) for k in keep}, **attribution},
           "architecture": {"arch": config.model.get("arch"), "backbone": config.model.backbone},
           "input": {"size": int(config.data.image_size), "aligned": bool(config.data.aligned)},
-          "config": config.to_dict()}
+          "training_data": {"train_split": config.data.train_split,
+                            "val_split": config.data.val_split}}
+
+
+#: What `/v1/model` keeps of an export's model card: what the model is and
+#: how it decides, not where it was made (paths, config, software versions).
+_CARD_KEYS = ("format", "created", "architecture", "input", "outputs", "thresholds",
+              "unsure_band", "operating_points", "attribution", "evaluation", "intended_use",
+              "limits")
+_CARD_PARTS = {"checkpoint": ("kind", "step", "fingerprint", "epoch", "val_loss"),
+               "training_data": ("source", "train_split", "val_split", "eval_splits",
+                                 "train_sources")}
+_CALIBRATION_KEYS = ("name", "threshold", "false_alarm", "delta", "kind", "n", "k", "bound",
+                     "guarantee", "band", "fitted_on", "created")
+
+
+def public_card(card: dict[str, Any]) -> dict[str, Any]:
+  """The model card without the config, paths or versions (`_CARD_KEYS`)."""
+  out = {k: card[k] for k in _CARD_KEYS if k in card}
+  for part, keys in _CARD_PARTS.items():
+    out[part] = {k: (card.get(part) or {}).get(k) for k in keys}
+  calibration = card.get("calibration") or {}
+  chosen = calibration.get("chosen")
+  out["calibration"] = {"platt": calibration.get("platt"), "chosen": chosen and {
+      "name": chosen.get("name"), "threshold": chosen.get("threshold"),
+      "record": {k: v for k, v in (chosen.get("record") or {}).items()
+                 if k in _CALIBRATION_KEYS}}}
+  return out
 
 
 def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None,
@@ -147,7 +175,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   from cmfl_jax.data import ops, readers
   if model:
     loaded = predict.load_exported(model, batch_size)
-    description = {"source": "export", "card": loaded.meta["card"]}
+    description = {"source": "export", "card": public_card(loaded.meta["card"])}
   else:
     loaded = predict.load_model(workdir, which, batch_size)
     description = _checkpoint_description(workdir, which, loaded.config)
