@@ -413,3 +413,26 @@ def test_the_attribution_configs_splits_give_its_classes(tiny_builder):
   unseen = tfds_faces.split_from_builder(tiny_builder, "real_eval+dcgan_eval")
   ids = classes.source_ids(unseen, resolved.attribution.classes)
   assert sorted(set(ids.tolist())) == [classes.UNSEEN, 0]
+
+
+def test_generation_works_from_a_script_without_main_guard_and_from_stdin(tmp_path):
+  """The sampler's worker processes are spawned; they must not need the
+  caller's main module: a script on standard input (`python - <<EOF`) and a
+  script that generates at top level, without `if __name__ == "__main__"`.
+  The pictures equal those drawn in one process."""
+  import os
+  import subprocess
+  import sys
+  code = ("import numpy as np\n"
+          "from cmfl_jax.data.synthetic import sampler\n"
+          "a = list(sampler.sample('real', 'train', 48, 32, workers=2))\n"
+          "b = list(sampler.sample('real', 'train', 48, 32, workers=1))\n"
+          "print('same', len(a), all(np.array_equal(x, y) for x, y in zip(a, b)))\n")
+  script = tmp_path / "generate.py"
+  script.write_text(code)
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  for args, stdin in (([sys.executable, "-"], code), ([sys.executable, str(script)], None)):
+    proc = subprocess.run(args, input=stdin, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "same 48 True", (
+        args, proc.stderr[-2000:])

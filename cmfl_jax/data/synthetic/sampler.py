@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import multiprocessing
 import os
+import sys
 from types import ModuleType
 from typing import Iterator
 
@@ -52,7 +54,8 @@ def sample(source: str, split: str, num: int, size: int, seed: int = 0,
   pending: list[concurrent.futures.Future] = []
   while True:
     while len(pending) < 2 * workers and (start := next(starts, None)) is not None:
-      pending.append(pool.submit(draw, start, min(start + _CHUNK, num)))
+      with _main_hidden():  # a submit may start a worker process
+        pending.append(pool.submit(draw, start, min(start + _CHUNK, num)))
     if not pending:
       return
     yield from pending.pop(0).result()
@@ -93,6 +96,22 @@ def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     _POOLS[workers] = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"))
   return _POOLS[workers]
+
+
+@contextlib.contextmanager
+def _main_hidden():
+  """The caller's main module out of sight while worker processes start.
+  A spawned worker re-imports the parent's `__main__` before it runs
+  anything: a script without a main guard would run again in every worker
+  (and fail there), and a script on standard input cannot be re-read at all
+  ('<stdin>'). The workers need only this module, which they import by name."""
+  main = sys.modules.get("__main__")
+  sys.modules["__main__"] = ModuleType("__main__")
+  try:
+    yield
+  finally:
+    if main is not None:
+      sys.modules["__main__"] = main
 
 
 def _shutdown_pools() -> None:
