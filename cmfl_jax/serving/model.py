@@ -142,7 +142,7 @@ def public_card(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None,
-            using: dict) -> verdict_lib.Policy:
+            using: dict | None = None) -> verdict_lib.Policy:
   """The verdict policy: predict's rule (`verdicts.rule`); a calibration named
   for an export must be the one it carries, and the one deciding must have
   been fitted on this model and input (`using`, `verdicts.binding`)."""
