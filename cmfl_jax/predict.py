@@ -232,8 +232,8 @@ def _scored(rows: Iterable[dict], score: Callable[[np.ndarray], np.ndarray],
 class Predictions:
   """What `predict` returns: the verdict threshold (None: none stored, 0.5
   used), whether rows carry "calibrated", the rows, produced lazily, the
-  unsure band (None: none), the named calibration used (None: the dev
-  threshold) and the attribution classes when rows carry "generator" and
+  unsure band (None: none), the name of the calibration that decides (the
+  one named, or the one an export carries; None: the dev threshold) and the attribution classes when rows carry "generator" and
   "generator_confidence" (empty: no attribution head)."""
 
   threshold: float | None
@@ -398,7 +398,8 @@ def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
   geometry = input_geometry(config, aligned, align)
   using = verdicts.binding.fitted_on(meta, loaded.name, config.data.image_size,
                                      geometry.aligned, bool(align))
-  threshold, band, _ = verdicts.rule(meta, chosen, calibration, using)
+  threshold, band, source = verdicts.rule(meta, chosen, calibration, using)
+  calibration = source.split(":", 1)[1] if source.startswith("calibration:") else None
   platt = meta.get("calibration")
   cut = 0.5 if threshold is None else threshold
 

@@ -183,11 +183,13 @@ def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_proces
   rows = list(predictions.rows)
   # The export carries the calibration chosen for it: its threshold decides.
   assert predictions.threshold == pytest.approx(in_process["threshold_calibration"][0])
-  assert predictions.calibration is None  # no --calibration name was given to predict
+  assert predictions.calibration == "strict"  # named by the export, not by a flag
   np.testing.assert_allclose([r["score"] for r in rows], in_process["p_real"], atol=TOL, rtol=0)
+  # The carried calibration has no band and predict checks no stability
+  # here: every image gets the threshold's verdict, none is unsure.
   for r in rows:
-    assert r["verdict"] == "unsure" or r["verdict"] == (
-        "real" if r["score"] >= predictions.threshold else "synthetic")
+    assert (r["verdict"], r["reason"]) == (
+        "real" if r["score"] >= predictions.threshold else "synthetic", ""), r
   np.testing.assert_allclose([r["calibrated"] for r in rows], in_process["p_real_calibrated"],
                              atol=TOL, rtol=0)
   assert [r["path"] for r in rows] == images[0]
