@@ -7,13 +7,13 @@
 PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
 With --align, raw photographs are detected and aligned first (the same code
 as `python -m cmfl_jax.align`), one row per face with its box and score.
-Prints CSV `path,score,verdict,reason[,p_real_calibrated][,generator,
+Prints CSV `path,score,verdict,reason[,p_real_platt][,generator,
 generator_confidence]` (score = P(real);
 verdict real, synthetic or unsure, from the threshold of --calibration, else
 the dev-set EER threshold stored with the checkpoint, else 0.5 with a
 warning; unsure, with its reason, in the dev-fitted band around it, when the
 verdict changes under --stability post-processing, or for a face too small
-to judge; p_real_calibrated: P(real) after the Platt calibration fitted on
+to judge; p_real_platt: P(real) after the Platt scaling fitted on
 the dev set, where the checkpoint has one; generator: with the attribution
 head, the class it names (bona_fide or a training generator) or `unknown`
 when the open-set rule fitted on the dev set rejects every class, and the
@@ -231,13 +231,14 @@ def _scored(rows: Iterable[dict], score: Callable[[np.ndarray], np.ndarray],
 @dataclasses.dataclass
 class Predictions:
   """What `predict` returns: the verdict threshold (None: none stored, 0.5
-  used), whether rows carry "calibrated", the rows, produced lazily, the
+  used), whether rows carry "platt" (P(real) after the dev-set Platt
+  scaling; not the named calibration, which sets the threshold), the rows, produced lazily, the
   unsure band (None: none), the name of the calibration that decides (the
   one named, or the one an export carries; None: the dev threshold) and the attribution classes when rows carry "generator" and
   "generator_confidence" (empty: no attribution head)."""
 
   threshold: float | None
-  calibrated: bool
+  platt: bool
   rows: Iterator[dict]
   band: dict | None = None
   calibration: str | None = None
@@ -331,9 +332,10 @@ def load_exported(directory: str, batch_size: int | None = None) -> Model:
   from cmfl_jax.exporting import artifact
   loaded = artifact.load(directory)
   card = loaded.card
-  chosen = card["calibration"]["chosen"]
+  chosen = (card.get("calibration") or {}).get("chosen")
   meta = {"dev_threshold": card["thresholds"]["dev"] if card["thresholds"]["dev_stored"] else None,
-          "calibration": card["calibration"]["platt"],
+          "calibration": card.get("platt_scaling",  # cards before #39: calibration.platt
+                                  (card.get("calibration") or {}).get("platt")),
           "unsure_band": card.get("unsure_band"),
           "chosen_calibration": chosen and {**chosen["record"], "threshold": chosen["threshold"]},
           "fingerprint": card["checkpoint"].get("fingerprint"), "card": card}
@@ -372,7 +374,7 @@ def scored_rows(model: Model, paths: Sequence[str], geometry: ops.Geometry, alig
 def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
             aligned: bool | None = None, align=None, calibration: str | None = None,
             stability: Sequence[str] = (), model: str | None = None) -> Predictions:
-  """Rows {path, score, verdict, reason | error[, calibrated][, generator,
+  """Rows {path, score, verdict, reason | error[, platt][, generator,
   generator_confidence]} in input order, streamed: files are checked and
   decoded by tf.data a few batches ahead and scored in fixed-size batches,
   so memory does not grow with the number of paths. With `align` (`AlignOptions`) every photograph is first
@@ -418,7 +420,7 @@ def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
         row["verdict"], row["reason"] = verdicts.decide(row["score"], cut, band, unstable,
                                                         row.get("unsupported"))
         if platt:
-          row["calibrated"] = float(stats.apply_calibration(
+          row["platt"] = float(stats.apply_calibration(
               platt, evaluate.logits_of(np.asarray([row["score"]])))[0])
       yield row
 
@@ -430,16 +432,16 @@ def write_csv(predictions: Predictions, align: bool, out: TextIO) -> tuple[int, 
   the optional ones only where rows carry them) written to `out` as rows
   come; (scored, failed) counts."""
   w = csv.writer(out)
-  calibrated = predictions.calibrated
+  platt = predictions.platt
   face_columns = ["face_box", "face_score", "faces_found", "framing"] if align else []
   generator_columns = [openset.GENERATOR, openset.CONFIDENCE] if predictions.classes else []
   w.writerow(["path", "score", "verdict", "reason",
-              *(["p_real_calibrated"] if calibrated else []), *generator_columns, *face_columns])
+              *(["p_real_platt"] if platt else []), *generator_columns, *face_columns])
   scored = failed = 0
   for r in predictions.rows:
     faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
              r.get("faces_found", ""), r.get("framing", "")] if align else []
-    extra = ([f"{r['calibrated']:.6f}" if "calibrated" in r else ""] if calibrated else [])
+    extra = ([f"{r['platt']:.6f}" if "platt" in r else ""] if platt else [])
     extra += ([r.get(openset.GENERATOR, ""), f"{r[openset.CONFIDENCE]:.6f}"
                if openset.CONFIDENCE in r else ""] if generator_columns else [])
     if "error" in r:
@@ -470,14 +472,14 @@ def main(argv: Sequence[str]) -> int:
           ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  threshold, calibrated = predictions.threshold, predictions.calibrated
+  threshold, platt = predictions.threshold, predictions.platt
   if predictions.calibration:
     logging.info("verdicts use calibration %r: threshold %.6f", predictions.calibration,
                  threshold)
   elif threshold is None:
     logging.warning("checkpoint has no stored dev threshold; verdicts use 0.5")
-  if calibrated:
-    logging.info("p_real_calibrated: P(real) after the Platt calibration fitted on the dev set "
+  if platt:
+    logging.info("p_real_platt: P(real) after the Platt scaling fitted on the dev set "
                  "(same ranking as score; verdicts use the threshold on score)")
   if predictions.classes:
     logging.info("generator: one of %s, or %r where the open-set rule fitted on the dev set "

@@ -115,7 +115,7 @@ def in_process(run_copy, images):
   _, probs = eval_fn(state, jax.device_put(batch, steps.batch_sharding(mesh)))
   probs = {k: np.asarray(v)[:N] for k, v in jax.device_get(probs).items()}
   return {"p_real": np.asarray([r["score"] for r in rows]),
-          "p_real_calibrated": np.asarray([r["calibrated"] for r in rows]),
+          "p_real_platt": np.asarray([r["platt"] for r in rows]),
           "p_real_rgb": probs["rgb"], "p_real_freq": probs["freq"], "joint": probs["joint"],
           "threshold_dev": np.full(N, meta["dev_threshold"]),
           "threshold_calibration": np.full(N, 0.625)}
@@ -141,7 +141,7 @@ def test_artifact_gives_predict_scores_at_batch_1_and_n(loader, blocked, exporte
                                                         in_process, tmp_path):
   out = _load_elsewhere(loader, blocked, exported, images[1], tmp_path)
   assert not out.pop("blocked").any()  # neither the other framework nor this project loaded
-  names = {"p_real", "p_real_rgb", "p_real_freq", "p_real_calibrated", "threshold_dev",
+  names = {"p_real", "p_real_rgb", "p_real_freq", "p_real_platt", "threshold_dev",
            "threshold_calibration"}
   for batch in ("one", "all"):
     assert {k.split("/")[1] for k in out if k.startswith(batch)} == names
@@ -162,7 +162,7 @@ def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
   assert card["input"]["value_range"] == [0, 255] and card["input"]["aligned"] is True
   assert card["thresholds"] == {"dev": meta["dev_threshold"], "dev_stored": True,
                                 "calibration": 0.625}
-  assert card["calibration"]["platt"] == meta["calibration"]
+  assert card["platt_scaling"] == meta["calibration"] and "platt" not in card["calibration"]
   assert card["calibration"]["chosen"]["record"]["guarantee"] == "hand-made for tests"
   assert card["architecture"]["arch"] == "two_stream" and card["config"]["model"]["growth_rate"] == 4
   assert card["training_data"]["train_split"] == "train"
@@ -190,7 +190,7 @@ def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_proces
   for r in rows:
     assert (r["verdict"], r["reason"]) == (
         "real" if r["score"] >= predictions.threshold else "synthetic", ""), r
-  np.testing.assert_allclose([r["calibrated"] for r in rows], in_process["p_real_calibrated"],
+  np.testing.assert_allclose([r["platt"] for r in rows], in_process["p_real_platt"],
                              atol=TOL, rtol=0)
   assert [r["path"] for r in rows] == images[0]
 
@@ -311,13 +311,13 @@ def test_outputs_follow_the_architecture_and_the_stored_numbers():
   bare = serving_fn.Constants.of({}, None)  # no dev threshold, no Platt fit: 0.5, identity
   assert (bare.dev_threshold, bare.platt["a"], bare.platt["b"]) == (0.5, 1.0, 0.0)
   assert serving_fn.output_names(models.ModelConfig(arch="one_stream"), bare) == [
-      "p_real", "p_real_calibrated", "threshold_dev"]
+      "p_real", "p_real_platt", "threshold_dev"]
   full = serving_fn.Constants.of(
       {"dev_threshold": 0.3, "calibration": {"method": "platt", "a": 2.0, "b": -1.0}},
       {"threshold": 0.7})
   assert (full.dev_threshold, full.calibration_threshold, full.platt["a"]) == (0.3, 0.7, 2.0)
   assert serving_fn.output_names(models.ModelConfig(arch="two_stream"), full) == [
-      "p_real", "p_real_rgb", "p_real_freq", "p_real_calibrated", "threshold_dev",
+      "p_real", "p_real_rgb", "p_real_freq", "p_real_platt", "threshold_dev",
       "threshold_calibration"]
   with pytest.raises(ExportError, match="not an increasing Platt map"):
     serving_fn.Constants.of({"calibration": {"method": "platt", "a": -1.0, "b": 0.0}}, None)

@@ -73,7 +73,7 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-3000:]
   # Without the attribution head, the columns of before it existed.
-  assert proc.stdout.splitlines()[0] == "path,score,verdict,reason,p_real_calibrated"
+  assert proc.stdout.splitlines()[0] == "path,score,verdict,reason,p_real_platt"
   rows = list(csv.DictReader(proc.stdout.splitlines()))
   assert len(rows) == 16 + len(broken) + 1
   in_folder = sorted(broken[k].name for k in broken if k != "missing")
@@ -83,10 +83,10 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
   by_name = {os.path.basename(r["path"]): r for r in rows}
   for kind, path in broken.items():
     assert by_name[path.name]["verdict"].startswith(BROKEN_REASONS[kind]), by_name[path.name]
-    assert by_name[path.name]["score"] == "" == by_name[path.name]["p_real_calibrated"]
+    assert by_name[path.name]["score"] == "" == by_name[path.name]["p_real_platt"]
   assert by_name["broken.png"]["verdict"].startswith("error: not a readable image")
   good = [r for r in rows if r["score"]]
-  calibrated = [(float(r["score"]), float(r["p_real_calibrated"])) for r in good]
+  calibrated = [(float(r["score"]), float(r["p_real_platt"])) for r in good]
   assert all((a < c) == (b < d) for (a, b), (c, d) in zip(calibrated, calibrated[1:])
              if a != c)  # the calibration keeps the order of the scores
   step = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "best")))
@@ -281,7 +281,7 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
                                 stability=())
   assert predict.write_csv(predictions, False, out) == (len(ref["paths"]), 1)
   assert out.getvalue().splitlines()[0] == (
-      "path,score,verdict,reason,p_real_calibrated,generator,generator_confidence")
+      "path,score,verdict,reason,p_real_platt,generator,generator_confidence")
   rows = list(csv.DictReader(io.StringIO(out.getvalue())))
   assert rows[-1]["verdict"] == "error: missing file"
   assert rows[-1]["generator"] == rows[-1]["generator_confidence"] == ""

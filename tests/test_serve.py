@@ -182,7 +182,7 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
       assert maps[f"{stream}_png"].startswith("data:image/png;base64,")
       with Image.open(io.BytesIO(base64.b64decode(maps[f"{stream}_png"].split(",", 1)[1]))) as im:
         assert im.size == (128, 128) and len(set(im.getdata())) > 1
-    assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_calibrated"] < 1
+    assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_platt"] < 1
   assert _get(url + "/healthz")[0] == 200
 
 
@@ -525,6 +525,27 @@ def test_threshold_sources(tmp_path):
   assert model._policy(None, "exp", carried, None).source == "calibration:strict"
   with pytest.raises(ExportError, match="carries calibration 'strict', not 'lax'"):
     model._policy(None, "exp", carried, "lax")
+
+
+def test_model_description_of_an_export_keeps_what_it_is_not_where_it_lives():
+  """`public_card`: the card's config, paths and versions stay on the server;
+  a card written before #39 (Platt scaling under calibration.platt) reads."""
+  from cmfl_jax.serving import model
+  old_card = {"format": "cmfl_jax.model_card/1", "config": {"data": {"data_root": "/srv/x"}},
+              "architecture": {"arch": "two_stream"}, "input": {"size": 32},
+              "checkpoint": {"workdir": "/srv/runs/a", "kind": "best", "step": 3},
+              "training_data": {"data_root": "/srv/x", "train_split": "train"},
+              "calibration": {"platt": {"method": "platt", "a": 2.0, "b": 0.0},
+                              "chosen": {"name": "cam", "threshold": 0.6, "path": "/srv/c.json",
+                                         "record": {"threshold": 0.6, "skipped": [
+                                             {"path": "/home/u/a.png"}], "n": 40}}},
+              "artifacts": {"versions": {"jax": "0.7"}}}
+  public = model.public_card(old_card)
+  assert "config" not in public and "artifacts" not in public and not _paths_in(public)
+  assert public["platt_scaling"] == {"method": "platt", "a": 2.0, "b": 0.0}
+  assert public["calibration"]["chosen"] == {"name": "cam", "threshold": 0.6,
+                                             "record": {"threshold": 0.6, "n": 40}}
+  assert public["checkpoint"]["step"] == 3 and public["training_data"]["train_split"] == "train"
 
 
 # ---------------------------------------------------------------------------

@@ -34,8 +34,8 @@ OUTPUTS = {
     "p_real": "P(real) of the joint head (the score of predict and evaluate)",
     "p_real_rgb": "P(real) of the RGB head (two_stream only)",
     "p_real_freq": "P(real) of the spectrum head (two_stream only)",
-    "p_real_calibrated": "p_real after the Platt calibration fitted on the dev set "
-                         "(same ranking; equals p_real when the checkpoint has none)",
+    "p_real_platt": "p_real after the Platt scaling fitted on the dev set "
+                    "(same ranking; equals p_real when the checkpoint has none)",
     "threshold_dev": "verdict threshold on p_real: the dev-set EER threshold (0.5 where the "
                      "checkpoint has none); repeated per image",
     "threshold_calibration": "verdict threshold on p_real of the chosen --calibration; "
@@ -125,7 +125,7 @@ def _attribution(meta: dict, num_sources: int) -> dict | None:
 def output_names(model: models.ModelConfig, constants: Constants) -> list[str]:
   """The artifact's outputs, in the order the card lists them."""
   names = ["p_real", *(["p_real_rgb", "p_real_freq"] if model.arch == "two_stream" else []),
-           "p_real_calibrated", "threshold_dev"]
+           "p_real_platt", "threshold_dev"]
   names += ["threshold_calibration"] if constants.calibration_threshold is not None else []
   return names + (list(ATTRIBUTION_OUTPUTS) if constants.attribution else [])
 
@@ -149,7 +149,7 @@ def serving_function(restored: Restored, constants: Constants
        out[openset.PROBS]) = openset.decide_jax(outputs[models.SOURCE].astype(jnp.float32),
                                                 constants.attribution)
     p = jnp.clip(out["p_real"], _P_CLIP, 1 - _P_CLIP)  # as predict: logit of the clipped P
-    out["p_real_calibrated"] = jax.nn.sigmoid(a * (jnp.log(p) - jnp.log1p(-p)) + b)
+    out["p_real_platt"] = jax.nn.sigmoid(a * (jnp.log(p) - jnp.log1p(-p)) + b)
     ones = jnp.ones_like(out["p_real"])
     out["threshold_dev"] = ones * constants.dev_threshold
     if constants.calibration_threshold is not None:

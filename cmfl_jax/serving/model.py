@@ -29,7 +29,7 @@ class ScoringModel:
   score: Callable[[np.ndarray], dict[str, np.ndarray]]  # <= batch_size images -> heads
   decode: Callable[[bytes], np.ndarray]                  # checked bytes -> model input
   policy: verdict_lib.Policy
-  calibration: dict | None                               # Platt (a, b) on the logit, or None
+  platt: dict | None                                     # Platt (a, b) on the logit, or None
   description: dict[str, Any]
   limits: limits_lib.Limits
   faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
@@ -55,9 +55,8 @@ class ScoringModel:
     for i in range(len(heads["joint"])):
       p = float(heads["joint"][i])
       scores = {"p_real": p, "heads": {k: float(v[i]) for k, v in p_real_heads.items()}}
-      scores["p_real_calibrated"] = (float(stats.apply_calibration(
-          self.calibration, evaluate.logits_of(np.asarray([p])))[0])
-                                     if self.calibration else None)
+      scores["p_real_platt"] = (float(stats.apply_calibration(
+          self.platt, evaluate.logits_of(np.asarray([p])))[0]) if self.platt else None)
       verdict, reason = self.policy.decide(scores)
       out.append({**scores, "verdict": verdict, "reason": reason,
                   "meaning": verdict_lib.MEANING[verdict], "threshold": self.policy.threshold,
@@ -117,7 +116,7 @@ def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
 
 #: What `/v1/model` keeps of an export's model card: what the model is and
 #: how it decides, not where it was made (paths, config, software versions).
-_CARD_KEYS = ("format", "created", "architecture", "input", "outputs", "thresholds",
+_CARD_KEYS = ("format", "created", "platt_scaling", "architecture", "input", "outputs", "thresholds",
               "unsure_band", "operating_points", "attribution", "evaluation", "intended_use",
               "limits")
 _CARD_PARTS = {"checkpoint": ("kind", "step", "fingerprint", "epoch", "val_loss"),
@@ -134,7 +133,8 @@ def public_card(card: dict[str, Any]) -> dict[str, Any]:
     out[part] = {k: (card.get(part) or {}).get(k) for k in keys}
   calibration = card.get("calibration") or {}
   chosen = calibration.get("chosen")
-  out["calibration"] = {"platt": calibration.get("platt"), "chosen": chosen and {
+  out.setdefault("platt_scaling", calibration.get("platt"))  # cards before #39
+  out["calibration"] = {"chosen": chosen and {
       "name": chosen.get("name"), "threshold": chosen.get("threshold"),
       "record": {k: v for k, v in (chosen.get("record") or {}).items()
                  if k in _CALIBRATION_KEYS}}}

@@ -39,8 +39,8 @@ function show(body, url) {
   const dl = $("scores");
   dl.replaceChildren();
   row(dl, "P(real)", pct(body.p_real));
-  if (body.p_real_calibrated !== null && body.p_real_calibrated !== undefined)
-    row(dl, "P(real), calibrated", pct(body.p_real_calibrated));
+  if (body.p_real_platt !== null && body.p_real_platt !== undefined)
+    row(dl, "P(real), Platt-scaled", pct(body.p_real_platt));
   row(dl, "threshold", pct(body.threshold));
   for (const [head, p] of Object.entries(body.heads || {}))
     if (head !== "joint") row(dl, HEADS[head] || head, pct(p));
