@@ -446,3 +446,15 @@ def test_attribution_constants_need_the_dev_fit():
     serving_fn.Constants.of({}, None, num_sources=2)
   with pytest.raises(ExportError, match="does not match its 3-class head"):
     serving_fn.Constants.of({"attribution": fitted}, None, num_sources=3)
+
+
+def test_self_check_probes_differ_in_kind():
+  """The export's read-back check runs on 8 unlike images (noise, smooth
+  noise, flat, gradient, checkerboard), not 2 noise images whose scores and
+  generator decisions would all be alike."""
+  from cmfl_jax.exporting import serving_fn
+  probes = serving_fn.probe_images(32)
+  assert probes.shape == (8, 32, 32, 3) and probes.dtype == np.uint8
+  spread = [float(p.std()) for p in probes]
+  assert len({p.tobytes() for p in probes}) == 8
+  assert min(spread) == 0.0 and max(spread) > 100 and len({round(s) for s in spread}) >= 6

@@ -159,6 +159,16 @@ def serving_function(restored: Restored, constants: Constants
   return serve
 
 
-def probe_images(size: int, count: int = 2, seed: int = 0) -> np.ndarray:
-  """Random uint8 images for the self-check of a written artifact."""
-  return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+def probe_images(size: int, seed: int = 0) -> np.ndarray:
+  """Images for the self-check of a written artifact, unlike each other so
+  that the scores and the integer generator decision vary across them:
+  white noise, smooth noise (upsampled), flat colours, a gradient and a
+  checkerboard, 8 in all."""
+  rng = np.random.default_rng(seed)
+  noise = rng.integers(0, 256, (2, size, size, 3))
+  coarse = rng.integers(0, 256, (2, 4, 4, 3)).repeat(-(-size // 4), 1).repeat(-(-size // 4), 2)
+  flat = np.stack([np.full((size, size, 3), v) for v in ((20, 20, 20), (200, 170, 150))])
+  ramp = np.broadcast_to(np.linspace(0, 255, size)[None, :, None], (size, size, 3))
+  board = ((np.indices((size, size)).sum(0) % 2) * 255)[..., None].repeat(3, -1)
+  return np.concatenate([noise, coarse[:, :size, :size], flat, ramp[None], board[None]]
+                        ).astype(np.uint8)
