@@ -337,7 +337,8 @@ def load_exported(directory: str, batch_size: int | None = None) -> Model:
           "calibration": card.get("platt_scaling",  # cards before #39: calibration.platt
                                   (card.get("calibration") or {}).get("platt")),
           "unsure_band": card.get("unsure_band"),
-          "chosen_calibration": chosen and {**chosen["record"], "threshold": chosen["threshold"]},
+          "chosen_calibration": chosen and {**chosen["record"], "name": chosen["name"],
+                                            "threshold": chosen["threshold"]},
           "fingerprint": card["checkpoint"].get("fingerprint"), "card": card}
   if card.get("attribution"):
     meta["attribution"] = card["attribution"]
