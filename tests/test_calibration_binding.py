@@ -74,7 +74,9 @@ def test_predict_export_and_serve_refuse_a_calibration_of_other_weights(referenc
   from cmfl_jax.exporting import bundle
   from cmfl_jax.exporting.errors import ExportError
   from cmfl_jax.serving import model as model_lib
-  workdir, _ = reference_run
+  import shutil
+  workdir = str(tmp_path / "run")  # a copy: the shared run's calibrations stay as they are
+  shutil.copytree(reference_run[0], workdir)
   current, config = _current(workdir)
   image = tmp_path / "x.png"
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(image)
