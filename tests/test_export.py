@@ -226,7 +226,7 @@ def test_bad_input_is_refused_before_anything_is_written(run_copy, tmp_path):
   out = str(tmp_path / "out")
   cases = {
       "unknown calibration": (dict(workdir=run_copy, calibration="lenient"),
-                              "unknown calibration 'lenient'", "available: strict"),
+                              "unknown calibration 'lenient'", "available: ", "strict"),
       "missing checkpoint": (dict(workdir=run_copy, which="999"), "no checkpoint '999'",
                              "it holds best"),
       "no run at all": (dict(workdir=str(tmp_path / "nothing")), "no checkpoint 'best'",
