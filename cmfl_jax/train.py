@@ -298,7 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ids = attribution_classes.source_ids(train_split, config.attribution.classes)
     train_columns = {"source": ids}
     if config.attribution.get("class_balanced", True):
-      order = pipeline.balanced_order(train_split.labels, config.seed, 0, config.data.balance)
+      order = pipeline.balanced_order(train_split.labels, config.seed, 0, config.data.balance,
+                                      train_split.made_from)
       train_columns["source_weight"] = attribution_classes.balance_weights(
           ids, order, len(config.attribution.classes))
     logging.info("attribution head over %d sources: %s", len(config.attribution.classes),

@@ -61,6 +61,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Re-encode every training image the same way before augmentation ("" = off,
   # "jpeg:Q"): the remedy when the audit finds a storage shortcut.
   data.reencode = ""
+  # Processing randomised on both classes of every training image (issue #38;
+  # cmfl_jax/data/randomize.py lists what it contains): "" = off, "all", or
+  # groups "camera,resample,blur,jpeg", each with probability randomize_prob.
+  # A fake made from a real (CSV column `made_from`, folder made_from.csv, the
+  # benchmark's `<family>_recon|inpaint` splits) always gets its real's draws.
+  data.randomize = ""
+  data.randomize_prob = 0.5
+  # The embedded benchmark only: leave training camera k (0-2) out of the train
+  # split and validate on it alone (keep-best, dev threshold); -1 = off.
+  data.holdout_camera = -1
   # Raw photographs (csv/folder sources): "align" | "box" detects and aligns every
   # image once (MTCNN, as `python -m cmfl_jax.align`; the align extra) into
   # align_dir ("" = ~/.cache/cmfl_jax/aligned); images without a face are listed.
