@@ -39,10 +39,12 @@ def balanced_order(labels: np.ndarray, seed: int, epoch: int, balance: str,
   majority size; nothing is thrown away), "truncate" (the official code: the
   larger class cut to the smaller), or "none".
 
-  `made_from` (`Split.made_from`): each fake made from a real comes right
-  after that real, at an even position, so an even batch never splits a pair
-  (a real made into k fakes appears k times). The examples in no pair are
-  balanced among themselves and follow in (real, fake) couples.
+  `made_from` (`Split.made_from`): every real that fakes were made from
+  comes once, right before one of its fakes (drawn anew each epoch when
+  there are several: reconstructions and inpaintings, or several families),
+  at an even position, so an even batch never splits a pair and an epoch has
+  as many fakes as reals. Examples in no pair are balanced among themselves
+  and follow in (real, fake) couples.
   """
   if made_from is not None and (made_from >= 0).any():
     return _paired_order(labels, made_from, seed, epoch, balance)
@@ -67,16 +69,24 @@ def balanced_order(labels: np.ndarray, seed: int, epoch: int, balance: str,
 
 def _paired_order(labels: np.ndarray, made_from: np.ndarray, seed: int, epoch: int,
                   balance: str) -> np.ndarray:
+  rng = np.random.default_rng([seed, epoch, 2])  # its own stream: pairs are new
   fakes = np.flatnonzero(made_from >= 0)
-  units = [np.stack([made_from[fakes], fakes], axis=1)]  # (real, fake)
+  # One fake per real: shuffle the fakes, keep each real's first.
+  shuffled = fakes[rng.permutation(len(fakes))]
+  reals, first = np.unique(made_from[shuffled], return_index=True)
+  units = [np.stack([reals, shuffled[first]], axis=1)]  # (real, fake)
   in_pair = np.zeros(len(labels), bool)
   in_pair[fakes] = in_pair[made_from[fakes]] = True
   rest = np.flatnonzero(~in_pair)
   if len(rest):
-    order = rest[balanced_order(labels[rest], seed, epoch, balance)]
-    units.append(order[:len(order) // 2 * 2].reshape(-1, 2))
+    rest_classes = np.unique(labels[rest])
+    if len(rest_classes) == 2:
+      order = rest[balanced_order(labels[rest], seed, epoch, balance)]
+      units.append(order[:len(order) // 2 * 2].reshape(-1, 2))
+    elif balance != "truncate":  # one class left over: each with a random other-class example
+      others = np.flatnonzero(labels != rest_classes[0])
+      units.append(np.stack([rest, rng.choice(others, len(rest))], axis=1))
   units_all = np.concatenate(units)
-  rng = np.random.default_rng([seed, epoch, 2])  # its own stream: pairs are new
   return units_all[rng.permutation(len(units_all))].reshape(-1)
 
 

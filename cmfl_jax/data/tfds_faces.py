@@ -114,9 +114,10 @@ def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str,
   (what plain `tfds.load` reads): the encoded images are held in host memory.
   """
   for part in split_name.split("+"):
-    if part.strip() not in builder.info.splits:
+    base = part.strip().split("[")[0]  # "name[:50%]": TFDS's slicing
+    if base not in builder.info.splits:
       raise DataError(
-          f"TFDS {builder.name}: no split {part.strip()!r}; have {sorted(builder.info.splits)}")
+          f"TFDS {builder.name}: no split {base!r}; have {sorted(builder.info.splits)}")
   skip = {"image": tfds.decode.SkipDecoding()}
   if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     meta = builder.as_data_source(split=split_name, decoders=skip)

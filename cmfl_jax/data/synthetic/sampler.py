@@ -88,7 +88,9 @@ def _draw_range(version: str, seed: int, split: str, source: str, size: int, sta
                 stop: int) -> list[np.ndarray]:
   """Images `start..stop-1` of one source (run in a worker process or here)."""
   if source in ALIGNED_SOURCES:
-    return [aligned_image(source, split, size, seed, i) for i in range(start, stop)]
+    reals = _stored_reals(split, size, seed, start, stop)
+    return [aligned_image(source, split, size, seed, i, reals[i - start])
+            for i in range(start, stop)]
   render = VERSIONS[version].render
   out = []
   for i in range(start, stop):
@@ -106,12 +108,21 @@ def stored_real(split: str, size: int, seed: int, i: int) -> tuple[np.ndarray, i
   return simulate.store(np.round(img * 255).astype(np.uint8), rng), camera, face
 
 
-def aligned_image(source: str, split: str, size: int, seed: int, i: int) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _stored_reals(split: str, size: int, seed: int, start: int, stop: int) -> tuple:
+  """A chunk's reals, drawn once per process for the twelve aligned sources
+  (rendering the real is most of an aligned image's cost)."""
+  return tuple(stored_real(split, size, seed, i) for i in range(start, stop))
+
+
+def aligned_image(source: str, split: str, size: int, seed: int, i: int,
+                  real: tuple[np.ndarray, int, np.ndarray] | None = None) -> np.ndarray:
   """Image `i` of an aligned source (`<family>_<mode>`): real `i` of the same
   split, as its camera captured and the benchmark stored it, re-rendered by
-  the family (`v2.aligned_fake`), then stored like every other image."""
+  the family (`v2.aligned_fake`), then stored like every other image.
+  `real`: `stored_real(split, size, seed, i)`, if already drawn."""
   family, _, mode = source.rpartition("_")
-  real, _, face = stored_real(split, size, seed, i)
+  real, _, face = real or stored_real(split, size, seed, i)
   rng = np.random.default_rng([seed, simulate.SPLIT_SEED[split], _ALIGNED_SEED[source], i])
   fake = v2.aligned_fake(family, mode, real, face, rng)
   return simulate.store(np.round(fake * 255).astype(np.uint8), rng)

@@ -1,0 +1,112 @@
+"""Does the detector learn the generator or the camera? (issue #38)
+
+`--config=configs/generalization.py` (grid "recipes"): today's recipe
+against each element of the new one and all of them together, 3 seeds each,
+every run scored on the same evaluation images (paired comparisons,
+`sweep.compare`). To fit 2 CPU cores the streams are the sweep's reduced
+DenseNet (as configs/paper_table.py:seeds), 64x64, 3 epochs; the evaluation
+splits are the main job's, with the conditions the issue asks about.
+
+  today       fakes rendered from clean content (no camera), as before
+  aligned     each training/dev fake made from a training/dev real: a
+              whole-image reconstruction or a face inpainting
+              (`<family>_recon`, `<family>_inpaint`; one of them per real and
+              epoch), each pair in one batch with the same augmentation
+  randomised  today's fakes, processing randomised on both classes
+              (`data.randomize="all"`, cmfl_jax/data/randomize.py)
+  both        aligned + randomised
+  both_loco   both, validated on a training camera left out of training
+              (`data.holdout_camera=1`): keep-best and the dev threshold
+
+`--config=configs/generalization.py:lofo`: leave one family out. The
+recipe ("both") trained with five families known and the sixth held out,
+for each of the six folds, one seed each, 6 epochs (five families need more
+steps than one). The held-out family's D-EER is the number to read.
+
+Results and commands: BENCHMARKS.md, "Learning the generator, not the camera".
+The analysis: `python benchmarks/generalization_table.py --workdir=...`.
+"""
+
+import os
+import runpy
+
+import ml_collections
+
+from cmfl_jax.data.synthetic import FAMILIES
+
+_cross_model = runpy.run_path(os.path.join(os.path.dirname(__file__), "cross_model.py"))
+
+# Test-time conditions: the issue's verdict-flip pair (jpeg:95, resize:0.9) and
+# the robustness rows of the main job's table.
+CONDITIONS = ("jpeg:95", "jpeg:90", "jpeg:70", "resize:0.9", "resize:0.5", "blur:1", "noise:2")
+
+
+def aligned_split(families: tuple[str, ...], split: str) -> str:
+  """Bona fide plus every aligned fake of `families` (reconstructions and
+  inpaintings); training pairs each real with one of its fakes per epoch,
+  drawn anew each epoch (`pipeline.balanced_order`), so an epoch has as many
+  fakes as reals, as today's."""
+  return "+".join(["real_" + split] + [f"{f}_{mode}_{split}" for f in families
+                                       for mode in ("recon", "inpaint")])
+
+
+def plain_split(families: tuple[str, ...], split: str) -> str:
+  return "+".join(["real_" + split] + [f"{f}_{split}" for f in families])
+
+
+RECIPES = {
+    "today": {},
+    "aligned": {"aligned": True},
+    "randomised": {"data.randomize": "all"},
+    "both": {"aligned": True, "data.randomize": "all"},
+    "both_loco": {"aligned": True, "data.randomize": "all", "data.holdout_camera": 1},
+}
+
+
+def recipe_overrides(name: str, known: tuple[str, ...]) -> dict:
+  """A recipe's config overrides for the given known families."""
+  out = dict(RECIPES[name])
+  make = aligned_split if out.pop("aligned", False) else plain_split
+  out["data.train_split"] = make(known, "train")
+  out["data.val_split"] = make(known, "dev")
+  return out
+
+
+def _reduced(config: ml_collections.ConfigDict) -> None:
+  """The sweep's reduced DenseNet (configs/paper_table.py)."""
+  paper = runpy.run_path(os.path.join(os.path.dirname(__file__), "paper_table.py"))
+  reduced = paper["get_config"]("seeds")
+  config.model = reduced.model
+  for key in ("num_epochs", "log_every_steps", "checkpoint_every_steps"):
+    config.train[key] = reduced.train[key]
+
+
+def get_config(grid: str = "recipes"):
+  if grid not in ("recipes", "lofo"):
+    raise ValueError(f"generalization grid must be 'recipes' or 'lofo', got {grid!r}")
+  config = _cross_model["get_config"]()
+  _reduced(config)
+  config.eval.conditions = CONDITIONS
+  config.eval.explain_frequencies = False
+  config.sweep = ml_collections.ConfigDict()
+  if grid == "recipes":
+    known = ("stylegan2",)
+    config.sweep.cells = tuple((f"{name}@stylegan2", recipe_overrides(name, known))
+                               for name in RECIPES)
+    config.sweep.seeds = (0, 1, 2)
+    config.sweep.compare = tuple((name, "today") for name in RECIPES if name != "today") + (
+        ("both_loco", "both"),)
+    return config
+  config.train.num_epochs = 6
+  cells = []
+  for held_out in FAMILIES:
+    known = tuple(f for f in FAMILIES if f != held_out)
+    overrides = recipe_overrides("both", known)
+    overrides["data.eval_splits"] = tuple(f"real_eval+{f}_eval" for f in FAMILIES) + (
+        f"real2_eval+{held_out}_eval",)
+    overrides["eval.robustness_splits"] = (f"real_eval+{held_out}_eval",)
+    cells.append((f"both@without_{held_out}", overrides))
+  config.sweep.cells = tuple(cells)
+  config.sweep.seeds = ()
+  config.sweep.compare = ()
+  return config
