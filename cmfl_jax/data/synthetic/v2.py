@@ -291,11 +291,11 @@ ALIGNED_MODES = ("recon", "inpaint")
 
 
 def face_blend_mask(face: np.ndarray, feather: float = 1.5) -> np.ndarray:
-  """The inpainting's soft mask [S, S, 1]: the face region grown by ~2 px and
-  feathered, as inpainting pipelines blend the edited region back."""
+  """The inpainting's soft mask [S, S, 1]: 1 on the face region, feathered
+  over ~2 px beyond it, as inpainting pipelines blend the edited region back."""
   grown = separable(face[None, :, :, None].astype(np.float64), gaussian_taps(1.0, 2))[0] > 0.05
   soft = separable(grown[None].astype(np.float64), gaussian_taps(feather, 3))[0]
-  return np.clip(soft, 0, 1)
+  return np.where(face[..., None], 1.0, np.clip(soft, 0, 1))  # the face itself wholly new
 
 
 def aligned_fake(family: str, mode: str, real_u8: np.ndarray, face: np.ndarray,
