@@ -87,6 +87,8 @@ def get_config(grid: str = "recipes"):
   config = _cross_model["get_config"]()
   _reduced(config)
   config.eval.conditions = CONDITIONS
+  # The conditions on the unseen camera too: its verdicts' stability.
+  config.eval.robustness_splits = ("real_eval+stylegan2_eval", "real2_eval+stylegan2_eval")
   config.eval.explain_frequencies = False
   config.sweep = ml_collections.ConfigDict()
   if grid == "recipes":
@@ -104,7 +106,8 @@ def get_config(grid: str = "recipes"):
     overrides = recipe_overrides("both", known)
     overrides["data.eval_splits"] = tuple(f"real_eval+{f}_eval" for f in FAMILIES) + (
         f"real2_eval+{held_out}_eval",)
-    overrides["eval.robustness_splits"] = (f"real_eval+{held_out}_eval",)
+    overrides["eval.robustness_splits"] = (f"real_eval+{held_out}_eval",
+                                           f"real2_eval+{held_out}_eval")
     cells.append((f"both@without_{held_out}", overrides))
   config.sweep.cells = tuple(cells)
   config.sweep.seeds = ()
