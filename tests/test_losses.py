@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmfl_jax import losses
+from cmfl_jax.training import losses
 
 ALPHA, GAMMA, MULT, EPS = 1.0, 3.0, 2.0, 1e-9
 

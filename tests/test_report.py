@@ -7,8 +7,8 @@ import runpy
 import numpy as np
 import pytest
 
-from cmfl_jax import evaluate, report, sweep
 from cmfl_jax.data.synthetic import FAMILIES
+from cmfl_jax.evaluation import evaluate, report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,7 +176,7 @@ def test_eval_report_carries_intervals_operating_points_and_calibration(tmp_path
   words); ECE before/after a Platt calibration, AUC unchanged by it."""
   import ml_collections
 
-  from cmfl_jax import stats
+  from cmfl_jax.evaluation import stats
   dev_labels, dev_scores = _scores(5, 1.5, n=400)
   ops = stats.dev_operating_points(dev_labels, dev_scores)
   calibration = stats.fit_platt(dev_labels, evaluate.logits_of(dev_scores))
@@ -206,8 +206,8 @@ def test_eval_report_carries_intervals_operating_points_and_calibration(tmp_path
 def test_sweep_over_seeds_reports_spread_and_a_planted_difference(tmp_path, monkeypatch):
   """Three seeds per cell: mean ± std in the matrix, and the paired test finds
   the planted gap between two models (p < 0.05, marked) on the same images."""
-  from cmfl_jax import score_files
   from cmfl_jax.data.split import Files, Split
+  from cmfl_jax.evaluation import score_files
   config = paper_table_config()
   _cells(config, ("two_stream/cmfl", "two_stream/bce"), ("stylegan2",))
   config.sweep.seeds = (0, 1, 2)

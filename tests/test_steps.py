@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmfl_jax import backend, steps
+from cmfl_jax import backend
+from cmfl_jax.training import steps
 from helpers import SMOKE
 
 
@@ -19,7 +20,8 @@ def test_param_count_counts_the_trainable_parameters():
 
   from flax import nnx
 
-  from cmfl_jax import models, steps
+  from cmfl_jax import models
+  from cmfl_jax.training import steps
   spec = importlib.util.spec_from_file_location("smoke", SMOKE)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -35,7 +37,8 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
   import jax
   import jax.numpy as jnp
 
-  from cmfl_jax import backend, models, steps
+  from cmfl_jax import backend, models
+  from cmfl_jax.training import steps
   config, mesh = runpy.run_path(SMOKE)["get_config"](), steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
   batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
@@ -76,7 +79,8 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
 
 
 def test_cpu_matmul_is_ignored_where_xla_lacks_the_option(monkeypatch):
-  from cmfl_jax import backend, models, steps
+  from cmfl_jax import backend, models
+  from cmfl_jax.training import steps
   model = models.ModelConfig(cpu_matmul="eigen")
   train_options, eval_options = backend.step_compiler_options(model, steps.make_mesh())
   assert train_options and eval_options == {"xla_cpu_experimental_ynn_fusion_type": ""}

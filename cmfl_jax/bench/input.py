@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from cmfl_jax import backend, steps
+from cmfl_jax import backend
 from cmfl_jax.bench.timing import interleaved_times, timed
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Encoded, Files, Split
+from cmfl_jax.training import steps
 
 
 def encoded_split(n: int, size: int, fmt: str = "PNG") -> Split:

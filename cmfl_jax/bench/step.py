@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cmfl_jax import backend, models, steps
+from cmfl_jax import backend, models
 from cmfl_jax.bench.timing import interleaved_times
+from cmfl_jax.training import steps
 
 
 def emit(record: dict[str, Any]) -> None:

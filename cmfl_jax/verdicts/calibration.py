@@ -54,12 +54,13 @@ def calibrate(workdir: str, paths: Sequence[str], name: str, alpha: float = 0.05
   Returns the stored calibration (plus "path"); raises ValueError
   subclasses with a one-line message for the user's mistakes."""
   check_before_scoring(workdir, name, len(paths), alpha, delta, overwrite)
-  from cmfl_jax import evaluate, predict
   from cmfl_jax.data import sources
-  model = predict.load_model(workdir, which)
-  geometry = predict.input_geometry(model.config, None, align)
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.scoring import files, model as scoring_model, rows
+  model = scoring_model.load_model(workdir, which)
+  geometry = files.input_geometry(model.config, None, align)
   scores, skipped = [], []
-  for row in predict.scored_rows(model, paths, geometry, align):
+  for row in rows.scored_rows(model, paths, geometry, align):
     if "error" in row:
       skipped.append({"path": row["path"], "reason": row["error"]})
     elif row.get("unsupported"):

@@ -21,8 +21,9 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cmfl_jax import backend, losses, models
+from cmfl_jax import backend, models
 from cmfl_jax.attribution import classes as attribution_classes
+from cmfl_jax.training import losses
 
 DATA_AXIS = "data"
 

@@ -17,13 +17,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from cmfl_jax import (audit, backend, checkpointing, metrics, models, report, score_files,
-                      stats, steps, summaries)
+from cmfl_jax import backend, models
 from cmfl_jax.attribution import classes as attribution_classes
 from cmfl_jax.attribution import evaluation as attribution_evaluation
 from cmfl_jax.data import ops, pipeline, sources
+from cmfl_jax.data.auditing import configured as audit
 from cmfl_jax.data.split import Split
+from cmfl_jax.evaluation import metrics, report, score_files, stats
 from cmfl_jax.explanations import frequencies
+from cmfl_jax.training import checkpointing, steps, summaries
 from cmfl_jax.verdicts import selective
 
 

@@ -1,4 +1,4 @@
-"""Training: the epoch loop around the compiled steps of `cmfl_jax.steps`,
+"""Training: the epoch loop around the compiled steps of `cmfl_jax.training.steps`,
 with validation, keep-best/latest Orbax checkpoints, exact resume, and clean
 stops on signals (agreed by every process: all save the same step) and
 non-finite losses.
@@ -22,11 +22,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import (audit, backend, checkpointing, evaluate, metrics, models, score_files,
-                      stats, steps, summaries, weights)
+from cmfl_jax import backend, models
 from cmfl_jax.attribution import classes as attribution_classes, openset
 from cmfl_jax.data import pipeline, sources
+from cmfl_jax.data.auditing import configured as audit
 from cmfl_jax.data.split import Split, split_summary
+from cmfl_jax.evaluation import evaluate, metrics, score_files, stats
+from cmfl_jax.models import torch_weights as weights
+from cmfl_jax.training import checkpointing, steps, summaries
 from cmfl_jax.verdicts import selective
 
 
