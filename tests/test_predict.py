@@ -162,7 +162,8 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
   state, eval_fn, mesh, _, _ = evaluate.restore_for_eval(config, workdir, "best")
   split = Split("files", np.zeros(len(good), np.int32), np.asarray(["x"] * len(good)),
                 Files(np.asarray(good)))
-  want = evaluate.evaluate_split(eval_fn, state, split, config, mesh)["scores"]["joint"]
+  want = evaluate.evaluate_split(eval_fn, state, split, mesh, data=config.data,
+                                 batch_size=config.train.eval_batch_size)["scores"]["joint"]
   got = np.asarray([r["score"] for r, kind in zip(rows, kinds) if kind is None])
   np.testing.assert_allclose(got, np.tile(want, 3), atol=1e-6)
 

@@ -185,5 +185,6 @@ def test_validation_subset_during_training_full_dev_split_for_the_stored_thresho
   for kind in ("best", "latest"):
     state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, kind)
     assert meta["dev_examples"] == 24
-    joint = evaluate.evaluate_split(eval_fn, state, dev, config, mesh)["scores"]["joint"]
+    joint = evaluate.evaluate_split(eval_fn, state, dev, mesh, data=config.data,
+                                    batch_size=config.train.eval_batch_size)["scores"]["joint"]
     assert meta["dev_threshold"] == pytest.approx(metrics.eer(dev.labels, joint)[1], abs=1e-6)
