@@ -54,9 +54,9 @@ def min_image_size(model: Any) -> int:
 
 def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> None:
   """Raises ConfigError (naming the key) for the first setting that cannot work."""
-  from cmfl_jax import losses
   from cmfl_jax.data import ops, randomize, sources
   from cmfl_jax.models import ModelConfig
+  from cmfl_jax.training import losses
   try:
     model = ModelConfig.from_config(config.model, platform)
   except ValueError as e:

@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.min_side = -1                   # smaller images are skipped and reported (-1: crop size)
   data.cache = False                   # decode all images once into RAM (one image size)
   data.max_pixels = 64_000_000         # larger ones too (decompression bombs)
-  # Data audit at the start of training/evaluation (cmfl_jax/audit.py): storage
+  # Data audit at the start of training/evaluation (cmfl_jax/data/auditing/configured.py): storage
   # shortcuts (metadata-only classifier AUC above the threshold warns), duplicates,
   # subject overlap. Per-file results cached by (path, size, mtime) in audit_cache
   # ("" = ~/.cache/cmfl_jax/audit/metadata.sqlite, or under $XDG_CACHE_HOME; an

@@ -2,7 +2,7 @@
 converted to Orbax, and score parity with the PyTorch model.
 
 State dicts in torchvision's layout are written here from torchvision's layer
-definitions (NumPy only), independently of `cmfl_jax.weights`, so the file
+definitions (NumPy only), independently of `cmfl_jax.models.torch_weights`, so the file
 tests need no PyTorch. Parity tests build the official detectors in PyTorch
 (`cmfl_jax.bench.torch_reference`; random weights, never downloaded) and skip
 without it.
@@ -23,7 +23,11 @@ from absl import flags
 from flax import nnx
 from PIL import Image
 
-from cmfl_jax import convert, evaluate, models, predict, steps, train, weights
+from cmfl_jax import convert, models
+from cmfl_jax.evaluation import evaluate
+from cmfl_jax.models import torch_weights as weights
+from cmfl_jax.scoring import decisions, model as scoring_model
+from cmfl_jax.training import loop as train, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "configs" / "default.py")
@@ -365,7 +369,7 @@ def test_official_keys_with_dataparallel_prefix_load_the_same():
 
 
 def test_eval_report_of_a_converted_checkpoint_has_no_val_loss():
-  from cmfl_jax import report
+  from cmfl_jax.evaluation import report
   lines = report.summary_lines({"checkpoint": "best_0", "step": 0, "val_loss": None,
                                 "splits": {}})
   assert "validation loss n/a" in lines[0]
@@ -452,7 +456,7 @@ def converted_two_stream(tmp_path_factory):
 
 def test_converted_two_stream_matches_pytorch_heads(converted_two_stream):
   torch_model, workdir = converted_two_stream
-  config = predict.config_from_checkpoint(workdir, "best")
+  config = scoring_model.config_from_checkpoint(workdir, "best")
   assert config.model.arch == "two_stream" and config.model.growth_rate == 4
   model, state, eval_fn, meta = restored_model(config, workdir)
   assert meta["step"] == 0 and meta["dev_threshold"] is None and meta["val_loss"] is None
@@ -476,7 +480,7 @@ def test_predict_on_aligned_files_matches_official_test_script(converted_two_str
   for i, img in enumerate(images):
     paths.append(str(tmp_path / f"{i}.png"))
     Image.fromarray(img).save(paths[-1])
-  predictions = predict.predict(workdir, paths)
+  predictions = decisions.predict(workdir, paths)
   assert predictions.threshold is None
   rows = list(predictions.rows)
   got = np.array([r["score"] for r in rows])
@@ -490,7 +494,7 @@ def test_convert_one_stream_spectrum_model(tmp_path):
   checkpoint, out = str(tmp_path / "fft.pth"), str(tmp_path / "converted")
   torch_model = save_official_checkpoint("one_stream", checkpoint, 3)
   convert.convert(tiny_config("one_stream", "freq"), checkpoint, out)
-  config = predict.config_from_checkpoint(out, "best")
+  config = scoring_model.config_from_checkpoint(out, "best")
   assert config.model.input == "freq" and config.loss.objective == "bce"
   _, state, eval_fn, _ = restored_model(config, out)
   images = varied_images(4, 4)

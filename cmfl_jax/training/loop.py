@@ -1,4 +1,4 @@
-"""Training: the epoch loop around the compiled steps of `cmfl_jax.steps`,
+"""Training: the epoch loop around the compiled steps of `cmfl_jax.training.steps`,
 with validation, keep-best/latest Orbax checkpoints, exact resume, and clean
 stops on signals (agreed by every process: all save the same step) and
 non-finite losses.
@@ -22,11 +22,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import (audit, backend, checkpointing, evaluate, metrics, models, score_files,
-                      stats, steps, summaries, weights)
+from cmfl_jax import backend, models
 from cmfl_jax.attribution import classes as attribution_classes, openset
 from cmfl_jax.data import pipeline, sources
+from cmfl_jax.data.auditing import configured as audit
 from cmfl_jax.data.split import Split, split_summary
+from cmfl_jax.evaluation import evaluate, metrics, score_files, stats
+from cmfl_jax.models import torch_weights as weights
+from cmfl_jax.training import checkpointing, losses, steps, summaries
 from cmfl_jax.verdicts import selective
 
 
@@ -211,6 +214,13 @@ def validation_subset(split: Split, n: int, seed: int) -> Split:
   return split.select(keep)
 
 
+def _evaluate(eval_fn, state: steps.TrainState, split: Split, config, mesh) -> dict[str, Any]:
+  """`evaluate.evaluate_split` of the dev split with the values it takes from the config."""
+  return evaluate.evaluate_split(eval_fn, state, split, mesh, data=config.data,
+                                 batch_size=config.train.eval_batch_size,
+                                 classes=attribution_classes.head_classes(config))
+
+
 def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Checkpoints) -> None:
   """After training on a validation subset: the dev statistics of `best` and
   of the newest `latest` refitted on the whole dev split."""
@@ -225,8 +235,8 @@ def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Ch
       continue  # nothing saved, or refitted already (a rerun of a finished run)
     if step not in fitted:
       model = state if step == current else checkpointing.restore(manager, step, target)[0]
-      fitted[step] = dev_statistics(
-          val_split, evaluate.evaluate_split(eval_fn, model, val_split, config, mesh), config)
+      fitted[step] = dev_statistics(val_split, _evaluate(eval_fn, model, val_split, config, mesh),
+                                    config)
     checkpointing.write_dev(manager, step, fitted[step])
     logging.info("%s step %d: dev threshold, operating points and calibration refitted on "
                  "the whole dev split (%d examples)", os.path.basename(str(manager.directory)),
@@ -236,7 +246,7 @@ def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Ch
 def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, step: int,
               ckpt: _Checkpoints, writer, log_path: str | None) -> dict[str, Any]:
   """End of an epoch: validate, keep best and latest (with the dev threshold)."""
-  val = evaluate.evaluate_split(eval_fn, state, val_split, config, mesh)
+  val = _evaluate(eval_fn, state, val_split, config, mesh)
   # Keep-best validates the detector: the attribution term does not move the
   # checkpoint that detection is evaluated at (with and without the head alike).
   val_loss = float(val.get("detection_loss", val["loss"]))
@@ -324,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Resuming restores into the abstract state: no initialisation is computed.
   state, programs = steps.create_train_state(config, mesh, abstract=resuming)
   train_fn, eval_fn = steps.compile_steps(
-      programs, config.loss, mesh, state,
+      programs, losses.LossConfig.from_config(config.loss), mesh, state,
       backend.step_compiler_options(programs.model, mesh))
   if resuming:
     state = ckpt.resume(state)
