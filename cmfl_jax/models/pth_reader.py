@@ -243,7 +243,14 @@ class _Machine:
     self.memo: dict[int, Any] = {}
 
   def run(self, stream: io.BytesIO) -> Any:
-    for op, arg, _ in pickletools.genops(stream):
+    ops = pickletools.genops(stream)
+    while True:
+      try:
+        op, arg, _ = next(ops)
+      except StopIteration:
+        raise PthError("the pickle ends without STOP") from None
+      except ValueError as e:  # unknown opcode, truncated argument
+        raise PthError(f"broken pickle: {e}") from e
       if op.name == "STOP":
         if len(self.stack) != 1 or self.metastack:
           raise PthError("the pickle ends with an unbalanced stack")
@@ -252,7 +259,6 @@ class _Machine:
       if handler is None:
         raise PthError(f"pickle opcode {op.name} is not used by torch.save and is not read")
       handler(self, arg)
-    raise PthError("the pickle ends without STOP")
 
   def push(self, value: Any) -> None:
     self.stack.append(value)  # looked up at call time: MARK and pop_mark swap `stack`
@@ -504,6 +510,8 @@ def load(path: str) -> Any:
   with open(path, "rb") as f:
     head = f.read(len(_ZIP_MAGIC))
   try:
+    if not head:
+      raise PthError("the file is empty")
     if head == _ZIP_MAGIC:
       return _read_zip(path)
     with open(path, "rb") as f:
@@ -512,6 +520,9 @@ def load(path: str) -> Any:
     raise UnsafePthError(f"refusing to load {path}: {e}") from e
   except PthError as e:
     raise PthError(f"{path} is not a readable PyTorch file: {e}") from e
+  except zipfile.BadZipFile as e:
+    raise PthError(f"{path} is not a readable PyTorch file: a damaged zip archive, truncated "
+                   f"or corrupt ({e})") from e
   except (ValueError, TypeError, KeyError, IndexError, EOFError, OverflowError, MemoryError,
-          struct.error, zipfile.BadZipFile) as e:  # raised by a corrupt or truncated file
+          struct.error) as e:  # raised by a corrupt or truncated file
     raise PthError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {e})") from e

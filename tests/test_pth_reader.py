@@ -1,0 +1,241 @@
+"""`models.pth_reader`: torch.save files read without PyTorch.
+
+Parity tests write files with PyTorch and compare every array and dtype with
+`torch.load(weights_only=True)` (skipped without torch). The refusal tests
+write their pickles by hand and run without torch.
+"""
+
+import collections
+import io
+import os
+import pickle
+import pickletools
+import re
+import struct
+import zipfile
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from cmfl_jax.models import pth_reader
+
+# torch dtype name -> the NumPy dtype the reader must return.
+WANT_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
+               "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "int32": np.int32,
+               "int8": np.int8, "uint8": np.uint8, "bool": np.bool_, "complex64": np.complex64,
+               "uint16": np.uint16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn}
+
+
+def saved_objects(torch, legacy: bool) -> dict:
+  """What the parity tests save: every storage type, views, shared storages, nesting."""
+  g = torch.Generator().manual_seed(0)
+  base = torch.randn(4, 6, generator=g)
+  linear = torch.nn.Linear(3, 2)
+  objects = {
+      "float32": base, "transposed": base.t(), "strided": base[1:, ::2], "row": base[2],
+      "expanded": torch.randn(1, 3, generator=g).expand(4, 3), "empty": torch.zeros(0, 3),
+      "float64": torch.randn(3, dtype=torch.float64, generator=g),
+      "float16": torch.randn(2, 3, generator=g).half(),
+      "bfloat16": torch.randn(5, 2, generator=g).to(torch.bfloat16).t(),
+      "int64": torch.arange(-3, 9).reshape(3, 4)[:, 1:], "int32": torch.arange(4).int(),
+      "int8": torch.tensor([-128, 0, 127], dtype=torch.int8), "uint8": torch.arange(250, 256).byte(),
+      "bool": torch.tensor([True, False, True]), "scalar": torch.tensor(7),
+      "complex64": torch.randn(3, dtype=torch.complex64, generator=g),
+      "parameter": torch.nn.Parameter(torch.randn(2, 2, generator=g)),
+      "state_dict": linear.state_dict(),  # OrderedDict with _metadata
+      "nested": {"list": [1, 2.5, "three", None, True, (base[0, :2], b"bytes")],
+                 "tuple": (torch.ones(2, dtype=torch.int64), {"deep": [base[:, 0]]}),
+                 "set": {1, 2}, "complex": 1 + 2j},
+  }
+  if not legacy:  # serialized as untyped storage + dtype (_rebuild_tensor_v3)
+    objects["uint16"] = torch.arange(3).to(torch.uint16)
+    objects["float8_e4m3fn"] = torch.tensor([0.5, -2.0, 448.0]).to(torch.float8_e4m3fn)
+  return objects
+
+
+def assert_same(got, want, torch, where="file"):
+  """`got` (the reader's) holds what `want` (torch.load's) holds, arrays for tensors."""
+  if isinstance(want, torch.Tensor):
+    assert isinstance(got, np.ndarray), where
+    name = str(want.dtype).removeprefix("torch.")
+    assert got.dtype == np.dtype(WANT_DTYPES[name]), where
+    assert got.shape == tuple(want.shape), where
+    as_numpy = (want.float() if name in ("bfloat16", "float8_e4m3fn")
+                else want.to(torch.int32) if name == "uint16" else want).detach().numpy()
+    np.testing.assert_array_equal(np.asarray(got).astype(as_numpy.dtype), as_numpy, err_msg=where)
+  elif isinstance(want, dict):
+    assert type(got) is type(want) and list(got) == list(want), where
+    for key in want:
+      assert_same(got[key], want[key], torch, f"{where}[{key!r}]")
+  elif isinstance(want, (list, tuple)):
+    assert type(got) is type(want) and len(got) == len(want), where
+    for i, (g, w) in enumerate(zip(got, want)):
+      assert_same(g, w, torch, f"{where}[{i}]")
+  else:
+    assert type(got) is type(want) and got == want, where
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_matches_torch_load(tmp_path, legacy):
+  torch = pytest.importorskip("torch")
+  path = str(tmp_path / "objects.pth")
+  torch.save(saved_objects(torch, legacy), path, _use_new_zipfile_serialization=not legacy)
+  got = pth_reader.load(path)
+  assert_same(got, torch.load(path, weights_only=True), torch)
+  # Tensors that share a storage share memory, as in PyTorch.
+  got["float32"][1, 2] = 1234.0
+  assert got["transposed"][2, 1] == 1234.0 and got["strided"][0, 1] == 1234.0
+
+
+def big_endian_copy(src: str, dst: str) -> None:
+  """`src` (a little-endian zip torch.save of float32/int64/float16 tensors)
+  as a big-endian machine writes it: byteorder 'big', each element swapped."""
+  with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+    pickled = zin.read(next(n for n in zin.namelist() if n.endswith("/data.pkl")))
+    itemsize = {key: np.dtype(t).itemsize for key, t in storage_types(pickled).items()}
+    for info in zin.infolist():
+      data = zin.read(info)
+      prefix, _, rest = info.filename.partition("/")
+      if rest == "byteorder":
+        data = b"big"
+      elif rest.startswith("data/"):
+        data = np.frombuffer(data, f"<u{itemsize[rest[5:]]}").astype(
+            f">u{itemsize[rest[5:]]}").tobytes()
+      zout.writestr(info, data)
+
+
+def storage_types(pickled: bytes) -> dict:
+  """storage key -> element dtype name, from the persistent ids of a data.pkl."""
+  names = {"FloatStorage": "float32", "LongStorage": "int64", "HalfStorage": "float16"}
+  out, last_global = {}, None
+  for op, arg, _ in pickletools.genops(pickled):
+    if op.name == "GLOBAL" and arg.split(" ")[1] in names:
+      last_global = names[arg.split(" ")[1]]
+    elif op.name == "BINUNICODE" and last_global and arg.isdigit():
+      out[arg], last_global = last_global, None
+  return out
+
+
+def test_big_endian_file_matches_torch_load(tmp_path):
+  torch = pytest.importorskip("torch")
+  little, big = str(tmp_path / "little.pth"), str(tmp_path / "big.pth")
+  base = torch.randn(3, 4)
+  objects = {"f32": base, "view": base[:, 1:].t(), "i64": torch.arange(-2, 4),
+             "f16": torch.randn(5).half()}
+  torch.save(objects, little)
+  big_endian_copy(little, big)
+  got = pth_reader.load(big)
+  assert_same(got, torch.load(big, weights_only=True), torch)
+  assert_same(got, objects, torch)
+  assert got["f32"].dtype.isnative
+
+
+# ----------------------------------------------------------------------------
+# Files that would run code, and broken files
+# ----------------------------------------------------------------------------
+class _RunsCode:
+  """Unpickling this calls `func(*args)`: what a malicious checkpoint does."""
+
+  def __init__(self, func, *args):
+    self.func, self.args = func, args
+
+  def __reduce__(self):
+    return self.func, self.args
+
+
+def zip_file(path: str, pickled: bytes) -> str:
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickled)
+    z.writestr("archive/version", "3\n")
+    z.writestr("archive/byteorder", "little")
+  return path
+
+
+def legacy_file(path: str, pickled: bytes) -> str:
+  header = b"".join(pickle.dumps(x, protocol=2) for x in (
+      0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+  with open(path, "wb") as f:
+    f.write(header + pickled + pickle.dumps([], protocol=2))
+  return path
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("layout", [zip_file, legacy_file], ids=["zip", "legacy"])
+@pytest.mark.parametrize("payload", ["system", "open"])
+def test_code_in_a_pickle_is_refused_and_never_runs(tmp_path, protocol, layout, payload):
+  marker = tmp_path / "executed"
+  attack = (_RunsCode(os.system, f"touch {marker}") if payload == "system"
+            else _RunsCode(open, str(marker), "w"))
+  pickled = pickle.dumps({"weight": [1.0, 2.0], "state": collections.OrderedDict(x=attack)},
+                         protocol=protocol)
+  path = layout(str(tmp_path / "evil.pth"), pickled)
+  with pytest.raises(pth_reader.UnsafePthError,
+                     match=rf"refusing to load .*evil\.pth: it refers to \w+\.{payload}"):
+    pth_reader.load(path)
+  assert not marker.exists()
+  pickle.loads(pickled)  # the payload is real: plain unpickling runs it
+  assert marker.exists()
+
+
+def test_plain_pickles_without_tensors_load(tmp_path):
+  """Containers and scalars only (no torch needed): what weights_only accepts."""
+  obj = {"a": [1, -2**70, 2.5, None, True, "s", b"b", (1, 2)], "o": collections.OrderedDict(z=1),
+         "f": frozenset({3}), "c": 2j}
+  for layout, protocol in ((zip_file, 2), (legacy_file, 4)):
+    path = layout(str(tmp_path / f"plain{protocol}.pth"), pickle.dumps(obj, protocol=protocol))
+    assert pth_reader.load(path) == obj
+
+
+@pytest.fixture(scope="module")
+def good_files(tmp_path_factory):
+  torch = pytest.importorskip("torch")
+  tmp = tmp_path_factory.mktemp("good")
+  objects = {"w": torch.randn(64, 8), "b": torch.randn(8)}
+  paths = {"zip": str(tmp / "zip.pth"), "legacy": str(tmp / "legacy.pth")}
+  torch.save(objects, paths["zip"])
+  torch.save(objects, paths["legacy"], _use_new_zipfile_serialization=False)
+  return {k: open(p, "rb").read() for k, p in paths.items()}
+
+
+def _flip_storage_byte(data: bytes) -> bytes:
+  """One byte of the first storage changed: the zip CRC no longer matches."""
+  with zipfile.ZipFile(io.BytesIO(data)) as z:
+    info = next(i for i in z.infolist() if "/data/" in i.filename)
+  name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+  start = info.header_offset + 30 + name_len + extra_len  # past the local header
+  return data[:start] + bytes([data[start] ^ 0xFF]) + data[start + 1:]
+
+
+def _shrink_storage_record(data: bytes) -> bytes:
+  """A storage record shorter than the tensors on it (a rewritten zip)."""
+  out = io.BytesIO()
+  with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+    for info in zin.infolist():
+      body = zin.read(info)
+      zout.writestr(info, body[:16] if "/data/" in info.filename else body)
+  return out.getvalue()
+
+
+BROKEN = {
+    "zip cut in half": ("zip", lambda d: d[:len(d) // 2], "damaged zip archive, truncated"),
+    "zip storage byte flipped": ("zip", _flip_storage_byte, "damaged zip .*CRC"),
+    "zip storage record too short": ("zip", _shrink_storage_record, "holds 16 bytes"),
+    "legacy cut in the data": ("legacy", lambda d: d[:-100], "truncated"),
+    "legacy cut in the pickle": ("legacy", lambda d: d[:200], "pickle"),
+    "empty file": ("zip", lambda d: b"", "the file is empty"),
+    "text file": ("zip", lambda d: b"not a checkpoint\n" * 4, "broken pickle"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_files_give_a_clear_error(tmp_path, good_files, case):
+  layout, damage, why = BROKEN[case]
+  path = tmp_path / "broken.pth"
+  path.write_bytes(damage(good_files[layout]))
+  with pytest.raises(pth_reader.PthError) as info:
+    pth_reader.load(str(path))
+  message = str(info.value)
+  assert f"{path} is not a readable PyTorch file" in message and "\n" not in message
+  assert re.search(why, message), message
+  assert not isinstance(info.value, pth_reader.UnsafePthError)
