@@ -136,13 +136,8 @@ def _view(storage: Any, offset: Any, size: Any, stride: Any, dtype: np.dtype | N
       elements[offset:], shape=size, strides=[s * elements.itemsize for s in stride])
 
 
-def _rebuild_tensor(storage, offset, size, stride):
-  return _view(storage, offset, size, stride)
-
-
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None,
-                       metadata=None):
-  del requires_grad, hooks, metadata  # autograd state: meaningless for arrays
+def _rebuild_tensor_v2(storage, offset, size, stride, *autograd_state):
+  del autograd_state  # requires_grad, hooks, metadata: meaningless for arrays
   return _view(storage, offset, size, stride)
 
 
@@ -160,7 +155,7 @@ def _rebuild_parameter(data, requires_grad=True, hooks=None, state=None):
   return data
 
 
-_TENSOR_REBUILDS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
+_TENSOR_REBUILDS = (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
 _TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter")
 
 
@@ -200,7 +195,7 @@ _GLOBALS: dict[str, Any] = {
     "torch.device": _device,
     "torch.Tensor": _TENSOR_TYPES[0],
     "torch.nn.parameter.Parameter": _rebuild_parameter,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -334,10 +329,6 @@ def _push(value: Callable[[Any], Any]) -> Callable[[_Machine, Any], None]:
   return lambda m, arg: m.push(value(arg))
 
 
-def _same(arg: Any) -> Any:
-  return arg
-
-
 def _pairs(items: list[Any]) -> dict:
   if len(items) % 2:
     raise PthError("DICT with an odd number of items")
@@ -346,7 +337,7 @@ def _pairs(items: list[Any]) -> dict:
 
 _OPS: dict[str, Callable[[_Machine, Any], None]] = {
     "PROTO": lambda m, arg: None, "FRAME": lambda m, arg: None,
-    **{op: _push(_same) for op in (
+    **{op: _push(lambda arg: arg) for op in (
         "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
         "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
         "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8")},
@@ -404,7 +395,7 @@ def _native(data: bytearray, dtype: np.dtype, big_endian: bool) -> np.ndarray:
     raise PthError(f"a storage of {len(data)} bytes does not divide into {dtype} elements")
   if big_endian and dtype.itemsize > 1:  # swap each scalar (each half of a complex)
     unit = dtype.itemsize // (2 if dtype.kind == "c" else 1)
-    swapped = np.frombuffer(data, f">u{unit}").astype(f"<u{unit}")
+    swapped = np.frombuffer(data, f">u{unit}").astype(f"=u{unit}")
     data = bytearray(swapped.tobytes())
   return np.frombuffer(data, dtype)
 
