@@ -521,7 +521,7 @@ def test_full_densenet161_parity_at_224(tmp_path):
   checkpoint -> convert -> restore, heads vs PyTorch."""
   checkpoint, out = str(tmp_path / "model_0_0.pth"), str(tmp_path / "converted")
   torch_model = save_official_checkpoint("two_stream", checkpoint, 0,
-                                         models.DENSENET_PRESETS["densenet161"], head_scale=10.0)
+                                         models.densenet_spec("densenet161"), head_scale=10.0)
   config = runpy.run_path(DEFAULT)["get_config"]()
   config.train.eval_batch_size = 2
   with no_torch():
