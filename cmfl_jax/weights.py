@@ -108,7 +108,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise WeightsError(f"{path}: entries that are not tensors: {_listing(not_tensors)}")
   out = {}
   for key, array in obj.items():
-    out[key] = array.astype(np.float32) if jnp.issubdtype(array.dtype, jnp.floating) else array
+    floating = jnp.issubdtype(array.dtype, jnp.floating)
+    out[key] = array.astype(np.float32, copy=False) if floating else array
   return out
 
 

@@ -39,7 +39,8 @@ def saved_objects(torch, legacy: bool) -> dict:
       "float16": torch.randn(2, 3, generator=g).half(),
       "bfloat16": torch.randn(5, 2, generator=g).to(torch.bfloat16).t(),
       "int64": torch.arange(-3, 9).reshape(3, 4)[:, 1:], "int32": torch.arange(4).int(),
-      "int8": torch.tensor([-128, 0, 127], dtype=torch.int8), "uint8": torch.arange(250, 256).byte(),
+      "int8": torch.tensor([-128, 0, 127], dtype=torch.int8),
+      "uint8": torch.arange(250, 256).byte(),
       "bool": torch.tensor([True, False, True]), "scalar": torch.tensor(7),
       "complex64": torch.randn(3, dtype=torch.complex64, generator=g),
       "parameter": torch.nn.Parameter(torch.randn(2, 2, generator=g)),
@@ -89,31 +90,40 @@ def test_matches_torch_load(tmp_path, legacy):
 
 
 def big_endian_copy(src: str, dst: str) -> None:
-  """`src` (a little-endian zip torch.save of float32/int64/float16 tensors)
-  as a big-endian machine writes it: byteorder 'big', each element swapped."""
+  """`src` (a little-endian zip torch.save) as a big-endian machine writes it:
+  byteorder 'big', each element of each storage byte-swapped."""
   with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
     pickled = zin.read(next(n for n in zin.namelist() if n.endswith("/data.pkl")))
-    itemsize = {key: np.dtype(t).itemsize for key, t in storage_types(pickled).items()}
+    itemsize = storage_itemsizes(pickled)
     for info in zin.infolist():
       data = zin.read(info)
-      prefix, _, rest = info.filename.partition("/")
+      rest = info.filename.partition("/")[2]
       if rest == "byteorder":
         data = b"big"
-      elif rest.startswith("data/"):
-        data = np.frombuffer(data, f"<u{itemsize[rest[5:]]}").astype(
-            f">u{itemsize[rest[5:]]}").tobytes()
+      elif rest.startswith("data/"):  # KeyError: a storage the parse below missed
+        unit = itemsize[rest[5:]]
+        data = np.frombuffer(data, f"<u{unit}").astype(f">u{unit}").tobytes()
       zout.writestr(info, data)
 
 
-def storage_types(pickled: bytes) -> dict:
-  """storage key -> element dtype name, from the persistent ids of a data.pkl."""
-  names = {"FloatStorage": "float32", "LongStorage": "int64", "HalfStorage": "float16"}
-  out, last_global = {}, None
+def storage_itemsizes(pickled: bytes) -> dict:
+  """storage key -> element size, from a data.pkl whose storages each have their
+  own type (typed storages name it; untyped ones get the dtype of their tensor)."""
+  typed = {"FloatStorage": 4, "LongStorage": 8, "HalfStorage": 2, "UntypedStorage": None}
+  dtypes = {"uint16": 2}
+  out, kind, untyped_key = {}, None, None
   for op, arg, _ in pickletools.genops(pickled):
-    if op.name == "GLOBAL" and arg.split(" ")[1] in names:
-      last_global = names[arg.split(" ")[1]]
-    elif op.name == "BINUNICODE" and last_global and arg.isdigit():
-      out[arg], last_global = last_global, None
+    name = arg.split(" ")[1] if op.name == "GLOBAL" else None
+    if name in typed:
+      kind = name
+    elif name in dtypes and untyped_key:
+      out[untyped_key], untyped_key = dtypes[name], None
+    elif op.name == "BINUNICODE" and kind and arg.isdigit():
+      if typed[kind] is None:
+        untyped_key = arg
+      else:
+        out[arg] = typed[kind]
+      kind = None
   return out
 
 
@@ -122,13 +132,15 @@ def test_big_endian_file_matches_torch_load(tmp_path):
   little, big = str(tmp_path / "little.pth"), str(tmp_path / "big.pth")
   base = torch.randn(3, 4)
   objects = {"f32": base, "view": base[:, 1:].t(), "i64": torch.arange(-2, 4),
-             "f16": torch.randn(5).half()}
+             "f16": torch.randn(5).half(), "u16": torch.tensor([1, 258, 65535]).to(torch.uint16)}
   torch.save(objects, little)
   big_endian_copy(little, big)
   got = pth_reader.load(big)
-  assert_same(got, torch.load(big, weights_only=True), torch)
-  assert_same(got, objects, torch)
-  assert got["f32"].dtype.isnative
+  assert_same(got, objects, torch)  # the values saved
+  assert got["f32"].dtype.isnative and got["u16"].dtype.isnative
+  want = torch.load(big, weights_only=True)  # it does not swap untyped (v3) storages
+  assert_same({k: got[k] for k in want if k != "u16"}, {k: want[k] for k in want if k != "u16"},
+              torch)
 
 
 # ----------------------------------------------------------------------------
@@ -217,10 +229,24 @@ def _shrink_storage_record(data: bytes) -> bytes:
   return out.getvalue()
 
 
+def _grow_tensor(data: bytes) -> bytes:
+  """The (64, 8) tensor on a 512-element storage claims (127, 8): it would read past it."""
+  out = io.BytesIO()
+  with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+    for info in zin.infolist():
+      body = zin.read(info)
+      if info.filename.endswith("/data.pkl"):
+        assert body.count(b"K@K\x08\x86") == 1  # BININT1 64, BININT1 8, TUPLE2
+        body = body.replace(b"K@K\x08\x86", b"K\x7fK\x08\x86")
+      zout.writestr(info, body)
+  return out.getvalue()
+
+
 BROKEN = {
     "zip cut in half": ("zip", lambda d: d[:len(d) // 2], "damaged zip archive, truncated"),
     "zip storage byte flipped": ("zip", _flip_storage_byte, "damaged zip .*CRC"),
     "zip storage record too short": ("zip", _shrink_storage_record, "holds 16 bytes"),
+    "zip tensor beyond its storage": ("zip", _grow_tensor, "reaches element 1015 of a storage"),
     "legacy cut in the data": ("legacy", lambda d: d[:-100], "truncated"),
     "legacy cut in the pickle": ("legacy", lambda d: d[:200], "pickle"),
     "empty file": ("zip", lambda d: b"", "the file is empty"),

@@ -98,6 +98,15 @@ class _Storage:
   array: np.ndarray
   typed: bool
   big_endian: bool = False  # untyped bytes still in big-endian order
+  swapped: dict = dataclasses.field(default_factory=dict)  # dtype -> native elements
+
+  def as_dtype(self, dtype: np.dtype) -> np.ndarray:
+    """Untyped bytes as `dtype` elements (swapped once per dtype when big-endian)."""
+    if not self.big_endian:
+      return self.array.view(dtype)
+    if dtype not in self.swapped:
+      self.swapped[dtype] = _native(bytearray(self.array.tobytes()), dtype, True)
+    return self.swapped[dtype]
 
 
 # ----------------------------------------------------------------------------
@@ -122,8 +131,7 @@ def _view(storage: Any, offset: Any, size: Any, stride: Any, dtype: np.dtype | N
   if dtype is not None:  # an untyped storage read as `dtype` (_rebuild_tensor_v3)
     if storage.typed or elements.size % dtype.itemsize:
       raise PthError(f"a storage of {elements.nbytes} bytes cannot hold {dtype} elements")
-    elements = (_native(bytearray(elements.tobytes()), dtype, True) if storage.big_endian
-                else elements.view(dtype))
+    elements = storage.as_dtype(dtype)
   elif not storage.typed:
     raise PthError("an untyped storage is used without a dtype")
   if 0 in size:
@@ -461,7 +469,7 @@ def _read_legacy(data: bytes) -> Any:
     kind, key, numel = _storage_id(pid, 6)
     dtype = _element_dtype(kind)
     if key not in buffers:
-      if numel * dtype.itemsize > len(data):
+      if numel * dtype.itemsize + sum(map(len, buffers.values())) > len(data):
         raise PthError(f"storage {key!r} claims {numel} elements, more than the file holds")
       buffers[key] = bytearray(numel * dtype.itemsize)  # filled after the pickle
       storages[key] = _Storage(np.frombuffer(buffers[key], dtype), True)
