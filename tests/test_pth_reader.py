@@ -199,6 +199,43 @@ def test_plain_pickles_without_tensors_load(tmp_path):
     assert pth_reader.load(path) == obj
 
 
+def test_legacy_storages_cannot_claim_more_than_the_file(tmp_path):
+  """Many small references to big storages would allocate far more than the
+  file holds (a memory bomb): refused while reading the pickle."""
+  torch = pytest.importorskip("torch")
+
+  class Storage:
+    def __init__(self, key, numel):
+      self.key, self.numel = key, numel
+
+  class Tensor:
+    def __init__(self, storage):
+      self.storage = storage
+
+    def __reduce__(self):
+      return torch._utils._rebuild_tensor_v2, (
+          self.storage, 0, (1,), (1,), False, collections.OrderedDict())
+
+  class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      if isinstance(obj, Storage):
+        return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel, None)
+      return None
+
+  def write(n: int) -> str:
+    body = io.BytesIO()
+    Pickler(body, protocol=2).dump([Tensor(Storage(str(i), 1000)) for i in range(n)])
+    path = legacy_file(str(tmp_path / f"claims{n}.pth"), body.getvalue())
+    with open(path, "ab") as f:
+      f.write(bytes(8192))  # room for a few claims
+    return path
+
+  with pytest.raises(pth_reader.PthError, match="storage keys does not match"):
+    pth_reader.load(write(1))  # 4 kB claimed, within the file: read on, then its key is missing
+  with pytest.raises(pth_reader.PthError, match="claims 1000 elements, more than the file holds"):
+    pth_reader.load(write(100))  # 100 x 4 kB claimed by a ~14 kB file
+
+
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory):
   torch = pytest.importorskip("torch")
