@@ -45,6 +45,12 @@ class UnsafePthError(PthError):
   """The pickle names something other than tensors and plain containers."""
 
 
+def _short(value: Any) -> str:
+  """repr for messages: one line, bounded (a pickle's values may be huge)."""
+  text = repr(value)
+  return text if len(text) <= 80 else text[:77] + "..."
+
+
 # ----------------------------------------------------------------------------
 # Dtypes and storage types
 # ----------------------------------------------------------------------------
@@ -115,7 +121,7 @@ class _Storage:
 def _ints(value: Any, what: str) -> tuple[int, ...]:
   if not isinstance(value, (tuple, list)) or not all(
       isinstance(v, int) and v >= 0 for v in value):
-    raise PthError(f"tensor {what} {value!r} is not a tuple of non-negative integers")
+    raise PthError(f"tensor {what} {_short(value)} is not a tuple of non-negative integers")
   return tuple(value)
 
 
@@ -152,7 +158,7 @@ def _rebuild_tensor_v2(storage, offset, size, stride, *autograd_state):
 def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):
   del requires_grad, hooks, metadata
   if not isinstance(dtype, _DType):
-    raise PthError(f"tensor dtype {dtype!r} is not a torch dtype")
+    raise PthError(f"tensor dtype {_short(dtype)} is not a torch dtype")
   return _view(storage, offset, size, stride, dtype.numpy())
 
 
@@ -172,7 +178,7 @@ def _rebuild_from_type_v2(func, new_type, args, state):
   del state
   if (not any(func is f for f in _TENSOR_REBUILDS)
       or not any(new_type is _GLOBALS[t] for t in _TENSOR_TYPES)):
-    raise UnsafePthError(f"tensor subclass {new_type!r} rebuilt by {func!r}")
+    raise UnsafePthError(f"tensor subclass {_short(new_type)} rebuilt by {_short(func)}")
   return func(*args)
 
 
@@ -223,7 +229,7 @@ _PYTHON2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 def _find_global(module: Any, name: Any) -> Any:
   if not isinstance(module, str) or not isinstance(name, str):
-    raise PthError(f"global name {module!r}.{name!r} is not text")
+    raise PthError(f"global name {_short(module)}.{_short(name)} is not text")
   full = f"{_PYTHON2_MODULES.get(module, module)}.{name}"
   if full not in _GLOBALS:
     raise UnsafePthError(
@@ -297,13 +303,13 @@ class _Machine:
   def reduce(self, _):
     args, func = self.pop(), self.pop()
     if not any(func is c for c in _CALLABLES) or not isinstance(args, tuple):
-      raise UnsafePthError(f"it calls {func!r}, which is not an allowed tensor rebuild")
+      raise UnsafePthError(f"it calls {_short(func)}, which is not an allowed tensor rebuild")
     self.push(func(*args))
 
   def newobj(self, _):
     args, cls = self.pop(), self.pop()
     if not any(cls is c for c in _CLASSES) or not isinstance(args, tuple):
-      raise UnsafePthError(f"it instantiates {cls!r}, which is not a plain container")
+      raise UnsafePthError(f"it instantiates {_short(cls)}, which is not a plain container")
     self.push(cls(*args))
 
   def build(self, _):
@@ -389,7 +395,7 @@ def _storage_id(pid: Any, fields: int) -> tuple[_StorageType, Any, int]:
   """(type, key, numel) of a persistent id ('storage', type, key, location, numel, ...)."""
   if (not isinstance(pid, tuple) or len(pid) != fields or pid[0] not in ("storage", b"storage")
       or not isinstance(pid[1], _StorageType) or not isinstance(pid[4], int) or pid[4] < 0):
-    raise PthError(f"persistent id {pid!r} is not a storage reference")
+    raise PthError(f"persistent id {_short(pid)} is not a storage reference")
   return pid[1], pid[2], pid[4]
 
 
@@ -435,7 +441,7 @@ def _read_zip(path: str) -> Any:
     def persistent_load(pid: Any) -> _Storage:
       kind, key, numel = _storage_id(pid, 5)
       if not isinstance(key, str) or prefix + f"data/{key}" not in names:
-        raise PthError(f"storage {key!r} is not in the archive")
+        raise PthError(f"storage {_short(key)} is not in the archive")
       dtype = _element_dtype(kind)
       if key not in storages:
         data = bytearray(record(f"data/{key}", numel * dtype.itemsize))
@@ -450,7 +456,7 @@ def _read_zip(path: str) -> Any:
 
 
 def _no_storages(pid: Any) -> _Storage:
-  raise PthError(f"a header pickle refers to storage {pid!r}")
+  raise PthError(f"a header pickle refers to storage {_short(pid)}")
 
 
 def _read_legacy(data: bytes) -> Any:
@@ -470,12 +476,12 @@ def _read_legacy(data: bytes) -> Any:
     dtype = _element_dtype(kind)
     if key not in buffers:
       if numel * dtype.itemsize + sum(map(len, buffers.values())) > len(data):
-        raise PthError(f"storage {key!r} claims {numel} elements, more than the file holds")
+        raise PthError(f"storage {_short(key)} claims {numel} elements, more than the file holds")
       buffers[key] = bytearray(numel * dtype.itemsize)  # filled after the pickle
       storages[key] = _Storage(np.frombuffer(buffers[key], dtype), True)
     root, view = storages[key], pid[5]
     if root.array.dtype != dtype or len(buffers[key]) != numel * dtype.itemsize:
-      raise PthError(f"storage {key!r} is referenced with two different types or sizes")
+      raise PthError(f"storage {_short(key)} is referenced with two different types or sizes")
     if view is None:
       return root
     view_key, offset, size = view  # a storage view (PyTorch < 0.4)
