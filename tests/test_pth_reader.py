@@ -11,6 +11,7 @@ import os
 import pickle
 import pickletools
 import re
+import shlex
 import struct
 import zipfile
 
@@ -177,7 +178,7 @@ def legacy_file(path: str, pickled: bytes) -> str:
 @pytest.mark.parametrize("payload", ["system", "open"])
 def test_code_in_a_pickle_is_refused_and_never_runs(tmp_path, protocol, layout, payload):
   marker = tmp_path / "executed"
-  attack = (_RunsCode(os.system, f"touch {marker}") if payload == "system"
+  attack = (_RunsCode(os.system, f"touch {shlex.quote(str(marker))}") if payload == "system"
             else _RunsCode(open, str(marker), "w"))
   pickled = pickle.dumps({"weight": [1.0, 2.0], "state": collections.OrderedDict(x=attack)},
                          protocol=protocol)
@@ -186,8 +187,10 @@ def test_code_in_a_pickle_is_refused_and_never_runs(tmp_path, protocol, layout, 
                      match=rf"refusing to load .*evil\.pth: it refers to \w+\.{payload}"):
     pth_reader.load(path)
   assert not marker.exists()
-  pickle.loads(pickled)  # the payload is real: plain unpickling runs it
+  ran = pickle.loads(pickled)["state"]["x"]  # the payload is real: plain unpickling runs it
   assert marker.exists()
+  if payload == "open":
+    ran.close()
 
 
 def test_plain_pickles_without_tensors_load(tmp_path):
