@@ -14,6 +14,7 @@ import re
 import shlex
 import struct
 import zipfile
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -247,7 +248,7 @@ def good_files(tmp_path_factory):
   paths = {"zip": str(tmp / "zip.pth"), "legacy": str(tmp / "legacy.pth")}
   torch.save(objects, paths["zip"])
   torch.save(objects, paths["legacy"], _use_new_zipfile_serialization=False)
-  return {k: open(p, "rb").read() for k, p in paths.items()}
+  return {k: Path(p).read_bytes() for k, p in paths.items()}
 
 
 def _flip_storage_byte(data: bytes) -> bytes:
