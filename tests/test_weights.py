@@ -10,6 +10,7 @@ The full DenseNet-161 parity run takes ~1 min on 2 cores and runs only with
 CMFL_FULL_PARITY=1 (see README).
 """
 
+import contextlib
 import os
 import runpy
 import sys
@@ -252,20 +253,30 @@ def test_torchvision_shapes_match_the_torch_module_trees():
     assert {f"features.{k}": tuple(v.shape) for k, v in module.state_dict().items()} == want
 
 
-def test_imagenet_init_from_pth(tmp_path):
+@contextlib.contextmanager
+def no_torch():
+  """`import torch` fails inside: what runs there provably needs no PyTorch."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(sys.modules, "torch", None)
+    yield
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_imagenet_init_from_pth_needs_no_torch(tmp_path, legacy):
   torch = pytest.importorskip("torch")
   tensors = random_tensors(torchvision_shapes(TINY_SPEC))
   path = str(tmp_path / "densenet161.pth")
-  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path)
+  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path,
+             _use_new_zipfile_serialization=not legacy)
   model = tiny_detector()
-  weights.load_into(model, weights.read_state_dict(path))
+  with no_torch():
+    with pytest.raises(ImportError):
+      import torch as _  # pylint: disable=import-outside-toplevel,reimported
+    read = weights.read_state_dict(path)
+  assert {k: (v.dtype, v.shape) for k, v in read.items()} == {
+      k: (v.dtype, v.shape) for k, v in tensors.items()}
+  weights.load_into(model, read)
   assert_streams_hold(model, tensors)
-
-
-def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(ImportError, match="needs PyTorch"):
-    weights.read_state_dict(str(tmp_path / "model.pth"))
 
 
 class _RunsCode:
@@ -449,7 +460,8 @@ def converted_two_stream(tmp_path_factory):
   torch_model = save_official_checkpoint("two_stream", checkpoint, 0)
   args = [f"--torch_checkpoint={checkpoint}", "--arch=two_stream", f"--output={out}",
           "--config.train.eval_batch_size=4", *(f"--config.model.{k}={v}" for k, v in TINY.items())]
-  assert run_convert_cli(args) == 0
+  with no_torch():  # converting needs no PyTorch
+    assert run_convert_cli(args) == 0
   assert run_convert_cli(args) == 1  # refuses to overwrite
   return torch_model, out
 
@@ -493,7 +505,8 @@ def test_convert_one_stream_spectrum_model(tmp_path):
   """A OneStreamDenseNet trained on spectra (official `--spectra fft`)."""
   checkpoint, out = str(tmp_path / "fft.pth"), str(tmp_path / "converted")
   torch_model = save_official_checkpoint("one_stream", checkpoint, 3)
-  convert.convert(tiny_config("one_stream", "freq"), checkpoint, out)
+  with no_torch():
+    convert.convert(tiny_config("one_stream", "freq"), checkpoint, out)
   config = scoring_model.config_from_checkpoint(out, "best")
   assert config.model.input == "freq" and config.loss.objective == "bce"
   _, state, eval_fn, _ = restored_model(config, out)
@@ -512,10 +525,11 @@ def test_full_densenet161_parity_at_224(tmp_path):
   checkpoint -> convert -> restore, heads vs PyTorch."""
   checkpoint, out = str(tmp_path / "model_0_0.pth"), str(tmp_path / "converted")
   torch_model = save_official_checkpoint("two_stream", checkpoint, 0,
-                                         models.DENSENET_PRESETS["densenet161"], head_scale=10.0)
+                                         models.densenet_spec("densenet161"), head_scale=10.0)
   config = runpy.run_path(DEFAULT)["get_config"]()
   config.train.eval_batch_size = 2
-  convert.convert(config, checkpoint, out)
+  with no_torch():
+    convert.convert(config, checkpoint, out)
   model, state, eval_fn, _ = restored_model(config, out)
   images = varied_images(2, 1)
   rgb, freq = official_inputs(images)
