@@ -89,6 +89,7 @@ def test_benchmark_splits_pair_each_fake_with_its_real(tiny_benchmark):
   split = tfds_faces.split_from_builder(tiny_benchmark, name, sampler.made_from)
   names = tfds_faces.filenames(tiny_benchmark, name)
   assert split.num_pairs() == 12
+  assert set(split.generators) == {"real", "swagan"}  # the family, however the fake was made
   for i in np.flatnonzero(split.made_from >= 0):
     assert names[split.made_from[i]] == sampler.made_from(names[i])
     assert split.labels[i] == 0 and split.labels[split.made_from[i]] == 1

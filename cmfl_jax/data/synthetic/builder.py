@@ -70,11 +70,13 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, source: str, split: str):
     cfg = self.builder_config
     label = 1 if source in REAL_SOURCES else 0
-    # An aligned source has one fake per real of its split.
+    # An aligned source has one fake per real of its split; its generator is
+    # the family (the filename says how the fake was made from its real).
+    generator = sampler.generator_of(source)
     images = sampler.sample(source, split, cfg.sizes[split], cfg.size, cfg.seed, str(self.version))
     for i, img in enumerate(images):
       name = f"{source}/{split}/{i:06d}.png"
-      yield name, {"image": img, "label": label, "generator": source, "filename": name}
+      yield name, {"image": img, "label": label, "generator": generator, "filename": name}
 
 
 class CmflSynthFacesV2(CmflSynthFaces, skip_registration=True):

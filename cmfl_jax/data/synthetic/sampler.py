@@ -35,6 +35,12 @@ def sources(version: str) -> tuple[str, ...]:
   return base + (ALIGNED_SOURCES if version in ALIGNED_VERSIONS else ())
 
 
+def generator_of(source: str) -> str:
+  """The generator a source's images are labelled with: an aligned source's
+  family (`stylegan2_recon` -> `stylegan2`), else the source itself."""
+  return source.rpartition("_")[0] if source in _ALIGNED_SEED else source
+
+
 def made_from(filename: str) -> str | None:
   """The stored name of the real an aligned fake was made from
   (`stylegan2_recon/train/000012.png` -> `real/train/000012.png`), else None."""
