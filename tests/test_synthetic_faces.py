@@ -278,10 +278,14 @@ def tiny_builder(tmp_path_factory):
 def test_tfds_splits_and_balance(tiny_builder):
   builder = tiny_builder
   splits = builder.info.splits
-  assert len(splits) == 2 * 3 + 6 * 3 - 2  # real2 only has eval
+  # real2 only has eval; each family's aligned fakes (recon, inpaint) train and dev.
+  assert len(splits) == 2 * 3 + 6 * 3 - 2 + 6 * 2 * 2
   for fam in sf.FAMILIES + ("real",):
     assert splits[f"{fam}_train"].num_examples == 16
     assert splits[f"{fam}_eval"].num_examples == 8
+  for source in sampler.ALIGNED_SOURCES:  # one fake per real
+    assert splits[f"{source}_train"].num_examples == 16
+    assert splits[f"{source}_dev"].num_examples == 8 and f"{source}_eval" not in splits
   from cmfl_jax.data import tfds_faces
   split = tfds_faces.split_from_builder(builder, "real_train+dcgan_train")
   assert len(split) == 32 and split.labels.sum() == 16
