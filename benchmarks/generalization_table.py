@@ -2,6 +2,7 @@
 
   python benchmarks/generalization_table.py --workdir=runs/generalization
       [--known=stylegan2] [--baseline=today]
+  python benchmarks/generalization_table.py --workdir=runs/lofo --lofo
 
 Reads every `<workdir>/<known>/<recipe>/seed<k>/eval/<checkpoint>/` (metrics.json
 and the score files) and prints Markdown tables, mean ± standard deviation over
@@ -121,12 +122,47 @@ def paired(eval_dirs_a: list[str], eval_dirs_b: list[str], split: str,
                                  n_permutations=1000)
 
 
+def lofo_table(workdir: str) -> None:
+  """`configs/generalization.py:lofo`: each fold's held-out family D-EER (and
+  the known families' mean), then the all-families run's D-EERs."""
+  print("| held-out family | its D-EER | known families' mean D-EER | real2 vs it: AUC |")
+  print("|---|---|---|---|")
+  held = []
+  for family in FAMILIES:
+    found = glob.glob(os.path.join(workdir, f"without_{family}", "both", "eval", "*",
+                                   "metrics.json"))
+    if not found:
+      print(f"| {family} | (not run) | | |")
+      continue
+    m = json.load(open(sorted(found)[-1]))["splits"]
+    d = {f: m[f"real_eval+{f}_eval"]["metrics_joint"]["d_eer"] for f in FAMILIES}
+    held.append(d[family])
+    known = np.mean([v for f, v in d.items() if f != family])
+    auc = m[f"real2_eval+{family}_eval"]["metrics_joint"]["auc"]
+    print(f"| {family} | {d[family] * 100:.1f} | {known * 100:.1f} | {auc:.3f} |")
+  if held:
+    print(f"| **mean of held-out** | **{np.mean(held) * 100:.1f}** | | |")
+  found = glob.glob(os.path.join(workdir, "all", "both", "eval", "*", "metrics.json"))
+  if found:
+    m = json.load(open(sorted(found)[-1]))["splits"]
+    cells = ", ".join(f"{f} {m[f'real_eval+{f}_eval']['metrics_joint']['d_eer'] * 100:.1f}"
+                      for f in FAMILIES)
+    real2 = m["real2_eval+stylegan2_eval"]["metrics_joint"]
+    print(f"\nAll six families known (D-EER %): {cells}; real2 vs stylegan2 AUC "
+          f"{real2['auc']:.3f}, BPCER@dev {real2['bpcer@dev'] * 100:.1f} %")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--known", default="stylegan2")
   parser.add_argument("--baseline", default="today")
+  parser.add_argument("--lofo", action="store_true",
+                      help="the leave-one-family-out grid (configs/generalization.py:lofo)")
   args = parser.parse_args()
+  if args.lofo:
+    lofo_table(args.workdir)
+    return
   runs = run_dirs(args.workdir, args.known)
   if not runs:
     sys.exit(f"error: no finished runs under {args.workdir}/{args.known}/*/seed*/eval/")

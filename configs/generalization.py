@@ -21,7 +21,8 @@ splits are the main job's, with the conditions the issue asks about.
 `--config=configs/generalization.py:lofo`: leave one family out. The
 recipe ("both") trained with five families known and the sixth held out,
 for each of the six folds, one seed each, 6 epochs (five families need more
-steps than one). The held-out family's D-EER is the number to read.
+steps than one). The held-out family's D-EER is the number to read. A seventh
+run, `both@all`, trains on all six families: the detector to serve.
 
 Results and commands: BENCHMARKS.md, "Learning the generator, not the camera".
 The analysis: `python benchmarks/generalization_table.py --workdir=...`.
@@ -109,6 +110,8 @@ def get_config(grid: str = "recipes"):
     overrides["eval.robustness_splits"] = (f"real_eval+{held_out}_eval",
                                            f"real2_eval+{held_out}_eval")
     cells.append((f"both@without_{held_out}", overrides))
+  # The detector to serve: every family known (its D-EERs are on known families).
+  cells.append(("both@all", recipe_overrides("both", FAMILIES)))
   config.sweep.cells = tuple(cells)
   config.sweep.seeds = ()
   config.sweep.compare = ()
