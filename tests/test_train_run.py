@@ -188,3 +188,21 @@ def test_validation_subset_during_training_full_dev_split_for_the_stored_thresho
     joint = evaluate.evaluate_split(eval_fn, state, dev, mesh, data=config.data,
                                     batch_size=config.train.eval_batch_size)["scores"]["joint"]
     assert meta["dev_threshold"] == pytest.approx(metrics.eer(dev.labels, joint)[1], abs=1e-6)
+
+
+def test_dev_config_is_typed_once_from_the_config():
+  """What validation reads of the config, made once: the eval batch size, no
+  classes without the attribution head, its classes and targets with it."""
+  import runpy
+  from cmfl_jax.training import loop
+  config = runpy.run_path(SMOKE)["get_config"]()
+  config.train.eval_batch_size = 12
+  config.eval.unsure_error = 0.1
+  dev = loop.DevConfig.from_config(config)
+  assert (dev.batch_size, dev.classes, dev.unsure_error) == (12, (), 0.1)
+  assert dev.data is config.data
+  config.attribution.enabled = True
+  config.attribution.classes = ("bona_fide", "stylegan2")
+  config.attribution.known_acceptance = 0.9
+  dev = loop.DevConfig.from_config(config)
+  assert (dev.classes, dev.known_acceptance) == (("bona_fide", "stylegan2"), 0.9)
