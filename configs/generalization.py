@@ -33,26 +33,13 @@ import runpy
 
 import ml_collections
 
-from cmfl_jax.data.synthetic import FAMILIES
+from cmfl_jax.data.synthetic import FAMILIES, aligned_split, plain_split
 
 _cross_model = runpy.run_path(os.path.join(os.path.dirname(__file__), "cross_model.py"))
 
 # Test-time conditions: the issue's verdict-flip pair (jpeg:95, resize:0.9) and
 # the robustness rows of the main job's table.
 CONDITIONS = ("jpeg:95", "jpeg:90", "jpeg:70", "resize:0.9", "resize:0.5", "blur:1", "noise:2")
-
-
-def aligned_split(families: tuple[str, ...], split: str) -> str:
-  """Bona fide plus every aligned fake of `families` (reconstructions and
-  inpaintings); training pairs each real with one of its fakes per epoch,
-  drawn anew each epoch (`pipeline.balanced_order`), so an epoch has as many
-  fakes as reals, as today's."""
-  return "+".join(["real_" + split] + [f"{f}_{mode}_{split}" for f in families
-                                       for mode in ("recon", "inpaint")])
-
-
-def plain_split(families: tuple[str, ...], split: str) -> str:
-  return "+".join(["real_" + split] + [f"{f}_{split}" for f in families])
 
 
 RECIPES = {
@@ -85,7 +72,7 @@ def _reduced(config: ml_collections.ConfigDict) -> None:
 def get_config(grid: str = "recipes"):
   if grid not in ("recipes", "lofo"):
     raise ValueError(f"generalization grid must be 'recipes' or 'lofo', got {grid!r}")
-  config = _cross_model["get_config"]()
+  config = _cross_model["get_config"](recipe="clean")  # recipes below add to it
   _reduced(config)
   config.eval.conditions = CONDITIONS
   # The conditions on the unseen camera too: its verdicts' stability.
