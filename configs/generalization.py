@@ -17,6 +17,7 @@ splits are the main job's, with the conditions the issue asks about.
   both        aligned + randomised
   both_loco   both, validated on a training camera left out of training
               (`data.holdout_camera=1`): keep-best and the dev threshold
+  both_light  both, each processing group with probability 0.2 instead of 0.5
 
 `--config=configs/generalization.py:lofo`: leave one family out. The
 recipe ("both") trained with five families known and the sixth held out,
@@ -48,6 +49,7 @@ RECIPES = {
     "randomised": {"data.randomize": "all"},
     "both": {"aligned": True, "data.randomize": "all"},
     "both_loco": {"aligned": True, "data.randomize": "all", "data.holdout_camera": 1},
+    "both_light": {"aligned": True, "data.randomize": "all", "data.randomize_prob": 0.2},
 }
 
 
@@ -70,8 +72,11 @@ def _reduced(config: ml_collections.ConfigDict) -> None:
 
 
 def get_config(grid: str = "recipes"):
-  if grid not in ("recipes", "lofo"):
-    raise ValueError(f"generalization grid must be 'recipes' or 'lofo', got {grid!r}")
+  """grid: "recipes" (every recipe), one recipe's name (its 3 seeds alone, into
+  the same workdir layout), or "lofo"."""
+  if grid not in ("recipes", "lofo", *RECIPES):
+    raise ValueError(f"generalization grid must be 'recipes', 'lofo' or one of "
+                     f"{sorted(RECIPES)}, got {grid!r}")
   config = _cross_model["get_config"](recipe="clean")  # recipes below add to it
   _reduced(config)
   config.eval.conditions = CONDITIONS
@@ -79,13 +84,14 @@ def get_config(grid: str = "recipes"):
   config.eval.robustness_splits = ("real_eval+stylegan2_eval", "real2_eval+stylegan2_eval")
   config.eval.explain_frequencies = False
   config.sweep = ml_collections.ConfigDict()
-  if grid == "recipes":
-    known = ("stylegan2",)
-    config.sweep.cells = tuple((f"{name}@stylegan2", recipe_overrides(name, known))
-                               for name in RECIPES)
+  if grid != "lofo":
+    names = tuple(RECIPES) if grid == "recipes" else (grid,)
+    config.sweep.cells = tuple((f"{name}@stylegan2", recipe_overrides(name, ("stylegan2",)))
+                               for name in names)
     config.sweep.seeds = (0, 1, 2)
-    config.sweep.compare = tuple((name, "today") for name in RECIPES if name != "today") + (
-        ("both_loco", "both"),)
+    config.sweep.compare = tuple(
+        pair for pair in [(name, "today") for name in RECIPES if name != "today"]
+        + [("both_loco", "both"), ("both_light", "both")] if set(pair) <= set(names))
     return config
   config.train.num_epochs = 6
   cells = []
