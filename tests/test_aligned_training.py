@@ -284,6 +284,8 @@ def test_leave_one_camera_out_splits_by_the_real_camera(tiny_benchmark):
       assert cameras[i] == sampler.camera_of("train", 16, 0, int(n.split("/")[-1][:6]))
     elif n.startswith("progan/"):
       assert cameras[i] == holdout.NO_CAMERA  # not made from a real
+    else:  # an aligned fake: its real's camera
+      assert cameras[i] == cameras[split.made_from[i]] != holdout.NO_CAMERA
   camera = int(cameras[cameras >= 0][0])
   train = holdout.leave_camera_out(split, cameras, camera, "others")
   val = holdout.leave_camera_out(split, cameras, camera, "held_out")
