@@ -101,7 +101,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError(
         f"reading {path} (a PyTorch pickle) needs PyTorch: pip install 'cmfl_jax[torch]', or "
-        "save the tensors as .safetensors where PyTorch is installed (see README)") from e
+        "save the tensors as .safetensors where PyTorch is installed (see docs/weights.md)") from e
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:

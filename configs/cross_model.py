@@ -5,7 +5,7 @@ Runs out of the box on 2 CPU cores: the benchmark (`cmfl_synth_faces/64`,
 generated on first use) at 64x64, the paper architecture (DenseNet-161 through
 transition2, both streams), 2 epochs. Change the known family with
 --config.data.train_split=real_train+progan_train (and val_split likewise).
-For real data see configs/default.py and README.
+For real data see configs/default.py and docs/data.md.
 """
 
 import os
