@@ -8,7 +8,7 @@ training reals and processing is randomised on both classes (recipe
 "aligned", docs/generalization.md). Change the known family with
 `--config=configs/cross_model.py:progan`; the recipe before issue #38 (fakes
 rendered from clean content) is `--config=configs/cross_model.py:stylegan2,clean`.
-For real data see configs/default.py and README.
+For real data see configs/default.py and docs/data.md.
 """
 
 import os

@@ -95,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.cpu_matmul = "eigen"           # XLA:CPU matrix products: "eigen" | "ynnpack"
   # Initial weights for a fresh run from a local file (nothing is downloaded):
   # torchvision/timm densenet `.pth`/`.safetensors` (ImageNet; both streams, heads
-  # stay random) or an official-code checkpoint (everything; fine-tuning). See README.
+  # stay random) or an official-code checkpoint (everything; fine-tuning). See docs/weights.md.
   model.pretrained = ""
 
   config.loss = loss = ml_collections.ConfigDict()

@@ -44,7 +44,7 @@ def test_non_posix_workdir_train_eval_reports_and_audit(tmp_path, monkeypatch, c
   (`ram://`, a non-local scheme available offline): TensorBoard, logs, score
   files, reports, plots, the audit and the data reports all land there, and
   nothing on the local disk. Only the checkpoints are redirected to a local
-  directory, since Orbax cannot use `ram://` (README, "Remote workdirs").
+  directory, since Orbax cannot use `ram://` (docs/distributed.md, "Remote workdirs").
   The data has a storage shortcut (bona fide PNG, attacks JPEG): the audit
   warns, with its remedy, before the first step."""
   import logging

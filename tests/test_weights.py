@@ -7,7 +7,7 @@ tests need no PyTorch. Parity tests build the official detectors in PyTorch
 (`cmfl_jax.bench.torch_reference`; random weights, never downloaded) and skip
 without it.
 The full DenseNet-161 parity run takes ~1 min on 2 cores and runs only with
-CMFL_FULL_PARITY=1 (see README).
+CMFL_FULL_PARITY=1 (see docs/weights.md).
 """
 
 import contextlib
