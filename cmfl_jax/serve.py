@@ -32,12 +32,12 @@ except ImportError:  # an optional extra: say so in one line
     sys.exit("error: the service needs aiohttp: pip install 'cmfl_jax[serve]'")
   raise
 
-from cmfl_jax import checkpointing
 from cmfl_jax import config as config_lib
 from cmfl_jax.exporting.errors import ExportError
 from cmfl_jax.serving import app as app_lib
 from cmfl_jax.serving import limits as limits_lib
 from cmfl_jax.serving import model as model_lib
+from cmfl_jax.training import checkpointing
 
 FLAGS = flags.FLAGS
 

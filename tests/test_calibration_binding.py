@@ -21,10 +21,11 @@ OTHER_WEIGHTS = "0" * 64
 
 
 def _current(workdir):
-  from cmfl_jax import checkpointing, predict
+  from cmfl_jax.scoring import model as scoring_model
+  from cmfl_jax.training import checkpointing
   kind, step = checkpointing.select_step(workdir, "best")
   meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
-  config = predict.config_from_checkpoint(workdir, "best")
+  config = scoring_model.config_from_checkpoint(workdir, "best")
   return binding.fitted_on(meta, f"{kind}_{step}", config.data.image_size,
                            bool(config.data.aligned), False), config
 
@@ -70,7 +71,7 @@ def test_predict_export_and_serve_refuse_a_calibration_of_other_weights(referenc
   weights, and for predict also on another framing."""
   from PIL import Image
 
-  from cmfl_jax import predict
+  from cmfl_jax.scoring import decisions
   from cmfl_jax.exporting import bundle
   from cmfl_jax.exporting.errors import ExportError
   from cmfl_jax.serving import model as model_lib
@@ -82,10 +83,10 @@ def test_predict_export_and_serve_refuse_a_calibration_of_other_weights(referenc
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(image)
 
   _save(workdir, "own", current)
-  rows = list(predict.predict(workdir, [str(image)], calibration="own").rows)
+  rows = list(decisions.predict(workdir, [str(image)], calibration="own").rows)
   assert rows[0]["verdict"] in ("real", "synthetic", "unsure")
   with pytest.raises(store.CalibrationError, match="framing"):
-    predict.predict(workdir, [str(image)], calibration="own",
+    decisions.predict(workdir, [str(image)], calibration="own",
                     aligned=not bool(config.data.aligned))
 
   _save(workdir, "other", {**current, "weights": OTHER_WEIGHTS})

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cmfl_jax import models
-from cmfl_jax.explanations import attribution, planted, radial, runner, sanity, streams
+from cmfl_jax.explanations import planted, radial, saliency, sanity, streams
+from cmfl_jax.scoring import explain_files
 from helpers import ROOT
 
 IG_STEPS = 8
@@ -26,7 +27,7 @@ def planted_run():
   test = planted.corpus(48, seed=1000)
   attacks = test["labels"] == 0
   maps = {m: {k: np.asarray(v) for k, v in
-              attribution.compile_method(model, m, IG_STEPS)(test["images"][attacks]).items()}
+              saliency.compile_method(model, m, IG_STEPS)(test["images"][attacks]).items()}
           for m in ("ig", "ig_black")}
   return model, test, attacks, maps
 
@@ -59,7 +60,7 @@ def test_maps_point_at_the_planted_artefact_not_at_the_decoy(planted_run):
   random_model = sanity.reinitialised(models.ModelConfig.from_config(
       planted.tiny_model_config()), seed=7)
   random_maps = {k: np.asarray(v) for k, v in
-                 attribution.compile_method(random_model, "ig", IG_STEPS)(images).items()}
+                 saliency.compile_method(random_model, "ig", IG_STEPS)(images).items()}
   random_signs = _decisions(random_model, images)
   assert planted.pointing_hits(random_maps["rgb"], boxes, random_signs).sum() <= hits.sum() - 6
   random_energy = planted.frequency_energy(random_maps["freq"], size, random_signs)
@@ -70,7 +71,7 @@ def test_maps_point_at_the_planted_artefact_not_at_the_decoy(planted_run):
 def test_sanity_checks_randomisation_and_deletion(planted_run):
   model, test, attacks, maps = planted_run
   images = test["images"][attacks]
-  random_maps = maps.get("random") or {k: np.asarray(v) for k, v in attribution.compile_method(
+  random_maps = maps.get("random") or {k: np.asarray(v) for k, v in saliency.compile_method(
       sanity.reinitialised(models.ModelConfig.from_config(planted.tiny_model_config()), seed=7),
       "ig", IG_STEPS)(images).items()}
   for key in ("rgb", "freq"):
@@ -96,7 +97,7 @@ def test_one_stream_models_get_the_maps_of_their_stream(input_kind, method):
   x = planted.corpus(2, seed=3)["images"]
   whole, pieces = model(x), streams.logits(model, streams.stream_inputs(model, x))
   np.testing.assert_allclose(np.asarray(pieces["joint"]), np.asarray(whole["joint"]), atol=1e-5)
-  out = attribution.compile_method(model, method, 2)(x)
+  out = saliency.compile_method(model, method, 2)(x)
   assert ("freq" in out) == (input_kind == "freq") and set(
       k for k in out if k.startswith("score_")) == {"score_joint"}
   assert out["rgb" if method != "gradcam" else input_kind].shape[:3] == (2, 32, 32)
@@ -107,7 +108,7 @@ def test_one_stream_models_get_the_maps_of_their_stream(input_kind, method):
 def test_radial_mean_baseline_and_profiles():
   rng = np.random.default_rng(0)
   spec = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
-  ring = np.asarray(attribution.radial_mean(spec))
+  ring = np.asarray(saliency.radial_mean(spec))
   r = np.round(np.hypot(*(np.mgrid[:16, :16] - 8))).astype(int)
   for k in (0, 3, 7):
     np.testing.assert_allclose(ring[1, r == k, 2], spec[1, r == k, 2].mean(), rtol=1e-5)
@@ -121,7 +122,7 @@ def test_rows_are_streamed_one_batch_at_a_time(planted_run, tmp_path, monkeypatc
   """explain_files pulls the loader's rows at most one batch ahead of what it
   has written, so memory does not grow with the number of files."""
   import ml_collections
-  from cmfl_jax import predict
+  from cmfl_jax.scoring import files
   model = planted_run[0]
   images = planted.corpus(10, seed=5)["images"]
   pulled = []
@@ -131,12 +132,12 @@ def test_rows_are_streamed_one_batch_at_a_time(planted_run, tmp_path, monkeypatc
       pulled.append(p)
       yield {"path": p, "error": "error: broken"} if i == 4 else {"path": p, "image": images[i]}
 
-  monkeypatch.setattr(predict, "file_rows", rows)
+  monkeypatch.setattr(files, "file_rows", rows)
   config = ml_collections.ConfigDict({"data": {"image_size": 32, "aligned": True}, "seed": 0})
-  loaded = runner.Loaded(model, None, config, 3)
+  loaded = explain_files.Loaded(model, None, config, 3)
   paths = [f"in/{i}.png" for i in range(10)]
-  out = runner.explain_files(loaded, paths, str(tmp_path), "gradcam", batch_size=3,
-                             pictures_too=False)
+  out = explain_files.explain_files(loaded, paths, str(tmp_path), "gradcam", batch_size=3,
+                                    pictures_too=False)
   seen = []
   for row in out:
     seen.append(row)
@@ -151,8 +152,8 @@ def test_explain_command_writes_maps_pictures_and_rows(reference_run, tmp_path):
   missing files (exit 1), sanity columns and their printed means."""
   import runpy
   from PIL import Image
-  from cmfl_jax import score_files
   from cmfl_jax.data import sources
+  from cmfl_jax.evaluation import score_files
   workdir, _ = reference_run
   config = runpy.run_path(os.path.join(ROOT, "configs", "smoke.py"))["get_config"]()
   split = sources.load_splits(config.data, ["eval"])[0]["eval"]
@@ -197,12 +198,13 @@ def test_frequency_summary_for_the_evaluation_report(reference_run, tmp_path):
   """What evaluate adds to metrics.json and the report per split: profiles
   of the mean frequency attribution and of the bona fide - attack spectrum
   difference (checked against numpy on the same subset), the picture."""
-  from cmfl_jax import evaluate, predict
   from cmfl_jax.data import sources
+  from cmfl_jax.evaluation import evaluate
   from cmfl_jax.explanations import frequencies
   from cmfl_jax.models import spectrum
+  from cmfl_jax.scoring import model as scoring_model
   workdir, _ = reference_run
-  config = predict.config_from_checkpoint(workdir, "best")
+  config = scoring_model.config_from_checkpoint(workdir, "best")
   config.eval.explain_images, config.eval.explain_steps = 8, 4
   state = evaluate.restore_for_eval(config, workdir, "best")[0]
   splits, _ = sources.load_splits(config.data, ["eval"])
@@ -233,8 +235,8 @@ def test_spectrum_integrated_gradients_are_complete():
   model.eval()
   x = spectrum.to_unit_range(planted.corpus(2, seed=4)["images"])
   s = spectrum.log_spectrum(x)
-  s0 = attribution.radial_mean(s)
-  ig = jax.jit(lambda x, s0: attribution.spectrum_attribution(model, x, s0, 64))(x, s0)
+  s0 = saliency.radial_mean(s)
+  ig = jax.jit(lambda x, s0: saliency.spectrum_attribution(model, x, s0, 64))(x, s0)
   gap = streams.logits(model, {"freq": s})["joint"] - streams.logits(model, {"freq": s0})["joint"]
   np.testing.assert_allclose(np.asarray(ig).sum((1, 2, 3)), np.asarray(gap), rtol=0.05, atol=1e-4)
   assert np.min(np.abs(np.asarray(gap))) > 20 * 1e-4  # every gap far above the tolerance
@@ -252,12 +254,12 @@ def test_default_pixel_maps_are_complete_over_both_streams():
       planted.tiny_model_config("two_stream")), rngs=nnx.Rngs(2))
   model.eval()
   images = planted.corpus(2, seed=4)["images"]
-  maps = jax.jit(lambda im: attribution.METHODS["ig"](model, im, 512))(images)
+  maps = jax.jit(lambda im: saliency.METHODS["ig"](model, im, 512))(images)
   np.testing.assert_allclose(np.asarray(maps["rgb"]), np.asarray(
       maps["rgb_via_rgb_stream"] + maps["rgb_via_freq_stream"]), atol=1e-7)
   x = spectrum.to_unit_range(images)
   logit = lambda z: streams.logits(model, streams.stream_inputs(model, z))["joint"]  # noqa: E731
-  gap = np.asarray(logit(x) - logit(attribution.blurred(x)))
+  gap = np.asarray(logit(x) - logit(saliency.blurred(x)))
   np.testing.assert_allclose(np.asarray(maps["rgb"]).sum((1, 2, 3)), gap, rtol=0.2)
   assert np.min(np.abs(gap)) > 1e-2  # far above the tolerance
   # Each stream contributes: neither part is negligible.

@@ -104,10 +104,12 @@ def in_process(run_copy, images):
   """predict's scores and calibrated scores, and every head's P(real) from the
   eval step, all in this process from the checkpoint."""
   import jax
-  from cmfl_jax import evaluate, predict, steps
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.scoring import decisions, model as scoring_model
+  from cmfl_jax.training import steps
   paths, pixels = images
-  rows = list(predict.predict(run_copy, paths).rows)
-  config = predict.config_from_checkpoint(run_copy, "best")
+  rows = list(decisions.predict(run_copy, paths).rows)
+  config = scoring_model.config_from_checkpoint(run_copy, "best")
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, run_copy, "best")
   b = config.train.eval_batch_size
   batch = {"image": np.concatenate([pixels, np.zeros((b - N, 32, 32, 3), np.uint8)]),
@@ -152,7 +154,7 @@ def test_artifact_gives_predict_scores_at_batch_1_and_n(loader, blocked, exporte
 
 
 def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   card = json.load(open(os.path.join(exported, "model_card.json")))
   kind, step = checkpointing.select_step(run_copy, "best")
   meta = checkpointing.read_meta(checkpointing.make_managers(run_copy)[kind], step)
@@ -178,8 +180,8 @@ def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
 
 
 def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_process):
-  from cmfl_jax import predict
-  predictions = predict.predict(None, images[0], model=exported)
+  from cmfl_jax.scoring import decisions
+  predictions = decisions.predict(None, images[0], model=exported)
   rows = list(predictions.rows)
   # The export carries the calibration chosen for it: its threshold decides.
   assert predictions.threshold == pytest.approx(in_process["threshold_calibration"][0])
@@ -366,10 +368,10 @@ def test_artifacts_decide_the_generator_as_the_checkpoint(attribution_export,
 
 def test_predict_with_model_names_the_generator(attribution_export, attribution_reference):
   """`predict --model` rows carry the artifact's decision, named with the card's classes."""
-  from cmfl_jax import predict
   from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring import decisions
   ref = attribution_reference
-  predictions = predict.predict(None, ref["paths"], model=attribution_export, stability=())
+  predictions = decisions.predict(None, ref["paths"], model=attribution_export, stability=())
   rows = list(predictions.rows)
   assert predictions.classes == tuple(ref["fitted"]["classes"])
   index, confidence = openset.decide(ref["logits"], ref["fitted"])

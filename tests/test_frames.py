@@ -54,10 +54,10 @@ def test_every_decoding_path_refuses_many_frames(gifs):
 
 def test_predict_loader_reports_the_animation_without_decoding_it(gifs):
   """predict's streamed loader (also explain's and calibrate's): an error row."""
-  from cmfl_jax import predict
+  from cmfl_jax.scoring import files
   data = ml_collections.ConfigDict({"max_pixels": MAX_PIXELS, "image_size": 32, "aligned": False,
                                     "min_side": 32})
-  rows = list(predict.file_rows([str(gifs / "one.gif"), str(gifs / "many.gif")],
+  rows = list(files.file_rows([str(gifs / "one.gif"), str(gifs / "many.gif")],
                                 ops.Geometry(32, False), data, 2))
   assert rows[0]["image"].shape == (32, 32, 3)
   assert rows[1]["error"].startswith("error: too large (10 frames of 200x200")

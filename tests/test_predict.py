@@ -54,8 +54,8 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
   import csv
   import runpy
   from PIL import Image
-  from cmfl_jax import score_files
   from cmfl_jax.data import sources
+  from cmfl_jax.evaluation import score_files
   workdir, _ = reference_run
   config = runpy.run_path(SMOKE)["get_config"]()
   splits, _ = sources.load_splits(config.data, ["eval"])
@@ -94,7 +94,7 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       os.path.join(workdir, "eval", f"best_{step}", "eval_scores.csv"))
   got = np.asarray([float(r["score"]) for r in good])
   np.testing.assert_allclose(got, eval_scores, atol=1e-6)
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   kind, best_step = checkpointing.select_step(workdir, "best")
   thr = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], best_step)[
       "dev_threshold"]
@@ -116,11 +116,12 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
   (`evaluate_split` on a file split), the broken ones an error row in place,
   and no more than two batches of decoded images are ever held (counted)."""
   from PIL import Image
-  from cmfl_jax import evaluate, predict
   from cmfl_jax.data import sources
   from cmfl_jax.data.split import Files, Split
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.scoring import decisions, files, model as scoring_model
   workdir, _ = reference_run
-  config = predict.config_from_checkpoint(workdir, "best")
+  config = scoring_model.config_from_checkpoint(workdir, "best")
   batch_size = config.train.eval_batch_size
   good = []
   for i, img in enumerate(sources.load_splits(config.data, ["eval"])[0]["eval"].images):
@@ -134,7 +135,7 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
   assert len(paths) > 5 * batch_size
 
   decoded = []
-  file_batches = predict._file_batches
+  file_batches = files._file_batches
 
   def counted(*args):
     for names, images, reasons in file_batches(*args):
@@ -142,8 +143,8 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
       decoded.append(len(images))
       yield names, images, reasons
 
-  monkeypatch.setattr(predict, "_file_batches", counted)
-  predictions = predict.predict(workdir, paths)
+  monkeypatch.setattr(files, "_file_batches", counted)
+  predictions = decisions.predict(workdir, paths)
   rows, held = [], []
   for row in predictions.rows:
     rows.append(row)
@@ -161,7 +162,8 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
   state, eval_fn, mesh, _, _ = evaluate.restore_for_eval(config, workdir, "best")
   split = Split("files", np.zeros(len(good), np.int32), np.asarray(["x"] * len(good)),
                 Files(np.asarray(good)))
-  want = evaluate.evaluate_split(eval_fn, state, split, config, mesh)["scores"]["joint"]
+  want = evaluate.evaluate_split(eval_fn, state, split, mesh, data=config.data,
+                                 batch_size=config.train.eval_batch_size)["scores"]["joint"]
   got = np.asarray([r["score"] for r, kind in zip(rows, kinds) if kind is None])
   np.testing.assert_allclose(got, np.tile(want, 3), atol=1e-6)
 
@@ -174,8 +176,8 @@ def test_predict_loader_decodes_png_as_pil_and_survives_unforeseen_decode_errors
   import ml_collections
   from PIL import Image
   import tensorflow as tf
-  from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
+  from cmfl_jax.scoring import files
   img = np.random.default_rng(2).integers(0, 255, (24, 30, 3), np.uint8)
   good = []
   for mode in ("RGB", "RGBA", "L", "LA", "P"):
@@ -193,9 +195,9 @@ def test_predict_loader_decodes_png_as_pil_and_survives_unforeseen_decode_errors
       want[path] = np.asarray(ops.resize_and_crop(tf.constant(readers.pil_to_rgb8(im)), geometry))
   for foreseen in (True, False):
     if not foreseen:
-      monkeypatch.setattr(predict.readers, "truncation", lambda data: None)
-    load = predict.file_loader(geometry, data)
-    out = [(n, i, r) for names, images, reasons in predict._file_batches(paths, load, 3)
+      monkeypatch.setattr(files.readers, "truncation", lambda data: None)
+    load = files.file_loader(geometry, data)
+    out = [(n, i, r) for names, images, reasons in files._file_batches(paths, load, 3)
            for n, i, r in zip(names, images, reasons)]
     assert [n for n, _, _ in out] == paths
     for name, image, reason in out:
@@ -255,13 +257,15 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
   import csv
   import io
   import shutil
-  from cmfl_jax import checkpointing, predict
+  from cmfl_jax import predict
   from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring import decisions
+  from cmfl_jax.training import checkpointing
   from helpers import energy_cut
   ref = attribution_reference
   classes = ref["fitted"]["classes"]
   assert classes == ["bona_fide", "stripes", "upsample2"]
-  predictions = predict.predict(attribution_run[0], ref["paths"], stability=())
+  predictions = decisions.predict(attribution_run[0], ref["paths"], stability=())
   rows = list(predictions.rows)
   assert predictions.classes == tuple(classes)
   index, confidence = openset.decide(ref["logits"], ref["fitted"])
@@ -277,8 +281,8 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
   checkpointing.write_dev(manager, step, {**checkpointing.read_dev(manager, step),
                                           "attribution": cut})
   out = io.StringIO()
-  predictions = predict.predict(workdir, [*ref["paths"], str(tmp_path / "missing.png")],
-                                stability=())
+  predictions = decisions.predict(workdir, [*ref["paths"], str(tmp_path / "missing.png")],
+                                  stability=())
   assert predict.write_csv(predictions, False, out) == (len(ref["paths"]), 1)
   assert out.getvalue().splitlines()[0] == (
       "path,score,verdict,reason,p_real_platt,generator,generator_confidence")

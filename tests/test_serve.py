@@ -137,14 +137,14 @@ def test_health_model_page_and_one_line_per_request(server):
 def test_concurrent_clients_get_predicts_scores(server, tmp_path):
   """16 clients x 3 requests (raw body and multipart), all answered, each
   p_real equal to predict's score of the same file, the verdict its threshold's."""
-  from cmfl_jax import predict
+  from cmfl_jax.scoring import decisions
   url, workdir, _, _ = server
   images = _eval_images(6)
   files = []
   for i, image in enumerate(images):
     files.append(tmp_path / f"{i}.{'jpg' if i == 5 else 'png'}")
     files[-1].write_bytes(_png(image, "JPEG" if i == 5 else "PNG"))
-  expected = {r["path"]: r["score"] for r in predict.predict(workdir, [str(f) for f in files]).rows}
+  expected = {r["path"]: r["score"] for r in decisions.predict(workdir, [str(f) for f in files]).rows}
 
   async def client(k, session):
     out = []
@@ -485,13 +485,13 @@ def test_face_finder_matches_predict_align(tmp_path):
   """The bytes path of --align finds the face predict --align finds, same input pixels."""
   pytest.importorskip("mtcnn")
   skdata = pytest.importorskip("skimage.data")
-  from cmfl_jax import predict
   from cmfl_jax.data import aligned_crops as align_files, ops
+  from cmfl_jax.scoring import faces
   from cmfl_jax.serving import model
   path = tmp_path / "astronaut.png"
   Image.fromarray(skdata.astronaut()).save(path)
   options, geometry = align_files.AlignOptions(), ops.Geometry(32, True)
-  want = predict.aligned_faces(str(path), options, geometry)
+  want = faces.aligned_faces(str(path), options, geometry)
   got = model._face_finder(options, geometry)(path.read_bytes())
   assert len(got) == len(want) == 1
   assert got[0]["box"] == pytest.approx([float(v) for v in want[0]["face_box"].split()], abs=0.1)

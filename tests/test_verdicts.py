@@ -214,7 +214,7 @@ def test_calibrating_on_the_held_out_camera_keeps_its_false_alarms_within_the_gu
   import subprocess
   import sys
 
-  from cmfl_jax import predict
+  from cmfl_jax.scoring import decisions
   from helpers import ROOT, main_env
   workdir, paths = camera_run
   calib, rest = paths[::2], paths[1::2]
@@ -239,7 +239,7 @@ def test_calibrating_on_the_held_out_camera_keeps_its_false_alarms_within_the_gu
   with pytest.raises(store.CalibrationError, match="exists.*--overwrite"):  # before scoring
     calibration.check_before_scoring(workdir, "cam", len(calib), alpha, None, overwrite=False)
 
-  predictions = predict.predict(workdir, paths, calibration="cam", stability=("jpeg:95",))
+  predictions = decisions.predict(workdir, paths, calibration="cam", stability=("jpeg:95",))
   rows = {r["path"]: r for r in predictions.rows}
   assert predictions.threshold == stored["threshold"] and predictions.calibration == "cam"
   # The stored threshold is the k-th smallest score of the calibration images
@@ -272,7 +272,8 @@ def test_eval_report_gives_the_unsure_share_and_risk_coverage(reference_run):
   import glob
   import os
 
-  from cmfl_jax import checkpointing, score_files
+  from cmfl_jax.evaluation import score_files
+  from cmfl_jax.training import checkpointing
   workdir, _ = reference_run
   kind, step = checkpointing.select_step(workdir, "best")
   meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
@@ -305,8 +306,8 @@ def test_predict_align_marks_faces_too_small_and_tight_crops(reference_run, tmp_
   skdata = pytest.importorskip("skimage.data")
   from PIL import Image
 
-  from cmfl_jax import predict
   from cmfl_jax.data import aligned_crops as align_files
+  from cmfl_jax.scoring import decisions
   astronaut = skdata.astronaut()
   small = np.full((320, 320, 3), 120, np.uint8)
   small[100:228, 150:278] = np.asarray(Image.fromarray(astronaut).resize(
@@ -317,7 +318,7 @@ def test_predict_align_marks_faces_too_small_and_tight_crops(reference_run, tmp_
   # The smoke model's input is 32 px: the small face (44 px crop) is 0.7x, the
   # tight one 0.25x; with max_upscale 0.5 the first has too few pixels.
   options = align_files.AlignOptions(max_upscale=0.5)
-  rows = {r["path"].rsplit("/", 1)[-1]: r for r in predict.predict(
+  rows = {r["path"].rsplit("/", 1)[-1]: r for r in decisions.predict(
       reference_run[0], [str(tmp_path / "small.png"), str(tmp_path / "tight.png")],
       align=options).rows}
   assert rows["small.png"]["verdict"] == "unsure"

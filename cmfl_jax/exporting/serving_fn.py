@@ -23,9 +23,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cmfl_jax import checkpointing, models, steps
+from cmfl_jax import models
 from cmfl_jax.attribution import openset
 from cmfl_jax.exporting.errors import ExportError
+from cmfl_jax.training import checkpointing, steps
 
 #: Head of the model -> output name.
 HEAD_OUTPUTS = {"joint": "p_real", "rgb": "p_real_rgb", "freq": "p_real_freq"}

@@ -29,20 +29,20 @@ def to_data_uri(heat: np.ndarray) -> str:
 
 def explainer(restored, batch_size: int) -> Callable[[np.ndarray], list[dict[str, str]]]:
   """uint8 images -> [{"rgb_png", "freq_png"}] (the streams the model has) of
-  a checkpoint already restored by `predict.load_model`, compiled for one
+  a checkpoint already restored by `scoring.model.load_model`, compiled for one
   padded batch shape before this returns."""
   import jax
-  from cmfl_jax import predict
-  from cmfl_jax.explanations import attribution, runner
-  loaded = runner.from_state(restored.config, restored.state, restored.mesh,
-                             int(restored.meta["step"]))
-  compiled = attribution.compile_method(loaded.model, "gradcam")
+  from cmfl_jax.explanations import saliency
+  from cmfl_jax.scoring import explain_files, model as scoring_model
+  loaded = explain_files.from_state(restored.config, restored.state, restored.mesh,
+                                    int(restored.meta["step"]))
+  compiled = saliency.compile_method(loaded.model, "gradcam")
 
   def call(images: np.ndarray) -> dict[str, np.ndarray]:
     maps = jax.device_get(compiled(images))
     return {k: np.asarray(maps[k]) for k in ("rgb", "freq") if k in maps}
 
-  maps = predict.padded_batches(call, batch_size, int(loaded.config.data.image_size))
+  maps = scoring_model.padded_batches(call, batch_size, int(loaded.config.data.image_size))
 
   def run(images: np.ndarray) -> list[dict[str, str]]:
     found = maps(images)

@@ -47,11 +47,12 @@ class ScoringModel:
   def results(self, heads: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """JSON-able scores, verdict and threshold of each image of a batch, and
     with the attribution head the generator predict names."""
-    from cmfl_jax import evaluate, predict, stats
     from cmfl_jax.attribution import openset
+    from cmfl_jax.evaluation import evaluate, stats
+    from cmfl_jax.scoring.model import p_real_heads as p_real_of
     out = []
     named = openset.answers(heads, self.classes, len(heads["joint"]))
-    p_real_heads = predict.p_real_heads(heads)
+    p_real_heads = p_real_of(heads)
     for i in range(len(heads["joint"])):
       p = float(heads["joint"][i])
       scores = {"p_real": p, "heads": {k: float(v[i]) for k, v in p_real_heads.items()}}
@@ -85,8 +86,8 @@ def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
 def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
   """bytes -> faces found as predict --align finds them (the same decoding and
   `aligned_crops` rules as for a file), each cropped to the model input."""
-  from cmfl_jax import predict
   from cmfl_jax.data import aligned_crops, face_detection
+  from cmfl_jax.scoring.faces import model_input
 
   def find(data: bytes) -> list[dict]:
     image = face_detection.decode_rgb(data)
@@ -94,14 +95,14 @@ def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
       raise limits_lib.Rejected(422, f"not a readable image ({image.reason})")
     found = aligned_crops.align_pixels(image, options)
     return [{"box": [round(float(v), 1) for v in face.box], "face_score": float(face.score),
-             "image": predict.model_input(face, geometry)} for face in found or []]
+             "image": model_input(face, geometry)} for face in found or []]
 
   return find
 
 
 def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
   """What the model is, for strangers: no config dump, no path of this disk."""
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   kind, step = checkpointing.select_step(workdir, which)
   meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
   keep = ("epoch", "val_loss", "dev_threshold", "calibration", "operating_points", "fingerprint")
@@ -171,13 +172,13 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   (a checkpoint only: an export holds no gradients' program)."""
   if explain and model:
     raise ValueError("--explain needs --workdir: an exported model has no explanation program")
-  from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
+  from cmfl_jax.scoring.model import load_exported, load_model
   if model:
-    loaded = predict.load_exported(model, batch_size)
+    loaded = load_exported(model, batch_size)
     description = {"source": "export", "card": public_card(loaded.meta["card"])}
   else:
-    loaded = predict.load_model(workdir, which, batch_size)
+    loaded = load_model(workdir, which, batch_size)
     description = _checkpoint_description(workdir, which, loaded.config)
   config = loaded.config
   geometry = ops.Geometry(int(config.data.image_size),
