@@ -50,10 +50,15 @@ def test_maps_point_at_the_planted_artefact_not_at_the_decoy(planted_run):
   assert np.mean((probs >= 0.5) == (test["labels"] == 1)) >= 0.9  # the trace was learnt
   images, boxes, size = test["images"][attacks], test["boxes"][attacks], test["images"].shape[1]
   signs = _decisions(model, images)
-  hits = planted.pointing_hits(maps["ig"]["rgb"], boxes, signs)
+  # Localisation is the RGB stream's job: its pixel map must peak in the patch.
+  # (Through the frequency stream a pixel's share is spread over the image by
+  # the FFT and the spectrum's percentile scaling, whose gradient is real since
+  # issue #39; that part is checked for completeness, not for pointing.)
+  hits = planted.pointing_hits(maps["ig"]["rgb_via_rgb_stream"], boxes, signs)
   assert hits.mean() >= 0.75, hits.sum()
   # The baseline decides: from a black image the peak follows image content.
-  assert planted.pointing_hits(maps["ig_black"]["rgb"], boxes, signs).sum() <= hits.sum() - 6
+  assert planted.pointing_hits(maps["ig_black"]["rgb_via_rgb_stream"], boxes,
+                               signs).sum() <= hits.sum() - 6
   energy = planted.frequency_energy(maps["ig"]["freq"], size, signs)
   won = np.mean(energy["artefact"] > energy["decoy"])
   assert won >= 0.75 and np.mean(energy["artefact"]) > 2 * np.mean(energy["decoy"])
