@@ -130,13 +130,16 @@ async def score(request: web.Request) -> web.Response:
     data = await _body(request, state.limits.max_bytes)
     images, faces = await asyncio.get_running_loop().run_in_executor(
         state.decode_pool, _prepare, model, data)
-    results = await state.batcher.score(images)
-  body = dict(results[0])
-  body["face_box"] = faces[0]["box"] if faces else None
+    scored = await state.batcher.score(images)
   if faces:
-    body["faces"] = [{**f, **r} for f, r in zip(faces, results)]
+    answers = [{**model.answer(r, face.pop("unsupported", None)), **face}
+               for face, r in zip(faces, scored)]
+    body = {**answers[0], "faces": answers, "face_box": answers[0]["box"]}
+  else:
+    body = {**model.answer(scored[0]), "faces": None, "face_box": None}
   request[NOTE] = f"p_real={body['p_real']:.6f} verdict={body['verdict']}" + (
-      f" generator={body['generator']}" if "generator" in body else "")
+      f" generator={body['generator']}" if "generator" in body else "") + (
+      f" faces={len(faces)}" if faces else "")
   return web.json_response(body)
 
 

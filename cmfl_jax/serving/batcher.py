@@ -4,8 +4,9 @@ Requests put single images on a queue; one worker takes the first, waits at
 most `max_wait` seconds for more (up to `batch_size`; not at all when no other
 request is in flight), and runs the batch in
 a thread of its own, so the event loop keeps accepting and answering while
-the model works. The scorer pads every batch to `batch_size`: one shape, one
-compilation, whatever the traffic. Admission is bounded: `admit` refuses once
+the model works. The scorer pads each batch to the smallest of a few
+compiled sizes that holds it (`predict.batch_shapes`), so a lone request
+waits for one image's forward pass and a busy queue fills the largest. Admission is bounded: `admit` refuses once
 `max_pending` requests are in flight, and the caller answers 503.
 """
 

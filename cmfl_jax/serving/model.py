@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,34 +35,56 @@ class ScoringModel:
   faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
   maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> PNG data URIs
   classes: tuple[str, ...] = ()                           # attribution classes (): no head
+  stability: tuple[str, ...] = ()                        # predict's --stability conditions
 
   def run(self, images: np.ndarray) -> list[dict[str, Any]]:
-    """Scores, verdicts and (with --explain) explanation maps of a batch."""
-    out = self.results(self.score(images))
+    """Scores of a batch: each image and its `stability` variants in one
+    call, and (with --explain) the explanations; `answer` decides."""
+    from cmfl_jax.verdicts import stability as stability_lib
+    n = len(images)
+    variants = [stability_lib.perturbed(images, c) for c in self.stability]
+    heads = self.score(np.concatenate([images, *variants]) if variants else images)
+    out = _scored({k: np.asarray(v)[:n] for k, v in heads.items()}, self.classes)
+    for i, entry in enumerate(out):
+      entry["under"] = {c: float(heads["joint"][(k + 1) * n + i])
+                        for k, c in enumerate(self.stability)}
     if self.maps is not None:
       for entry, maps in zip(out, self.maps(images)):
         entry["explanation"] = maps
     return out
 
-  def results(self, heads: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """JSON-able scores, verdict and threshold of each image of a batch, and
-    with the attribution head the generator predict names."""
-    from cmfl_jax import evaluate, predict, stats
-    from cmfl_jax.attribution import openset
-    out = []
-    named = openset.answers(heads, self.classes, len(heads["joint"]))
-    p_real_heads = predict.p_real_heads(heads)
-    for i in range(len(heads["joint"])):
-      p = float(heads["joint"][i])
-      scores = {"p_real": p, "heads": {k: float(v[i]) for k, v in p_real_heads.items()}}
-      scores["p_real_calibrated"] = (float(stats.apply_calibration(
-          self.calibration, evaluate.logits_of(np.asarray([p])))[0])
-                                     if self.calibration else None)
-      verdict, reason = self.policy.decide(scores)
-      out.append({**scores, "verdict": verdict, "reason": reason,
-                  "meaning": verdict_lib.MEANING[verdict], "threshold": self.policy.threshold,
-                  "threshold_source": self.policy.source, **named[i]})
+  def answer(self, scored: dict[str, Any], unsupported: str | None = None) -> dict[str, Any]:
+    """The JSON answer for one scored image (`run`): predict's verdict rule
+    (too small, stability, band, threshold), the one probability to read
+    and the reason in plain words."""
+    from cmfl_jax import evaluate, stats
+    from cmfl_jax.verdicts import stability as stability_lib
+    out = {k: v for k, v in scored.items() if k != "under"}
+    out["stability"] = dict(scored.get("under", {}))
+    p = out["p_real"]
+    out["p_real_calibrated"] = (float(stats.apply_calibration(
+        self.calibration, evaluate.logits_of(np.asarray([p])))[0]) if self.calibration else None)
+    unstable = stability_lib.unstable(p, scored.get("under", {}), self.policy.threshold)
+    verdict, reason = self.policy.decide(out, unstable, unsupported)
+    out.update(verdict=verdict, reason=reason, meaning=verdict_lib.MEANING[verdict],
+               threshold=self.policy.threshold, threshold_source=self.policy.source,
+               probability=verdict_lib.probability(p, self.policy, self.calibration),
+               **verdict_lib.plain(verdict, reason))
     return out
+
+  def results(self, heads: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The answers for a batch's heads (no stability variants)."""
+    return [self.answer(r) for r in _scored(heads, self.classes)]
+
+
+def _scored(heads: dict[str, np.ndarray], classes: tuple[str, ...]) -> list[dict[str, Any]]:
+  from cmfl_jax import predict
+  from cmfl_jax.attribution import openset
+  n = len(heads["joint"])
+  named = openset.answers(heads, classes, n)
+  p_heads = predict.p_real_heads(heads)
+  return [{"p_real": float(heads["joint"][i]), "heads": {k: float(v[i]) for k, v in p_heads.items()},
+           **named[i]} for i in range(n)]
 
 
 def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
@@ -95,7 +117,9 @@ def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
       raise limits_lib.Rejected(422, f"not a readable image ({image.reason})")
     found = aligned_crops.align_pixels(image, options)
     return [{"box": [round(float(v), 1) for v in face.box], "face_score": float(face.score),
-             "image": predict.model_input(face, geometry)} for face in found or []]
+             "image": predict.model_input(face, geometry),
+             "unsupported": aligned_crops.too_small(face, geometry.size, options.max_upscale)}
+            for face in found or []]
 
   return find
 
@@ -135,20 +159,29 @@ def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str
 def load(workdir: str | None = None, which: str = "best", model: str | None = None,
          calibration: str | None = None, align=None,
          limits: limits_lib.Limits | None = None, batch_size: int | None = None,
-         explain: bool = False) -> ScoringModel:
+         explain: bool = False, stability: Sequence[str] = ()) -> ScoringModel:
   """The model of `workdir` (checkpoint `which`) or of the export `model`,
-  compiled for one padded batch shape (`batch_size`, default the config's
-  eval batch size) before this returns; with `explain`, Grad-CAM maps too
-  (a checkpoint only: an export holds no gradients' program)."""
+  compiled before this returns for a few batch shapes (`predict.batch_shapes`
+  up to `batch_size`, default the config's eval batch size: a request waits
+  for the smallest batch that holds what is queued, not a padded full one); with `explain`, Grad-CAM maps too
+  (a checkpoint only: an export holds no gradients' program); `stability`:
+  predict's conditions, each image is also scored under them."""
   if explain and model:
     raise ValueError("--explain needs --workdir: an exported model has no explanation program")
   from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
+  from cmfl_jax.verdicts import stability as stability_lib
+  if batch_size is None:
+    from cmfl_jax.exporting import artifact
+    config = (artifact.read_card(model)["config"] if model else
+              predict.config_from_checkpoint(workdir, which))
+    batch_size = int(config["train"]["eval_batch_size"])
+  shapes = predict.batch_shapes(batch_size)
   if model:
-    loaded = predict.load_exported(model, batch_size)
+    loaded = predict.load_exported(model, batch_size, shapes)
     description = {"source": "export", "card": loaded.meta["card"]}
   else:
-    loaded = predict.load_model(workdir, which, batch_size)
+    loaded = predict.load_model(workdir, which, batch_size, shapes)
     description = _checkpoint_description(workdir, which, loaded.config)
   config = loaded.config
   policy = _policy(workdir, model, loaded.meta, calibration)
@@ -157,21 +190,22 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   base = limits or limits_lib.Limits()
   limits = dataclasses.replace(base, max_pixels=min(base.max_pixels, int(config.data.max_pixels)),
                                min_side=readers.min_image_side(config.data))
-  batch_size = batch_size or int(config.train.eval_batch_size)
   description["serving"] = {"threshold": policy.threshold, "threshold_source": policy.source,
                             "unsure_band": policy.band, "align": bool(align),
-                            "batch_size": batch_size, "max_bytes": limits.max_bytes,
+                            "batch_size": batch_size, "batch_shapes": list(shapes), "max_bytes": limits.max_bytes,
                             "max_pixels": limits.max_pixels,
-                            "explanations": "gradcam" if explain else False}
+                            "explanations": "evidence" if explain else False,
+                            "stability": list(stability)}
   decode = _decoder(geometry)
   decode(_probe_png(int(config.data.image_size)))  # trace the decode now, not on a request
   maps = None
   if explain:
     from cmfl_jax.serving import maps as maps_lib
-    maps = maps_lib.explainer(loaded, batch_size)
+    maps = maps_lib.explainer(loaded, shapes)
   return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
                       decode, policy, loaded.meta.get("calibration"), description, limits,
-                      _face_finder(align, geometry) if align else None, maps, loaded.classes)
+                      _face_finder(align, geometry) if align else None, maps, loaded.classes,
+                      stability_lib.check_conditions(stability))
 
 
 def _probe_png(size: int) -> bytes:
