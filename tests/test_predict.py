@@ -100,8 +100,8 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       "dev_threshold"]
   assert 0.0 <= thr <= 1.0
   for r, s in zip(good, got):  # unsure (with its reason) near the threshold or if unstable
-    assert r["verdict"] == ("real" if s >= thr else "synthetic") and r["reason"] == "" or (
-        r["verdict"] == "unsure" and r["reason"]), r
+    assert r["verdict"] == ("real" if s >= thr else "synthetic") and r["reason"].startswith(
+        "score ") or (r["verdict"] == "unsure" and r["reason"]), r
   assert all(by_name[p.name]["reason"] == "" for p in broken.values())
   summary = json.loads(next(l for l in proc.stderr.splitlines()
                             if '"images_per_sec"' in l).split("] ", 1)[1])

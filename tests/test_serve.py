@@ -123,15 +123,18 @@ def test_health_model_page_and_one_line_per_request(server):
 
 def test_concurrent_clients_get_predicts_scores(server, tmp_path):
   """16 clients x 3 requests (raw body and multipart), all answered, each
-  p_real equal to predict's score of the same file, the verdict its threshold's."""
+  p_real equal to predict's score of the same file and the verdict and
+  reason predict gives it with its default stability check."""
   from cmfl_jax import predict
+  from cmfl_jax.verdicts import stability
   url, workdir, _, _ = server
   images = _eval_images(6)
   files = []
   for i, image in enumerate(images):
     files.append(tmp_path / f"{i}.{'jpg' if i == 5 else 'png'}")
     files[-1].write_bytes(_png(image, "JPEG" if i == 5 else "PNG"))
-  expected = {r["path"]: r["score"] for r in predict.predict(workdir, [str(f) for f in files]).rows}
+  expected = {r["path"]: r for r in predict.predict(workdir, [str(f) for f in files],
+                                                     stability=stability.CONDITIONS).rows}
 
   async def client(k, session):
     out = []
@@ -152,23 +155,27 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
 
   answers = asyncio.run(run())
   model_info = json.loads(_get(url + "/v1/model")[1])
-  assert model_info["serving"]["explanations"] == "gradcam"
+  assert model_info["serving"]["explanations"] == "evidence"
+  assert model_info["serving"]["stability"] == list(stability.CONDITIONS)
   assert len(answers) == 48
   for path, (status, _, body) in answers:
     assert status == 200, body
-    assert abs(body["p_real"] - expected[str(path)]) <= 1e-6
-    band = model_info["serving"]["unsure_band"]
-    if band and band["lo"] <= body["p_real"] < band["hi"]:
-      assert body["verdict"] == "unsure" and "unsure band" in body["reason"]
-    else:
-      assert body["verdict"] == ("real" if body["p_real"] >= body["threshold"] else "synthetic")
+    want = expected[str(path)]
+    assert abs(body["p_real"] - want["score"]) <= 1e-6
+    assert (body["verdict"], body["reason"]) == (want["verdict"], want["reason"])
+    assert set(body["stability"]) == set(stability.CONDITIONS)
     assert set(body["heads"]) == {"joint", "rgb", "freq"}
     assert "generator" not in body and "generator_confidence" not in body  # no such head
-    maps = body["explanation"]  # --explain: Grad-CAM of both streams, as PNGs
-    for stream in ("rgb", "freq"):
-      assert maps[f"{stream}_png"].startswith("data:image/png;base64,")
-      with Image.open(io.BytesIO(base64.b64decode(maps[f"{stream}_png"].split(",", 1)[1]))) as im:
-        assert im.size == (128, 128) and len(set(im.getdata())) > 1
+    maps = body["explanation"]  # --explain: the overlay, the frequencies' pattern, the profile
+    for picture in ("overlay_png", "pattern_png"):
+      assert maps[picture].startswith("data:image/png;base64,")
+      with Image.open(io.BytesIO(base64.b64decode(maps[picture].split(",", 1)[1]))) as im:
+        assert im.size == (192, 192) and len(set(im.getdata())) > 1
+    assert len(maps["profile"]["radius"]) == len(maps["profile"]["evidence"]) > 4
+    probability = body["probability"]  # the page's one number: calibrated, same verdict
+    assert probability["calibrated"] and probability["value"] == body["p_real_calibrated"]
+    if body["verdict"] != "unsure":
+      assert (probability["value"] >= probability["threshold"]) == (body["verdict"] == "real")
     assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_calibrated"] < 1
   assert _get(url + "/healthz")[0] == 200
 
@@ -271,6 +278,63 @@ def test_requests_are_batched_into_one_padded_shape():
   assert all(a[0] == 200 and a[2]["threshold_source"] == "test" for a in answers)
   assert len(calls) < 20 and max(c[0] for c in calls) == 4  # batched, never above batch_size
   assert sum(c[0] for c in calls) == 20
+
+
+def test_a_batch_is_padded_to_the_smallest_compiled_shape():
+  """Shapes 1, 4, 16 and the largest are compiled up front; a lone image runs
+  as a batch of 1, 3 as 4, 40 as 32 + 16, and each image keeps its own score."""
+  from cmfl_jax import predict
+  seen = []
+
+  def call(batch):
+    seen.append(len(batch))
+    return {"joint": batch[:, 0, 0, 0].astype(np.float32)}
+
+  assert predict.batch_shapes(32) == (1, 4, 16, 32) and predict.batch_shapes(1) == (1,)
+  heads = predict.padded_batches(call, predict.batch_shapes(32), 2)
+  assert sorted(seen) == [1, 4, 16, 32]  # compiled before the first request
+  for n, shapes in ((1, [1]), (3, [4]), (16, [16]), (17, [32]), (40, [32, 16])):
+    seen.clear()
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    out = heads(images)
+    assert seen == shapes and list(out["joint"]) == list(range(n)), (n, seen)
+
+
+def test_service_answers_with_predicts_rules_in_plain_words():
+  """The service's verdict is `verdicts.decide` with predict's inputs: a face
+  too small and a verdict that flips under a stability condition are unsure,
+  with the reason in plain words and what would help; a verdict given states
+  the comparison; the probability shown is the calibrated one, its threshold
+  and band on the same scale."""
+  from cmfl_jax.serving import model, verdict
+  band = {"lo": 0.4, "hi": 0.6, "target_error": 0.05}
+  m = _fake_model(0.0, [])
+  m.policy = verdict.Policy(0.5, "dev_eer", band)
+  m.calibration = {"method": "platt", "a": 2.0, "b": 0.5}
+  m.stability = ("jpeg:95",)
+  base = {"p_real": 0.9, "heads": {"joint": 0.9}}
+  stable = m.answer({**base, "under": {"jpeg:95": 0.85}})
+  assert (stable["verdict"], stable["reason"]) == ("real", "score 0.9000 >= 0.6000, the top "
+                                                            "of the unsure band")
+  assert stable["why"] == stable["help"] == ""
+  pr = stable["probability"]
+  assert pr["calibrated"] and pr["value"] == pytest.approx(stable["p_real_calibrated"])
+  assert pr["band"][0] < pr["threshold"] < pr["band"][1] <= pr["value"]
+  flipped = m.answer({**base, "under": {"jpeg:95": 0.3}})
+  assert flipped["verdict"] == "unsure" and flipped["reason"].startswith("verdict changes after")
+  assert "slightly compressed" in flipped["why"] and "less processed" in flipped["help"]
+  small = m.answer({**base, "under": {"jpeg:95": 0.85}}, "face too small (12 px, 5.3x upscale)")
+  assert small["verdict"] == "unsure" and "face is small" in small["why"]
+  assert "larger" in small["help"]
+  near = m.answer({"p_real": 0.5, "heads": {"joint": 0.5}, "under": {"jpeg:95": 0.5}})
+  assert near["verdict"] == "unsure" and "too close" in near["why"]
+  assert "calibrat" in near["help"]
+  # Stability variants are made per image and scored in the same batches.
+  images = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (10, 200)])
+  assert m.variants(images).shape == (4, 4, 4, 3)
+  scored = m.combine(m.run(m.variants(images)))
+  assert [set(s["under"]) for s in scored] == [{"jpeg:95"}] * 2
+  assert scored[1]["p_real"] == pytest.approx(200 / 255)
 
 
 def test_full_queue_answers_503_with_retry_after_then_recovers():

@@ -126,11 +126,15 @@ async def score(request: web.Request) -> web.Response:
   model = state.model
   if model is None:
     return error(503, "model loading", {"Retry-After": "5"})
+  loop = asyncio.get_running_loop()
   with state.batcher.admit():
     data = await _body(request, state.limits.max_bytes)
-    images, faces = await asyncio.get_running_loop().run_in_executor(
-        state.decode_pool, _prepare, model, data)
-    scored = await state.batcher.score(images)
+    images, faces = await loop.run_in_executor(state.decode_pool, _prepare, model, data)
+    batch = await loop.run_in_executor(state.decode_pool, model.variants, images)
+    scored = model.combine(await state.batcher.score(batch))
+    if model.maps is not None:
+      for entry, maps in zip(scored, await state.batcher.call(model.maps, images)):
+        entry["explanation"] = maps
   if faces:
     answers = [{**model.answer(r, face.pop("unsupported", None)), **face}
                for face, r in zip(faces, scored)]

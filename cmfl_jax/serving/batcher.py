@@ -75,6 +75,10 @@ class Batcher:
       self._queue.put_nowait((image, future))  # bounded by admit(): max_pending x faces
     return list(await asyncio.gather(*futures))
 
+  async def call(self, fn: Callable[..., Any], *args) -> Any:
+    """`fn(*args)` in the model's thread (e.g. explanations), between batches."""
+    return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
   async def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
     batch = [await self._queue.get()]
     deadline = time.monotonic() + self.max_wait

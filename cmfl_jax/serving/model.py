@@ -33,24 +33,32 @@ class ScoringModel:
   description: dict[str, Any]
   limits: limits_lib.Limits
   faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
-  maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> PNG data URIs
+  maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> explanations
   classes: tuple[str, ...] = ()                           # attribution classes (): no head
   stability: tuple[str, ...] = ()                        # predict's --stability conditions
 
-  def run(self, images: np.ndarray) -> list[dict[str, Any]]:
-    """Scores of a batch: each image and its `stability` variants in one
-    call, and (with --explain) the explanations; `answer` decides."""
+  def variants(self, images: np.ndarray) -> np.ndarray:
+    """Each image followed by its `stability` variants (the decode threads
+    make them, so the model's thread only scores)."""
     from cmfl_jax.verdicts import stability as stability_lib
-    n = len(images)
-    variants = [stability_lib.perturbed(images, c) for c in self.stability]
-    heads = self.score(np.concatenate([images, *variants]) if variants else images)
-    out = _scored({k: np.asarray(v)[:n] for k, v in heads.items()}, self.classes)
-    for i, entry in enumerate(out):
-      entry["under"] = {c: float(heads["joint"][(k + 1) * n + i])
-                        for k, c in enumerate(self.stability)}
-    if self.maps is not None:
-      for entry, maps in zip(out, self.maps(images)):
-        entry["explanation"] = maps
+    if not self.stability:
+      return images
+    parts = [images] + [stability_lib.perturbed(images, c) for c in self.stability]
+    return np.stack(parts, 1).reshape(-1, *images.shape[1:])
+
+  def run(self, images: np.ndarray) -> list[dict[str, Any]]:
+    """The scores of each image of a batch (originals and variants alike)."""
+    return _scored({k: np.asarray(v) for k, v in self.score(images).items()}, self.classes)
+
+  def combine(self, scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`run`'s scores of `variants(images)` -> one entry per image, its
+    variants' P(real) under "under"."""
+    step = 1 + len(self.stability)
+    out = []
+    for k in range(0, len(scored), step):
+      entry = dict(scored[k])
+      entry["under"] = {c: scored[k + 1 + j]["p_real"] for j, c in enumerate(self.stability)}
+      out.append(entry)
     return out
 
   def answer(self, scored: dict[str, Any], unsupported: str | None = None) -> dict[str, Any]:
@@ -163,8 +171,9 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   """The model of `workdir` (checkpoint `which`) or of the export `model`,
   compiled before this returns for a few batch shapes (`predict.batch_shapes`
   up to `batch_size`, default the config's eval batch size: a request waits
-  for the smallest batch that holds what is queued, not a padded full one); with `explain`, Grad-CAM maps too
-  (a checkpoint only: an export holds no gradients' program); `stability`:
+  for the smallest batch that holds what is queued, not a padded full one);
+  with `explain`, the page's explanations too (`serving.maps`; a checkpoint
+  only: an export holds no gradients' program); `stability`:
   predict's conditions, each image is also scored under them."""
   if explain and model:
     raise ValueError("--explain needs --workdir: an exported model has no explanation program")

@@ -55,14 +55,9 @@ class Policy:
 
   def decide(self, scores: dict[str, Any], unstable: str | None = None,
              unsupported: str | None = None) -> tuple[str, str]:
-    """(verdict, reason) from {"p_real": ...}: `verdicts.decide`, with the
-    same reasons predict writes."""
-    p = scores["p_real"]
-    verdict, reason = verdicts.decide(p, self.threshold, self.band, unstable, unsupported)
-    if verdict != verdicts.UNSURE:
-      sign = ">=" if verdict == verdicts.REAL else "<"
-      reason = f"p_real {p:.4f} {sign} threshold {self.threshold:.4f} ({self.source})"
-    return verdict, reason
+    """(verdict, reason) from {"p_real": ...}: `verdicts.decide`, the verdict
+    and reason predict writes for the same score."""
+    return verdicts.decide(scores["p_real"], self.threshold, self.band, unstable, unsupported)
 
 
 def probability(p_real: float, policy: Policy, calibration: dict | None) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
   cannot support a verdict (`unsupported`, e.g. "face too small (12 px)"),
   when the verdict flips under mild post-processing (`unstable`: the
   reason), or when the score lies in the dev-fitted `band`; otherwise real
-  if p_real >= threshold (>= band["hi"] with a band), else synthetic."""
+  if p_real >= threshold (>= band["hi"] with a band), else synthetic, with
+  the comparison that decided as the reason (every verdict has one)."""
   if unsupported:
     return UNSURE, unsupported
   if unstable:
@@ -60,7 +61,12 @@ def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
   if band is not None and band["lo"] <= p_real < band["hi"]:
     return UNSURE, (f"score in the unsure band [{band['lo']:.3f}, {band['hi']:.3f}) "
                     f"(dev error target {band['target_error']:g})")
-  return (REAL, "") if p_real >= threshold else (SYNTHETIC, "")
+  if band is not None:
+    return ((REAL, f"score {p_real:.4f} >= {band['hi']:.4f}, the top of the unsure band")
+            if p_real >= threshold else
+            (SYNTHETIC, f"score {p_real:.4f} < {band['lo']:.4f}, the bottom of the unsure band"))
+  return ((REAL, f"score {p_real:.4f} >= threshold {threshold:.4f}") if p_real >= threshold else
+          (SYNTHETIC, f"score {p_real:.4f} < threshold {threshold:.4f}"))
 
 
 __all__ = ["CalibrationError", "REAL", "SYNTHETIC", "UNSURE", "conformal", "decide",

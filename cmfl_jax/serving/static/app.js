@@ -40,10 +40,12 @@ function probabilityName(face) {
 
 function because(face) {
   const pr = face.probability, name = pr.calibrated ? "calibrated probability" : "score";
-  if (face.verdict === "real") return `Called real: its ${name} is at or above the decision ` +
-    `threshold of ${pct(pr.band ? pr.band[1] : pr.threshold)}.`;
-  if (face.verdict === "synthetic") return `Called synthetic: its ${name} is below the ` +
-    `decision threshold of ${pct(pr.band ? pr.band[0] : pr.threshold)}.`;
+  if (face.verdict === "real") return pr.band
+    ? `Called real: its ${name} is at or above ${pct(pr.band[1])}, where the unsure range ends.`
+    : `Called real: its ${name} is at or above the decision threshold of ${pct(pr.threshold)}.`;
+  if (face.verdict === "synthetic") return pr.band
+    ? `Called synthetic: its ${name} is below ${pct(pr.band[0])}, where the unsure range begins.`
+    : `Called synthetic: its ${name} is below the decision threshold of ${pct(pr.threshold)}.`;
   return `Why unsure: ${face.why}.`;
 }
 
@@ -211,7 +213,7 @@ async function send(file) {
   } catch (e) {
     status.className = "error";
     status.textContent = `Could not check ${file.name}: ${e.message}. ` +
-      "Try another image file (PNG, JPEG, BMP or GIF) with a face in it.";
+      "Try another image with a face in it.";
   }
 }
 
@@ -229,6 +231,6 @@ fetch("/v1/model").then((r) => r.ok ? r.json() : null).then((m) => {
   const s = m.serving || {};
   const arch = m.card ? m.card.architecture : m.architecture;
   $("model").textContent = `Model: ${arch ? arch.arch + " " + arch.backbone : "?"} ` +
-    `(${m.source === "export" ? "exported model" : "checkpoint"}). Decision threshold on the ` +
-    `model score: ${pct(s.threshold)}, ${sourceWords(s.threshold_source || "")}.`;
+    `(${m.source === "export" ? "exported model" : "checkpoint"}). Its decision threshold was ` +
+    `${sourceWords(s.threshold_source || "")}.`;
 }).catch(() => {});
