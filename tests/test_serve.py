@@ -458,10 +458,33 @@ def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypat
     WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "verdict")))
     verdict = driver.find_element(By.ID, "verdict")
     assert verdict.text in ("Real face", "Synthetic face", "Unsure")
-    assert "P(real)" in driver.find_element(By.ID, "scores").text
-    assert "threshold" in driver.find_element(By.ID, "meaning").text
+    # One number, named, in percent; the reason in words.
+    headline = driver.find_element(By.ID, "headline").text
+    assert headline.startswith("Calibrated probability that the face is real: ")
+    assert headline.endswith(" %") and len(headline.split(": ")[1]) <= 8, headline
+    reason = driver.find_element(By.ID, "reason").text
+    assert reason.startswith(("Called real", "Called synthetic", "Why unsure")), reason
+    assert driver.find_element(By.ID, "help").is_displayed() == (verdict.text == "Unsure")
+    # The other numbers are in the closed details, each with a sentence.
+    assert not driver.find_element(By.ID, "scores").is_displayed()
+    driver.find_element(By.CSS_SELECTOR, "#details summary").click()
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#scores dt")]
+    notes = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#scores dd.note")]
+    assert "P(real), model score" in names and "Decision threshold" in names
+    assert len(notes) == len(names) and all(len(n) > 30 for n in notes)
+    values = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#scores dd.value")]
+    assert all("%" in v and not any(len(w) > 6 for w in v.split()) for v in values), values
+    # The explanation: the evidence overlay with its colour bar, the frequency
+    # pattern and profile, and the one-line legend.
     assert driver.find_element(By.ID, "explanation").is_displayed()  # --explain
+    for picture in ("overlay", "pattern"):
+      assert driver.find_element(By.ID, picture).get_attribute("src").startswith("data:image/png")
+    assert driver.find_element(By.CSS_SELECTOR, ".colourbar").is_displayed()
+    legend = driver.find_element(By.CSS_SELECTOR, ".legend").text
+    assert "evidence for synthetic" in legend and "evidence for real" in legend
+    assert driver.find_elements(By.CSS_SELECTOR, "#profile rect")
     assert "generator" not in driver.find_element(By.ID, "scores").text  # no such head
+    assert "threshold was set where" in driver.find_element(By.ID, "model").text
     if os.environ.get("SERVE_SCREENSHOT"):
       driver.save_screenshot(os.environ["SERVE_SCREENSHOT"])
   finally:
@@ -535,6 +558,7 @@ def test_page_shows_the_generator(tmp_path, monkeypatch):
     driver.get(url + "/")
     driver.find_element(By.ID, "file").send_keys(str(image))
     WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "verdict")))
+    driver.find_element(By.CSS_SELECTOR, "#details summary").click()
     return driver.find_element(By.ID, "scores").text
 
   async def body(session, url):
@@ -549,3 +573,56 @@ def test_page_shows_the_generator(tmp_path, monkeypatch):
   assert (bright["generator"], dark["generator"]) == ("gan", "unknown")
   assert bright["generator_confidence"] == pytest.approx(200 / 255)
   assert "generator" in text and "gan (78.4 %)" in text, text
+
+
+def test_page_shows_every_face_and_a_plain_error(tmp_path, monkeypatch):
+  """Two faces (fake model): both listed with verdict and percent, both boxed
+  in their verdict's colour (not the synthetic colour for a real face), the
+  second one's numbers a click away; a broken file: one sentence, no result."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+  from cmfl_jax.serving import app as app_lib, limits
+  driver = _browser(monkeypatch)
+  image, broken = tmp_path / "two.png", tmp_path / "notes.png"
+  image.write_bytes(_png(np.full((40, 40, 3), 128, np.uint8)))
+  broken.write_bytes(b"not an image at all")
+  faces = lambda data: [{"box": [2.0, 2.0, 18.0, 18.0], "face_score": 0.99,  # noqa: E731
+                         "image": np.full((4, 4, 3), 230, np.uint8)},
+                        {"box": [22.0, 22.0, 38.0, 38.0], "face_score": 0.9,
+                         "image": np.full((4, 4, 3), 10, np.uint8)}]
+  state = app_lib.State(limits.Limits(max_bytes=10_000))
+
+  def upload(url, path):
+    driver.get(url + "/")
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith(
+        ("Checked", "Could not")))
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#boxes rect")
+                                    or not d.find_element(By.ID, "result").is_displayed())
+    items = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#faces li")]
+    strokes = [e.get_attribute("stroke") for e in driver.find_elements(By.CSS_SELECTOR,
+                                                                        "#boxes rect")]
+    first = driver.find_element(By.ID, "verdict").text
+    if items:
+      driver.find_elements(By.CSS_SELECTOR, "#faces li")[1].click()
+    return (items, strokes, first, driver.find_element(By.ID, "verdict").text,
+            driver.find_element(By.ID, "status").text,
+            driver.find_element(By.ID, "result").is_displayed())
+
+  async def body(session, url):
+    state.ready(_fake_model(0.0, [], faces))
+    loop = asyncio.get_running_loop()
+    return (await loop.run_in_executor(None, upload, url, image),
+            await loop.run_in_executor(None, upload, url, broken))
+
+  try:
+    two, bad = _served(state, body)
+  finally:
+    driver.quit()
+  items, strokes, first, second, _, shown = two
+  assert shown and items == ["Real face, 90.2 %", "Synthetic face, 3.9 %"], items
+  assert strokes == ["#2166ac", "#c0392b"]  # real: blue, synthetic: red
+  assert (first, second) == ("Face 1: Real face", "Face 2: Synthetic face")
+  _, _, _, _, status, shown = bad
+  assert not shown and status.startswith("Could not check notes.png: not an image")
+  assert "Try another image" in status and "Traceback" not in status
