@@ -16,11 +16,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cmfl_jax import evaluate, predict, steps
+from cmfl_jax import evaluate, predict, steps, verdicts
 from cmfl_jax.data import ops
 from cmfl_jax.explanations import attribution, pictures, sanity, streams
 
 HEADS = ("joint", "rgb", "freq")
+VERDICT_WORDS = {"real": "Real face", "synthetic": "Synthetic face", "unsure": "Unsure"}
 #: Per-image sanity numbers (--sanity), see `sanity`.
 SANITY_COLUMNS = ("randomisation_rank_corr_rgb", "randomisation_rank_corr_freq",
                   "randomisation_signed_rank_corr_rgb", "randomisation_signed_rank_corr_freq",
@@ -35,6 +36,7 @@ class Loaded:
   model_config: object
   config: object
   step: int
+  rule: tuple = (None, None, "default_0.5")  # `verdicts.rule` of the checkpoint's metadata
 
 
 def load(workdir: str, which: str = "best") -> Loaded:
@@ -42,7 +44,8 @@ def load(workdir: str, which: str = "best") -> Loaded:
   nothing but arrays and JSON is read (Orbax)."""
   config = predict.config_from_checkpoint(workdir, which)
   state, _, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
-  return from_state(config, state, mesh, int(meta["step"]))
+  return dataclasses.replace(from_state(config, state, mesh, int(meta["step"])),
+                             rule=verdicts.rule(meta))
 
 
 def from_state(config, state: steps.TrainState, mesh, step: int) -> Loaded:
@@ -90,6 +93,7 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
   names = dict(zip(paths, output_names(paths)))
   shape = (geometry.size, geometry.size, 3)
   rows = predict.file_rows(paths, geometry, config.data, batch_size)
+  scale = None  # the pictures' colour and axis scales, fixed by the first batch
   for group in _batched(rows, batch_size):
     good = [r for r in group if "image" in r]
     position = {id(r): i for i, r in enumerate(good)}
@@ -97,6 +101,7 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       images = np.stack([r["image"] for r in good])
       padded = np.concatenate([images, np.zeros((batch_size - len(good), *shape), np.uint8)])
       maps = {k: np.asarray(v)[:len(good)] for k, v in jax.device_get(run(padded)).items()}
+      scale = scale or pictures.run_scale({k: maps[k] for k in ("rgb", "freq") if k in maps})
       if check_sanity:
         checks = _sanity(loaded.model, padded, maps, random_run, evidence, len(good))
     for row in group:
@@ -111,10 +116,13 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       os.makedirs(os.path.dirname(target), exist_ok=True)
       np.savez_compressed(target + ".npz", **one, **{f"score_{h}": s for h, s in scores.items()},
                           method=method, checkpoint_step=loaded.step)
+      threshold, band, _ = loaded.rule
+      verdict, _ = verdicts.decide(scores["joint"], 0.5 if threshold is None else threshold, band)
       if pictures_too:
         pictures.explanation_figure(row["image"], one, scores, target + ".png",
-                                    f"{os.path.basename(row['path'])} ({method})")
-      out.update({f"score_{h}": s for h, s in scores.items()}, output=target + ".npz")
+                                    os.path.basename(row["path"]), VERDICT_WORDS[verdict], scale)
+      out.update({f"score_{h}": s for h, s in scores.items()}, verdict=verdict,
+                 output=target + ".npz")
       if check_sanity:
         out.update({k: float(v[i]) for k, v in checks.items()})
       yield out
@@ -137,7 +145,8 @@ def _sanity(model, padded, maps, random_run, evidence, n) -> dict[str, np.ndarra
 def write_csv(rows: Iterator[dict], path: str) -> Iterator[dict]:
   """Writes `rows` to `path` as they come (header from the first row's keys
   plus the error column) and passes them on."""
-  columns = ["path", "output", *[f"score_{h}" for h in HEADS], "method", "checkpoint_step",
+  columns = ["path", "output", *[f"score_{h}" for h in HEADS], "verdict", "method",
+             "checkpoint_step",
              *SANITY_COLUMNS,
              "error"]
   with open(path, "w", newline="") as f:
