@@ -93,7 +93,8 @@ def main(argv: Sequence[str]) -> int:
   state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000)
   load = lambda: model_lib.load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.model,  # noqa: E731
                                 FLAGS.calibration, align, limits, FLAGS.batch_size,
-                                FLAGS.explain, FLAGS.stability)
+                                bool(FLAGS.workdir) if FLAGS.explain is None else FLAGS.explain,
+                                FLAGS.stability)
   return asyncio.run(serve(FLAGS.host, FLAGS.port, load, state))
 
 
@@ -114,8 +115,9 @@ def define_flags() -> None:
   flags.DEFINE_list("stability", ["jpeg:95", "resize:0.9"], "As predict's: each image is "
                     "also scored after these; a verdict that changes is 'unsure'. Empty: off.")
   flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize.")
-  flags.DEFINE_bool("explain", False, "Return Grad-CAM maps of both streams with every score "
-                    "(the page shows them; --workdir only).")
+  flags.DEFINE_bool("explain", None, "Explanations (signed evidence overlay, frequency pattern "
+                    "and profile) for requests that ask (`POST /v1/score?explain=1`; the page "
+                    "does). Default: on with --workdir; an export has no gradients' program.")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (default: localhost only).")
   flags.DEFINE_integer("port", 8080, "TCP port.")
   flags.DEFINE_integer("max_queue", 64, "Requests in flight (reading, decoding, queued, "

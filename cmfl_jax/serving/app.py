@@ -132,7 +132,7 @@ async def score(request: web.Request) -> web.Response:
     images, faces = await loop.run_in_executor(state.decode_pool, _prepare, model, data)
     batch = await loop.run_in_executor(state.decode_pool, model.variants, images)
     scored = model.combine(await state.batcher.score(batch))
-    if model.maps is not None:
+    if model.maps is not None and request.query.get("explain") == "1":
       for entry, maps in zip(scored, await state.batcher.call(model.maps, images)):
         entry["explanation"] = maps
   if faces:

@@ -210,7 +210,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   maps = None
   if explain:
     from cmfl_jax.serving import maps as maps_lib
-    maps = maps_lib.explainer(loaded, shapes)
+    maps = maps_lib.explainer(loaded, (1,))  # the page asks for one upload at a time
   return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
                       decode, policy, loaded.meta.get("calibration"), description, limits,
                       _face_finder(align, geometry) if align else None, maps, loaded.classes,

@@ -204,7 +204,7 @@ async function send(file) {
   status.textContent = `Checking ${file.name}…`;
   $("result").hidden = true;
   try {
-    const response = await fetch("/v1/score", {method: "POST", body: file,
+    const response = await fetch("/v1/score?explain=1", {method: "POST", body: file,
                                                headers: {"Content-Type": "application/octet-stream"}});
     const body = await response.json();
     if (!response.ok) throw new Error(body.error || response.statusText);
