@@ -8,7 +8,7 @@ PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
 With --align, raw photographs are detected and aligned first (the same code
 as `python -m cmfl_jax.align`), one row per face with its box and score.
 Prints CSV `path,score,verdict,reason[,p_real_calibrated][,generator,
-generator_confidence]` (score = P(real);
+generator_confidence][,face columns],error` (score = P(real);
 verdict real, synthetic or unsure, from the threshold of --calibration, else
 the dev-set EER threshold stored with the checkpoint, else 0.5 with a
 warning; unsure, with its reason, in the dev-fitted band around it, when the
@@ -17,8 +17,10 @@ to judge; p_real_calibrated: P(real) after the Platt calibration fitted on
 the dev set, where the checkpoint has one; generator: with the attribution
 head, the class it names (bona_fide or a training generator) or `unknown`
 when the open-set rule fitted on the dev set rejects every class, and the
-softmax probability of its most likely class). Unreadable
-files get an `error: ...` row and the rest are still scored; the exit status
+softmax probability of its most likely class; reason: why, for every verdict,
+e.g. `score 0.8123 >= threshold 0.4516`). A file that cannot be scored gets
+a row with empty score and verdict and the cause in `error` ("not a readable
+image (...)", "no face: ..."), and the rest are still scored; the exit status
 is 1 if any file failed.
 
 Rows are streamed: files are checked and decoded by tf.data in parallel, a
@@ -277,13 +279,14 @@ def p_real_heads(heads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def batch_shapes(largest: int) -> tuple[int, ...]:
-  """The compiled batch sizes of a service: 1, 4, 16, ... below `largest`,
+  """The compiled batch sizes of a service: 1, 8, 64, ... below `largest`,
   and `largest` (a lone request waits for one image's forward pass, a full
-  queue gets the largest batch; padding wastes at most 4x)."""
+  queue gets the largest batch; padding wastes at most 8x). Few sizes: each
+  costs a trace at start-up, even with a warm compilation cache."""
   sizes, k = [], 1
   while k < largest:
     sizes.append(k)
-    k *= 4
+    k *= 8
   return (*sizes, largest)
 
 
@@ -451,7 +454,8 @@ def write_csv(predictions: Predictions, align: bool, out: TextIO) -> tuple[int, 
   face_columns = ["face_box", "face_score", "faces_found", "framing"] if align else []
   generator_columns = [openset.GENERATOR, openset.CONFIDENCE] if predictions.classes else []
   w.writerow(["path", "score", "verdict", "reason",
-              *(["p_real_calibrated"] if calibrated else []), *generator_columns, *face_columns])
+              *(["p_real_calibrated"] if calibrated else []), *generator_columns, *face_columns,
+              "error"])
   scored = failed = 0
   for r in predictions.rows:
     faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
@@ -459,11 +463,11 @@ def write_csv(predictions: Predictions, align: bool, out: TextIO) -> tuple[int, 
     extra = ([f"{r['calibrated']:.6f}" if "calibrated" in r else ""] if calibrated else [])
     extra += ([r.get(openset.GENERATOR, ""), f"{r[openset.CONFIDENCE]:.6f}"
                if openset.CONFIDENCE in r else ""] if generator_columns else [])
-    if "error" in r:
-      w.writerow([r["path"], "", r["error"], "", *extra, *faces])
+    if "error" in r:  # no verdict: the file could not be scored, and why
+      w.writerow([r["path"], "", "", "", *extra, *faces, r["error"].removeprefix("error: ")])
       failed += 1
     else:
-      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], r["reason"], *extra, *faces])
+      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], r["reason"], *extra, *faces, ""])
       scored += 1
   return scored, failed
 

@@ -67,6 +67,7 @@ async def serve(host: str, port: int, load, state: app_lib.State) -> int:
     await runner.cleanup()
     return 1
   state.ready(model)
+  _warming = asyncio.ensure_future(state.batcher.call(model.warm_up))  # in the model thread
   logging.info("ready: batch %d, threshold %.4f (%s)", model.batch_size, model.policy.threshold,
                model.policy.source)
   await stop.wait()
@@ -122,7 +123,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("port", 8080, "TCP port.")
   flags.DEFINE_integer("max_queue", 64, "Requests in flight (reading, decoding, queued, "
                        "scored) before new ones get 503 + Retry-After.")
-  flags.DEFINE_integer("batch_size", None, "The largest compiled batch (1, 4, 16, ... below "
+  flags.DEFINE_integer("batch_size", None, "The largest compiled batch (1, 8, 64, ... below "
                        "it are compiled too; a batch is padded to the smallest that holds it); "
                        "default: the config's eval batch size.", lower_bound=1)
   flags.DEFINE_string("compilation_cache", os.path.join(os.path.expanduser("~"), ".cache",

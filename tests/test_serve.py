@@ -287,8 +287,8 @@ def test_requests_are_batched_into_one_padded_shape():
 
 
 def test_a_batch_is_padded_to_the_smallest_compiled_shape():
-  """Shapes 1, 4, 16 and the largest are compiled up front; a lone image runs
-  as a batch of 1, 3 as 4, 40 as 32 + 16, and each image keeps its own score."""
+  """Shapes 1, 8 and the largest are compiled up front; a lone image runs
+  as a batch of 1, 3 as 8, 40 as 32 + 8, and each image keeps its own score."""
   from cmfl_jax import predict
   seen = []
 
@@ -296,10 +296,10 @@ def test_a_batch_is_padded_to_the_smallest_compiled_shape():
     seen.append(len(batch))
     return {"joint": batch[:, 0, 0, 0].astype(np.float32)}
 
-  assert predict.batch_shapes(32) == (1, 4, 16, 32) and predict.batch_shapes(1) == (1,)
+  assert predict.batch_shapes(32) == (1, 8, 32) and predict.batch_shapes(1) == (1,)
   heads = predict.padded_batches(call, predict.batch_shapes(32), 2)
-  assert sorted(seen) == [1, 4, 16, 32]  # compiled before the first request
-  for n, shapes in ((1, [1]), (3, [4]), (16, [16]), (17, [32]), (40, [32, 16])):
+  assert sorted(seen) == [1, 8, 32]  # compiled before the first request
+  for n, shapes in ((1, [1]), (3, [8]), (8, [8]), (9, [32]), (40, [32, 8])):
     seen.clear()
     images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     out = heads(images)

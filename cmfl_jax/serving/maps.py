@@ -71,7 +71,7 @@ def explain_one(image: np.ndarray, found: dict[str, np.ndarray]) -> dict[str, An
 def explainer(restored, shapes: tuple[int, ...]) -> Callable[[np.ndarray], list[dict[str, Any]]]:
   """uint8 images -> the page's explanation of each (`explain_one`) from a
   checkpoint already restored by `predict.load_model`, compiled for the
-  batch `shapes` before this returns."""
+  batch `shapes` on its first call."""
   import jax
   from flax import nnx
   from cmfl_jax import predict
@@ -84,10 +84,13 @@ def explainer(restored, shapes: tuple[int, ...]) -> Callable[[np.ndarray], list[
   def call(images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in jax.device_get(compiled(state, images)).items()}
 
-  maps = predict.padded_batches(call, shapes, int(loaded.config.data.image_size))
+  compiled_for: list = []  # compiled on first use (`ScoringModel.warm_up`)
 
   def run(images: np.ndarray) -> list[dict[str, Any]]:
-    found = maps(images)
+    if not compiled_for:
+      compiled_for.append(predict.padded_batches(call, shapes,
+                                                 int(loaded.config.data.image_size)))
+    found = compiled_for[0](images)
     return [explain_one(images[i], {k: v[i] for k, v in found.items()})
             for i in range(len(images))]
 

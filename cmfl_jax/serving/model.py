@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from cmfl_jax.serving import limits as limits_lib
 from cmfl_jax.serving import verdict as verdict_lib
+
+log = logging.getLogger("cmfl_jax.serve")
 
 
 @dataclasses.dataclass
@@ -36,6 +40,14 @@ class ScoringModel:
   maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> explanations
   classes: tuple[str, ...] = ()                           # attribution classes (): no head
   stability: tuple[str, ...] = ()                        # predict's --stability conditions
+
+  def warm_up(self) -> None:
+    """Compiles what is compiled on first use (the explanations), so that
+    the service is healthy as soon as it can score."""
+    if self.maps is not None:
+      start = time.perf_counter()
+      self.maps(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+      log.info("explanations compiled in %.1f s", time.perf_counter() - start)
 
   def variants(self, images: np.ndarray) -> np.ndarray:
     """Each image followed by its `stability` variants (the decode threads
@@ -177,6 +189,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   predict's conditions, each image is also scored under them."""
   if explain and model:
     raise ValueError("--explain needs --workdir: an exported model has no explanation program")
+  start = time.perf_counter()
   from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
   from cmfl_jax.verdicts import stability as stability_lib
@@ -201,16 +214,18 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
                                min_side=readers.min_image_side(config.data))
   description["serving"] = {"threshold": policy.threshold, "threshold_source": policy.source,
                             "unsure_band": policy.band, "align": bool(align),
-                            "batch_size": batch_size, "batch_shapes": list(shapes), "max_bytes": limits.max_bytes,
+                            "batch_size": batch_size, "batch_shapes": list(shapes),
+                            "max_bytes": limits.max_bytes,
                             "max_pixels": limits.max_pixels,
                             "explanations": "evidence" if explain else False,
                             "stability": list(stability)}
   decode = _decoder(geometry)
   decode(_probe_png(int(config.data.image_size)))  # trace the decode now, not on a request
   maps = None
-  if explain:
+  if explain:  # compiled on first use: `ScoringModel.warm_up`, right after the service is up
     from cmfl_jax.serving import maps as maps_lib
     maps = maps_lib.explainer(loaded, (1,))  # the page asks for one upload at a time
+  log.info("model ready in %.1f s (batch shapes %s)", time.perf_counter() - start, shapes)
   return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
                       decode, policy, loaded.meta.get("calibration"), description, limits,
                       _face_finder(align, geometry) if align else None, maps, loaded.classes,
