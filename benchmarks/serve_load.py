@@ -60,7 +60,8 @@ def _cpu_seconds(pid: int) -> float | None:
     return None
 
 
-async def _level(url: str, body: bytes, clients: int, seconds: float, max_requests: int) -> dict:
+async def _level(url: str, body: bytes, clients: int, seconds: float, max_requests: int,
+                 query: str = "") -> dict:
   import aiohttp
   latencies, other = [], 0
   connector = aiohttp.TCPConnector(limit=clients)
@@ -68,7 +69,7 @@ async def _level(url: str, body: bytes, clients: int, seconds: float, max_reques
     async def one() -> None:
       nonlocal other
       start = time.perf_counter()
-      async with session.post(url + "/v1/score", data=body) as r:
+      async with session.post(url + "/v1/score" + query, data=body) as r:
         await r.read()
         if r.status == 200:
           latencies.append(time.perf_counter() - start)
@@ -102,6 +103,8 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=10.0)
   parser.add_argument("--max_requests", type=int, default=5000)
   parser.add_argument("--server_args", nargs="*", default=[])
+  parser.add_argument("--explain", action="store_true", help="ask for the explanation "
+                      "(?explain=1), as the page does")
   parser.add_argument("--starts", type=int, default=1, help="with --workdir: start the server "
                       "this many times (timing each start to healthy), measure on the last")
   args = parser.parse_args()
@@ -131,15 +134,17 @@ def main() -> None:
     image = np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG")
-    levels = [asyncio.run(_level(url, buffer.getvalue(), c, args.seconds, args.max_requests))
-              for c in args.concurrency]
+    query = "?explain=1" if args.explain else ""
+    levels = [asyncio.run(_level(url, buffer.getvalue(), c, args.seconds, args.max_requests,
+                                 query)) for c in args.concurrency]
   finally:
     if proc is not None:
       proc.terminate()
       proc.wait(30)
   print(json.dumps({"load_average": os.getloadavg(), "cpus": os.cpu_count(),
                     "image": f"{args.size}x{args.size} PNG", "startup_s": startups,
-                    "server_args": args.server_args, "levels": levels}, indent=1))
+                    "server_args": args.server_args, "explain": args.explain,
+                    "levels": levels}, indent=1))
 
 
 if __name__ == "__main__":

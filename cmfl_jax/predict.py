@@ -278,12 +278,13 @@ def p_real_heads(heads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: v for k, v in heads.items() if k not in ATTRIBUTION_OUTPUTS}
 
 
-def batch_shapes(largest: int) -> tuple[int, ...]:
-  """The compiled batch sizes of a service: 1, 8, 64, ... below `largest`,
-  and `largest` (a lone request waits for one image's forward pass, a full
-  queue gets the largest batch; padding wastes at most 8x). Few sizes: each
+def batch_shapes(largest: int, unit: int = 1) -> tuple[int, ...]:
+  """The compiled batch sizes of a service: `unit` (the images of one
+  request: 1 + its stability variants), 8x, 64x that, ... below `largest`,
+  and `largest`. A lone request waits for its own forward pass, a full
+  queue gets the largest batch, padding wastes at most 8x. Few sizes: each
   costs a trace at start-up, even with a warm compilation cache."""
-  sizes, k = [], 1
+  sizes, k = [], max(1, min(unit, largest))
   while k < largest:
     sizes.append(k)
     k *= 8

@@ -297,6 +297,7 @@ def test_a_batch_is_padded_to_the_smallest_compiled_shape():
     return {"joint": batch[:, 0, 0, 0].astype(np.float32)}
 
   assert predict.batch_shapes(32) == (1, 8, 32) and predict.batch_shapes(1) == (1,)
+  assert predict.batch_shapes(32, unit=3) == (3, 24, 32)  # a request and its 2 variants
   heads = predict.padded_batches(call, predict.batch_shapes(32), 2)
   assert sorted(seen) == [1, 8, 32]  # compiled before the first request
   for n, shapes in ((1, [1]), (3, [8]), (8, [8]), (9, [32]), (40, [32, 8])):

@@ -198,7 +198,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
     config = (artifact.read_card(model)["config"] if model else
               predict.config_from_checkpoint(workdir, which))
     batch_size = int(config["train"]["eval_batch_size"])
-  shapes = predict.batch_shapes(batch_size)
+  shapes = predict.batch_shapes(batch_size, 1 + len(stability))
   if model:
     loaded = predict.load_exported(model, batch_size, shapes)
     description = {"source": "export", "card": loaded.meta["card"]}
