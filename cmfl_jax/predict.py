@@ -57,6 +57,7 @@ from absl import app, flags, logging
 
 from cmfl_jax import checkpointing, evaluate, models, stats, steps
 from cmfl_jax import config as config_lib
+from cmfl_jax import verdicts
 from cmfl_jax.attribution import classes as attribution_classes, openset
 from cmfl_jax.data import ops, readers
 from cmfl_jax.exporting.errors import ExportError
@@ -410,7 +411,6 @@ def predict(workdir: str | None, paths: Sequence[str], which: str = "best",
   generator (`attribution.openset.decide` with the dev-fitted rule, or the
   export's own decision) and `Predictions.classes` lists the classes. The
   model is compiled before this returns."""
-  from cmfl_jax import verdicts
   from cmfl_jax.verdicts import stability as stability_lib
   stability = stability_lib.check_conditions(stability)
   if model and calibration:
@@ -533,8 +533,9 @@ def define_flags() -> None:
   flags.DEFINE_string("calibration", None, "A calibration made by `python -m cmfl_jax.calibrate"
                       " --name=NAME`: its threshold (guaranteed false-alarm rate on the images "
                       "it was made from) and unsure band decide the verdicts.")
-  flags.DEFINE_list("stability", ["jpeg:95", "resize:0.9"], "Post-processing each image is also "
-                    "scored under; a verdict that changes is 'unsure'. Empty: off.")
+  flags.DEFINE_list("stability", list(verdicts.STABILITY), "Post-processing each image is "
+                    "also scored under; a verdict that changes is 'unsure' (the service's "
+                    "default too). Empty: off.")
   flags.DEFINE_bool("unaligned", None, "Apply the official unaligned geometry (resize 256, "
                     "centre crop); default: as in training (aligned inputs used as they are).")
 

@@ -35,6 +35,7 @@ except ImportError:  # an optional extra: say so in one line
 
 from cmfl_jax import checkpointing
 from cmfl_jax import config as config_lib
+from cmfl_jax import verdicts
 from cmfl_jax.exporting.errors import ExportError
 from cmfl_jax.serving import app as app_lib
 from cmfl_jax.serving import limits as limits_lib
@@ -113,7 +114,7 @@ def define_flags() -> None:
                     "every face found, each answered with its box and verdict).")
   flags.DEFINE_float("max_upscale", 2.0, "--align: a face enlarged more than this to the "
                      "model's input is 'unsure' (face too small), as in predict.")
-  flags.DEFINE_list("stability", ["jpeg:95", "resize:0.9"], "As predict's: each image is "
+  flags.DEFINE_list("stability", list(verdicts.STABILITY), "As predict's: each image is "
                     "also scored after these; a verdict that changes is 'unsure'. Empty: off.")
   flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize.")
   flags.DEFINE_bool("explain", None, "Explanations (signed evidence overlay, frequency pattern "

@@ -401,6 +401,38 @@ def test_face_finder_matches_predict_align(tmp_path):
   np.testing.assert_array_equal(got[0]["image"], want[0]["image"])
 
 
+def test_align_answers_every_face_with_predicts_verdicts(reference_run, tmp_path):
+  """One decision path: a photograph with two faces through the service
+  (--align, the defaults of the command: every face, stability check) and
+  through predict --align with the same defaults gives the same faces, boxes,
+  scores, verdicts and reasons."""
+  pytest.importorskip("mtcnn")
+  skdata = pytest.importorskip("skimage.data")
+  from cmfl_jax import predict, verdicts
+  from cmfl_jax.data import aligned_crops
+  from cmfl_jax.serving import app as app_lib, limits, model
+  workdir, _ = reference_run
+  face = skdata.astronaut()
+  path = tmp_path / "two.png"
+  Image.fromarray(np.concatenate([face, face[:, ::-1]], 1)).save(path)
+  options = aligned_crops.AlignOptions(policy="all")
+  want = list(predict.predict(workdir, [str(path)], align=options,
+                              stability=verdicts.STABILITY).rows)
+  served = model.load(workdir, align=options, stability=verdicts.STABILITY, batch_size=4)
+  state = app_lib.State(limits.Limits())
+
+  async def body(session, url):
+    state.ready(served)
+    return await _post(session, url, path.read_bytes())
+
+  status, _, got = _served(state, body)
+  assert status == 200 and len(got["faces"]) == len(want) == 2, (got, want)
+  for answer, row in zip(got["faces"], want):
+    assert answer["box"] == pytest.approx([float(v) for v in row["face_box"].split()], abs=0.1)
+    assert answer["p_real"] == pytest.approx(row["score"], abs=1e-6)
+    assert (answer["verdict"], answer["reason"]) == (row["verdict"], row["reason"])
+
+
 def test_threshold_sources(tmp_path):
   """--calibration=NAME: the stored calibration's threshold and band; else the
   dev ones; else 0.5. An export answers with the calibration it carries."""

@@ -19,6 +19,9 @@ from cmfl_jax.verdicts import conformal, selective, store
 from cmfl_jax.verdicts.store import CalibrationError
 
 REAL, SYNTHETIC, UNSURE = "real", "synthetic", "unsure"
+#: The stability conditions predict, the service and an export's predict
+#: re-score every image under by default (`stability`).
+STABILITY = ("jpeg:95", "resize:0.9")
 
 
 def load_calibration(workdir: str, name: str) -> dict[str, Any]:
@@ -69,5 +72,5 @@ def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
           (SYNTHETIC, f"score {p_real:.4f} < threshold {threshold:.4f}"))
 
 
-__all__ = ["CalibrationError", "REAL", "SYNTHETIC", "UNSURE", "conformal", "decide",
+__all__ = ["CalibrationError", "REAL", "STABILITY", "SYNTHETIC", "UNSURE", "conformal", "decide",
            "load_calibration", "rule", "selective", "store"]
