@@ -61,8 +61,8 @@ def run_scale(maps: Mapping[str, np.ndarray]) -> dict[str, float]:
   return out
 
 
-def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], scores: Mapping[str, float],
-                       path: str, title: str = "", verdict: str = "",
+def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray],
+                       scores: Mapping[str, float], path: str, title: str = "", verdict: str = "",
                        scale: Mapping[str, float] | None = None) -> None:
   """PNG of one image's signed evidence: `image` uint8 `[H, W, 3]`; `maps`
   holds "rgb" (pixels) and/or "freq" (spectrum) attributions of the logit

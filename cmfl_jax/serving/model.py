@@ -103,8 +103,8 @@ def _scored(heads: dict[str, np.ndarray], classes: tuple[str, ...]) -> list[dict
   n = len(heads["joint"])
   named = openset.answers(heads, classes, n)
   p_heads = predict.p_real_heads(heads)
-  return [{"p_real": float(heads["joint"][i]), "heads": {k: float(v[i]) for k, v in p_heads.items()},
-           **named[i]} for i in range(n)]
+  return [{"p_real": float(heads["joint"][i]),
+           "heads": {k: float(v[i]) for k, v in p_heads.items()}, **named[i]} for i in range(n)]
 
 
 def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
