@@ -33,7 +33,7 @@ MEANING = {
 UNSURE_WORDS = {
     "face too small": ("the face is small: the model would have to enlarge it more than it "
                        "was trained for, so the pixels it judges were never there",
-                       "a photograph where the face is larger (about 100 pixels or more)"),
+                       "a photograph where the face is larger, or a sharper, less processed copy"),
     "verdict changes after": ("the answer changes when the image is slightly compressed or "
                               "resized, as happens to any photo that is shared",
                               "a larger or less processed (less compressed) copy of the image"),
