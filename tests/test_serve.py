@@ -552,6 +552,7 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
   a --workdir checkpoint, `openset.decide` on the checkpoint's logits (the
   evaluation path's); from an exported --model, the decision made inside
   the artifact, the same; through HTTP too; /v1/model shows the fit."""
+  from cmfl_jax import predict
   from cmfl_jax.attribution import openset
   from cmfl_jax.serving import app as app_lib, limits, model
   ref = attribution_reference
@@ -566,6 +567,11 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
     np.testing.assert_allclose([a["generator_confidence"] for a in answers], confidence,
                                atol=1e-5, err_msg=kind)
     assert all(set(a["heads"]) == {"joint", "rgb", "freq"} for a in answers)
+    # One decision path: predict (--workdir, or --model for the export) gives the same verdicts.
+    rows = predict.predict(attribution_run[0] if kind == "checkpoint" else None, ref["paths"],
+                           model=attribution_export if kind == "export" else None).rows
+    assert [(r["verdict"], r["reason"]) for r in rows] == [
+        (a["verdict"], a["reason"]) for a in map(loaded.answer, answers)], kind
     state = app_lib.State(limits.Limits())
 
     async def body(session, url, loaded=loaded):

@@ -19,6 +19,7 @@ from flax import nnx
 from cmfl_jax import evaluate, predict, steps, verdicts
 from cmfl_jax.data import ops
 from cmfl_jax.explanations import attribution, pictures, sanity, streams
+from cmfl_jax.verdicts import stability as stability_lib
 
 HEADS = ("joint", "rgb", "freq")
 VERDICT_WORDS = {"real": "Real face", "synthetic": "Synthetic face", "unsure": "Unsure"}
@@ -92,6 +93,9 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
     evidence = sanity.evidence_programs(loaded.model)
   names = dict(zip(paths, output_names(paths)))
   shape = (geometry.size, geometry.size, 3)
+  joint = _joint_scorer(loaded.model)
+  threshold, band, _ = loaded.rule
+  cut = 0.5 if threshold is None else threshold
   rows = predict.file_rows(paths, geometry, config.data, batch_size)
   scale = None  # the pictures' colour and axis scales, fixed by the first batch
   for group in _batched(rows, batch_size):
@@ -104,6 +108,7 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       scale = scale or pictures.run_scale({k: maps[k] for k in ("rgb", "freq") if k in maps})
       if check_sanity:
         checks = _sanity(loaded.model, padded, maps, random_run, evidence, len(good))
+      under = stability_lib.scores_under(images, joint, verdicts.STABILITY)
     for row in group:
       out = {"path": row["path"], "method": method, "checkpoint_step": loaded.step}
       if "error" in row:
@@ -116,8 +121,10 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       os.makedirs(os.path.dirname(target), exist_ok=True)
       np.savez_compressed(target + ".npz", **one, **{f"score_{h}": s for h, s in scores.items()},
                           method=method, checkpoint_step=loaded.step)
-      threshold, band, _ = loaded.rule
-      verdict, _ = verdicts.decide(scores["joint"], 0.5 if threshold is None else threshold, band)
+      # predict's rule with predict's default stability check
+      unstable = stability_lib.unstable(scores["joint"], {c: float(v[i]) for c, v in
+                                                          under.items()}, cut)
+      verdict, _ = verdicts.decide(scores["joint"], cut, band, unstable)
       if pictures_too:
         pictures.explanation_figure(row["image"], one, scores, target + ".png",
                                     os.path.basename(row["path"]), VERDICT_WORDS[verdict], scale)
@@ -126,6 +133,13 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       if check_sanity:
         out.update({k: float(v[i]) for k, v in checks.items()})
       yield out
+
+
+def _joint_scorer(model: streams.Model):
+  """uint8 images -> the joint head's P(real), jit-compiled."""
+  graphdef, state = nnx.split(model)
+  run = jax.jit(lambda state, x: jax.nn.sigmoid(nnx.merge(graphdef, state)(x)["joint"]))
+  return lambda images: np.asarray(run(state, images))
 
 
 def _sanity(model, padded, maps, random_run, evidence, n) -> dict[str, np.ndarray]:
