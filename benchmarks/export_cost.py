@@ -29,16 +29,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("in_process", "jax_exported", "saved_model")
 #: What each kind imports (timed apart from loading the model).
-IMPORTS = {"in_process": "cmfl_jax.predict", "jax_exported": "jax.export",
+IMPORTS = {"in_process": "cmfl_jax.scoring.model", "jax_exported": "jax.export",
            "saved_model": "tensorflow"}
 
 
 def _scorer(kind: str, workdir: str, export_dir: str):
   """(batch function, batch size, image size) of one kind; imports timed by the caller."""
   if kind == "in_process":
-    from cmfl_jax import predict
-    config, _, _, score = predict._checkpoint_scorer(workdir, "best")  # pylint: disable=protected-access
-    return score, config.train.eval_batch_size, config.data.image_size
+    from cmfl_jax.scoring import model as scoring_model
+    model = scoring_model.load_model(workdir, "best")
+    return model.score, model.config.train.eval_batch_size, model.config.data.image_size
   card = json.load(open(os.path.join(export_dir, "model_card.json")))
   size, batch = card["input"]["size"], card["config"]["train"]["eval_batch_size"]
   if kind == "jax_exported":

@@ -106,8 +106,8 @@ def main() -> None:
   sys.path.insert(0, str(ROOT))
   import runpy
 
-  from cmfl_jax import audit as audit_entry
   from cmfl_jax.data import pipeline, readers, sources
+  from cmfl_jax.data.auditing import configured as audit_entry
 
   root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="start_scale_"))
   try:

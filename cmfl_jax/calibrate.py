@@ -28,9 +28,9 @@ if __name__ == "__main__":  # before the imports below: they take seconds and wo
 # pylint: disable=wrong-import-position
 from absl import app, flags
 
-from cmfl_jax import checkpointing
 from cmfl_jax import config as config_lib
 from cmfl_jax.data import readers
+from cmfl_jax.training import checkpointing
 
 FLAGS = flags.FLAGS
 

@@ -54,9 +54,9 @@ def min_image_size(model: Any) -> int:
 
 def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> None:
   """Raises ConfigError (naming the key) for the first setting that cannot work."""
-  from cmfl_jax import losses
-  from cmfl_jax.data import ops, sources
+  from cmfl_jax.data import ops, randomize, sources
   from cmfl_jax.models import ModelConfig
+  from cmfl_jax.training import losses
   try:
     model = ModelConfig.from_config(config.model, platform)
   except ValueError as e:
@@ -121,8 +121,12 @@ def validate(config: Any, num_devices: int = 1, platform: str | None = None) -> 
       raise ConfigError(f"train.{key} must be positive, got {train[key]}")
   try:
     ops.parse_reencode(data.reencode)
+    randomize.from_config(data)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if data.get("holdout_camera", -1) != -1 and data.source != "synthetic":
+    raise ConfigError("data.holdout_camera needs data.source='synthetic' (the benchmark knows "
+                      f"its cameras), got source {data.source!r}")
   if not 0.0 < data.audit_shortcut_threshold <= 1.0:
     raise ConfigError(f"data.audit_shortcut_threshold must be in (0, 1], got "
                       f"{data.audit_shortcut_threshold}")

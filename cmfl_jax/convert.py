@@ -37,8 +37,10 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cmfl_jax import checkpointing, models, steps, weights
+from cmfl_jax import models
 from cmfl_jax import config as config_lib
+from cmfl_jax.models import torch_weights as weights
+from cmfl_jax.training import checkpointing, steps
 
 FLAGS = flags.FLAGS
 

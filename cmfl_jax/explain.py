@@ -10,7 +10,7 @@ streams, `rgb_via_<stream>_stream`: its parts, `freq`: attribution over the
 frequency stream's input, the fftshifted log spectrum, `spectrum`, `score_<head>`),
 a `.png` picture beside it, and `OUT/explanations.csv` (one row per image;
 broken files get an `error: ...` row and the rest are still explained; exit
-status 1 if any failed). Methods: see `cmfl_jax/explanations/attribution.py`.
+status 1 if any failed). Methods: see `cmfl_jax/explanations/saliency.py`.
 With --sanity each row also gets the randomisation rank correlation and the
 deletion areas (`cmfl_jax/explanations/sanity.py`), and their means are printed.
 """
@@ -30,10 +30,11 @@ if __name__ == "__main__":
 # pylint: disable=wrong-import-position
 from absl import app, flags, logging
 
-from cmfl_jax import checkpointing
 from cmfl_jax import config as config_lib
 from cmfl_jax.data import readers
-from cmfl_jax.explanations import attribution, runner
+from cmfl_jax.explanations import saliency
+from cmfl_jax.scoring import explain_files
+from cmfl_jax.training import checkpointing
 
 FLAGS = flags.FLAGS
 
@@ -45,12 +46,13 @@ def main(argv: Sequence[str]) -> int:
   if FLAGS.steps < 1 or FLAGS.batch_size < 1:
     raise app.UsageError("--steps and --batch_size must be >= 1")
   try:
-    loaded = runner.load(FLAGS.workdir, FLAGS.checkpoint)
+    loaded = explain_files.load(FLAGS.workdir, FLAGS.checkpoint)
   except (FileNotFoundError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  summary = runner.explain_to_folder(loaded, paths, FLAGS.output, FLAGS.method, FLAGS.steps,
-                                    FLAGS.batch_size, FLAGS.sanity, FLAGS.pictures)
+  summary = explain_files.explain_to_folder(loaded, paths, FLAGS.output, FLAGS.method,
+                                            FLAGS.steps, FLAGS.batch_size, FLAGS.sanity,
+                                            FLAGS.pictures)
   print(json.dumps(summary))
   logging.info("wrote %s", os.path.join(FLAGS.output, "explanations.csv"))
   return 1 if summary["failed"] else 0
@@ -61,11 +63,11 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", "best", "best | latest | STEP.")
   flags.DEFINE_string("output", None, "Folder for the .npz maps, pictures and CSV.",
                       required=True)
-  flags.DEFINE_enum("method", "ig", list(attribution.METHODS),
+  flags.DEFINE_enum("method", "ig", list(saliency.METHODS),
                     "ig: integrated gradients from a blurred copy (default); ig_black: from a "
                     "black image; grad_input: gradient x input; gradcam: Grad-CAM of each "
                     "stream's last features.")
-  flags.DEFINE_integer("steps", attribution.DEFAULT_STEPS, "Integrated-gradients path points.")
+  flags.DEFINE_integer("steps", saliency.DEFAULT_STEPS, "Integrated-gradients path points.")
   flags.DEFINE_integer("batch_size", 8, "Images explained at once.")
   flags.DEFINE_bool("sanity", False, "Also run the sanity checks (weight randomisation, "
                     "deletion) and print their means.")

@@ -7,8 +7,8 @@ Writes OUT/saved_model/ (TensorFlow SavedModel, signature `serving_default`:
 `images` uint8 [batch, H, W, 3] -> P(real) outputs and verdict thresholds, and
 with the attribution head the generator: class index or -1 for unknown),
 OUT/model.jax_exported (the same function through `jax.export`), and the
-model card OUT/model_card.json + OUT/MODEL_CARD.md; all or nothing (README,
-"Deploying"). Score with it: `python -m cmfl_jax.predict --model=OUT PATH...`.
+model card OUT/model_card.json + OUT/MODEL_CARD.md; all or nothing (docs/export.md,
+"All or nothing"). Score with it: `python -m cmfl_jax.predict --model=OUT PATH...`.
 """
 
 from __future__ import annotations

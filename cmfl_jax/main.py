@@ -4,7 +4,7 @@
       [--mode=train|eval|train_and_eval] [--config.train.batch_size=64 ...]
 
 A config with a `sweep` field (configs/paper_table.py) runs every cell of the
-sweep and writes one combined report (cmfl_jax/sweep.py).
+sweep and writes one combined report (cmfl_jax/evaluation/sweep.py).
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def main(argv) -> int:
   import jax
   if _CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-  from cmfl_jax import checkpointing, evaluate, report, sweep, train
+  from cmfl_jax.evaluation import evaluate, report, sweep
+  from cmfl_jax.training import checkpointing, loop as train
 
   config = _CONFIG.value
   try:  # every setting checked before any data is read or anything compiled

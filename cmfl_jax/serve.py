@@ -33,13 +33,13 @@ except ImportError:  # an optional extra: say so in one line
     sys.exit("error: the service needs aiohttp: pip install 'cmfl_jax[serve]'")
   raise
 
-from cmfl_jax import checkpointing
 from cmfl_jax import config as config_lib
 from cmfl_jax import verdicts
 from cmfl_jax.exporting.errors import ExportError
 from cmfl_jax.serving import app as app_lib
 from cmfl_jax.serving import limits as limits_lib
 from cmfl_jax.serving import model as model_lib
+from cmfl_jax.training import checkpointing
 
 FLAGS = flags.FLAGS
 
@@ -92,7 +92,10 @@ def main(argv: Sequence[str]) -> int:
     align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size,
                                        max_upscale=FLAGS.max_upscale)
   limits = limits_lib.Limits(FLAGS.max_bytes, FLAGS.max_pixels)
-  state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000)
+  state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000,
+                        body_timeout=FLAGS.body_timeout_s, max_readers=FLAGS.max_readers,
+                        max_buffered=FLAGS.max_buffered_mb * 2**20,
+                        decode_pixels=FLAGS.decode_megapixels and FLAGS.decode_megapixels * 10**6)
   load = lambda: model_lib.load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.model,  # noqa: E731
                                 FLAGS.calibration, align, limits, FLAGS.batch_size,
                                 bool(FLAGS.workdir) if FLAGS.explain is None else FLAGS.explain,
@@ -122,8 +125,17 @@ def define_flags() -> None:
                     "does). Default: on with --workdir; an export has no gradients' program.")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (default: localhost only).")
   flags.DEFINE_integer("port", 8080, "TCP port.")
-  flags.DEFINE_integer("max_queue", 64, "Requests in flight (reading, decoding, queued, "
-                       "scored) before new ones get 503 + Retry-After.")
+  flags.DEFINE_integer("max_queue", 64, "Requests being decoded, queued or scored (taken "
+                       "once the body is in) before new ones get 503 + Retry-After.")
+  flags.DEFINE_float("body_timeout_s", 30.0, "Deadline for receiving a request body (408 "
+                     "beyond): a slow upload is dropped, not waited for.", lower_bound=0.1)
+  flags.DEFINE_integer("max_readers", 1024, "Bodies being received at once (503 beyond).",
+                       lower_bound=1)
+  flags.DEFINE_integer("max_buffered_mb", 512, "Bytes of request bodies held at once, received "
+                       "and not yet answered (503 beyond; at least --max_bytes).", lower_bound=1)
+  flags.DEFINE_integer("decode_megapixels", None, "Pixels decoded at once across the decode "
+                       "threads (memory ~ 15 bytes per pixel); default: twice --max_pixels.",
+                       lower_bound=1)
   flags.DEFINE_integer("batch_size", None, "The largest compiled batch (1, 8, 64, ... below "
                        "it are compiled too; a batch is padded to the smallest that holds it); "
                        "default: the config's eval batch size.", lower_bound=1)

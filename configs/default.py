@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.min_side = -1                   # smaller images are skipped and reported (-1: crop size)
   data.cache = False                   # decode all images once into RAM (one image size)
   data.max_pixels = 64_000_000         # larger ones too (decompression bombs)
-  # Data audit at the start of training/evaluation (cmfl_jax/audit.py): storage
+  # Data audit at the start of training/evaluation (cmfl_jax/data/auditing/configured.py): storage
   # shortcuts (metadata-only classifier AUC above the threshold warns), duplicates,
   # subject overlap. Per-file results cached by (path, size, mtime) in audit_cache
   # ("" = ~/.cache/cmfl_jax/audit/metadata.sqlite, or under $XDG_CACHE_HOME; an
@@ -61,6 +61,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Re-encode every training image the same way before augmentation ("" = off,
   # "jpeg:Q"): the remedy when the audit finds a storage shortcut.
   data.reencode = ""
+  # Processing randomised on both classes of every training image (issue #38;
+  # cmfl_jax/data/randomize.py lists what it contains): "" = off, "all", or
+  # groups "camera,resample,blur,jpeg", each with probability randomize_prob.
+  # A fake made from a real (CSV column `made_from`, folder made_from.csv, the
+  # benchmark's `<family>_recon|inpaint` splits) always gets its real's draws.
+  data.randomize = ""
+  data.randomize_prob = 0.5
+  # The embedded benchmark only: leave training camera k (0-2) out of the train
+  # split and validate on it alone (keep-best, dev threshold); -1 = off.
+  data.holdout_camera = -1
   # Raw photographs (csv/folder sources): "align" | "box" detects and aligns every
   # image once (MTCNN, as `python -m cmfl_jax.align`; the align extra) into
   # align_dir ("" = ~/.cache/cmfl_jax/aligned); images without a face are listed.
@@ -85,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.cpu_matmul = "eigen"           # XLA:CPU matrix products: "eigen" | "ynnpack"
   # Initial weights for a fresh run from a local file (nothing is downloaded):
   # torchvision/timm densenet `.pth`/`.safetensors` (ImageNet; both streams, heads
-  # stay random) or an official-code checkpoint (everything; fine-tuning). See README.
+  # stay random) or an official-code checkpoint (everything; fine-tuning). See docs/weights.md.
   model.pretrained = ""
 
   config.loss = loss = ml_collections.ConfigDict()

@@ -101,13 +101,17 @@ def attribution_outputs(workdir, paths):
   through `evaluate.evaluate_split` on a file split (not predict's path):
   {"paths", "pixels", "logits" (attribution head), "joint", "fitted"}."""
   from PIL import Image
-  from cmfl_jax import evaluate, predict
+  from cmfl_jax.attribution import classes as attribution_classes
   from cmfl_jax.data.split import Files, Split
-  config = predict.config_from_checkpoint(workdir, "best")
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.scoring import model as scoring_model
+  config = scoring_model.config_from_checkpoint(workdir, "best")
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, "best")
   split = Split("files", np.zeros(len(paths), np.int32), np.asarray(["x"] * len(paths)),
                 Files(np.asarray(paths)))
-  out = evaluate.evaluate_split(eval_fn, state, split, config, mesh)
+  out = evaluate.evaluate_split(eval_fn, state, split, mesh, data=config.data,
+                                batch_size=config.train.eval_batch_size,
+                                classes=attribution_classes.head_classes(config))
   return {"paths": list(paths), "pixels": np.stack([np.asarray(Image.open(p)) for p in paths]),
           "logits": out["source_logits"], "joint": out["scores"]["joint"],
           "fitted": meta["attribution"]}

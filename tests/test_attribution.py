@@ -15,10 +15,11 @@ from PIL import Image
 from scipy import special
 
 from helpers import ATTRIBUTION_FLAGS, ROOT, run_main
-from cmfl_jax import losses, models
+from cmfl_jax import models
 from cmfl_jax.attribution import classes, evaluation, openset
 from cmfl_jax.data import readers
 from cmfl_jax.data.split import Pixels, Split
+from cmfl_jax.training import losses
 
 
 def _split(gens, name="train"):
@@ -276,7 +277,7 @@ def test_a_run_reports_attribution_from_image_folders(attribution_run):
   assert "## Which generator" in report and "| upsample4 |" in report
   assert "Closed-set accuracy" in proc.stdout  # printed by the run, as the report
   # The dev fit travels with the checkpoint: classes in the config, threshold in the meta.
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   kind, step = checkpointing.select_step(workdir, "best")
   meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
   assert meta["config"]["attribution"]["classes"] == entry["classes"]

@@ -40,7 +40,7 @@ def _flip_byte(step_dir):
 def test_damage_is_found_before_orbax_reads(reference_run, tmp_path, damage, reason):
   """The step's file list (sizes, SHA-256) catches each kind of damage before
   any read is handed to Orbax (no abstract state is even needed)."""
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   workdir = tmp_path / "run"
   shutil.copytree(reference_run[0], workdir)
   manager = checkpointing.make_managers(str(workdir))["latest"]
@@ -89,7 +89,7 @@ def test_failing_save_stops_clearly_and_keeps_earlier_checkpoints(tmp_path, monk
 
   import orbax.checkpoint as ocp
 
-  from cmfl_jax import checkpointing, train
+  from cmfl_jax.training import checkpointing, loop as train
   config = runpy.run_path(SMOKE)["get_config"]()
   config.train.num_epochs = 2
   real_save, calls = ocp.CheckpointManager.save, []

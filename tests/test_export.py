@@ -104,10 +104,12 @@ def in_process(run_copy, images):
   """predict's scores and calibrated scores, and every head's P(real) from the
   eval step, all in this process from the checkpoint."""
   import jax
-  from cmfl_jax import evaluate, predict, steps
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.scoring import decisions, model as scoring_model
+  from cmfl_jax.training import steps
   paths, pixels = images
-  rows = list(predict.predict(run_copy, paths).rows)
-  config = predict.config_from_checkpoint(run_copy, "best")
+  rows = list(decisions.predict(run_copy, paths).rows)
+  config = scoring_model.config_from_checkpoint(run_copy, "best")
   state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, run_copy, "best")
   b = config.train.eval_batch_size
   batch = {"image": np.concatenate([pixels, np.zeros((b - N, 32, 32, 3), np.uint8)]),
@@ -115,7 +117,7 @@ def in_process(run_copy, images):
   _, probs = eval_fn(state, jax.device_put(batch, steps.batch_sharding(mesh)))
   probs = {k: np.asarray(v)[:N] for k, v in jax.device_get(probs).items()}
   return {"p_real": np.asarray([r["score"] for r in rows]),
-          "p_real_calibrated": np.asarray([r["calibrated"] for r in rows]),
+          "p_real_platt": np.asarray([r["platt"] for r in rows]),
           "p_real_rgb": probs["rgb"], "p_real_freq": probs["freq"], "joint": probs["joint"],
           "threshold_dev": np.full(N, meta["dev_threshold"]),
           "threshold_calibration": np.full(N, 0.625)}
@@ -141,7 +143,7 @@ def test_artifact_gives_predict_scores_at_batch_1_and_n(loader, blocked, exporte
                                                         in_process, tmp_path):
   out = _load_elsewhere(loader, blocked, exported, images[1], tmp_path)
   assert not out.pop("blocked").any()  # neither the other framework nor this project loaded
-  names = {"p_real", "p_real_rgb", "p_real_freq", "p_real_calibrated", "threshold_dev",
+  names = {"p_real", "p_real_rgb", "p_real_freq", "p_real_platt", "threshold_dev",
            "threshold_calibration"}
   for batch in ("one", "all"):
     assert {k.split("/")[1] for k in out if k.startswith(batch)} == names
@@ -152,7 +154,7 @@ def test_artifact_gives_predict_scores_at_batch_1_and_n(loader, blocked, exporte
 
 
 def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   card = json.load(open(os.path.join(exported, "model_card.json")))
   kind, step = checkpointing.select_step(run_copy, "best")
   meta = checkpointing.read_meta(checkpointing.make_managers(run_copy)[kind], step)
@@ -162,7 +164,7 @@ def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
   assert card["input"]["value_range"] == [0, 255] and card["input"]["aligned"] is True
   assert card["thresholds"] == {"dev": meta["dev_threshold"], "dev_stored": True,
                                 "calibration": 0.625}
-  assert card["calibration"]["platt"] == meta["calibration"]
+  assert card["platt_scaling"] == meta["calibration"] and "platt" not in card["calibration"]
   assert card["calibration"]["chosen"]["record"]["guarantee"] == "hand-made for tests"
   assert card["architecture"]["arch"] == "two_stream" and card["config"]["model"]["growth_rate"] == 4
   assert card["training_data"]["train_split"] == "train"
@@ -178,17 +180,19 @@ def test_card_records_checkpoint_contract_and_metrics(exported, run_copy):
 
 
 def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_process):
-  from cmfl_jax import predict
-  predictions = predict.predict(None, images[0], model=exported)
+  from cmfl_jax.scoring import decisions
+  predictions = decisions.predict(None, images[0], model=exported)
   rows = list(predictions.rows)
   # The export carries the calibration chosen for it: its threshold decides.
   assert predictions.threshold == pytest.approx(in_process["threshold_calibration"][0])
-  assert predictions.calibration is None  # no --calibration name was given to predict
+  assert predictions.calibration == "strict"  # named by the export, not by a flag
   np.testing.assert_allclose([r["score"] for r in rows], in_process["p_real"], atol=TOL, rtol=0)
+  # The carried calibration has no band and predict checks no stability
+  # here: every image gets the threshold's verdict, none is unsure.
   for r in rows:
-    assert r["verdict"] == "unsure" or r["verdict"] == (
-        "real" if r["score"] >= predictions.threshold else "synthetic")
-  np.testing.assert_allclose([r["calibrated"] for r in rows], in_process["p_real_calibrated"],
+    assert (r["verdict"], r["reason"]) == (
+        "real" if r["score"] >= predictions.threshold else "synthetic", ""), r
+  np.testing.assert_allclose([r["platt"] for r in rows], in_process["p_real_platt"],
                              atol=TOL, rtol=0)
   assert [r["path"] for r in rows] == images[0]
 
@@ -224,7 +228,7 @@ def test_bad_input_is_refused_before_anything_is_written(run_copy, tmp_path):
   out = str(tmp_path / "out")
   cases = {
       "unknown calibration": (dict(workdir=run_copy, calibration="lenient"),
-                              "unknown calibration 'lenient'", "available: strict"),
+                              "unknown calibration 'lenient'", "available: ", "strict"),
       "missing checkpoint": (dict(workdir=run_copy, which="999"), "no checkpoint '999'",
                              "it holds best"),
       "no run at all": (dict(workdir=str(tmp_path / "nothing")), "no checkpoint 'best'",
@@ -309,13 +313,13 @@ def test_outputs_follow_the_architecture_and_the_stored_numbers():
   bare = serving_fn.Constants.of({}, None)  # no dev threshold, no Platt fit: 0.5, identity
   assert (bare.dev_threshold, bare.platt["a"], bare.platt["b"]) == (0.5, 1.0, 0.0)
   assert serving_fn.output_names(models.ModelConfig(arch="one_stream"), bare) == [
-      "p_real", "p_real_calibrated", "threshold_dev"]
+      "p_real", "p_real_platt", "threshold_dev"]
   full = serving_fn.Constants.of(
       {"dev_threshold": 0.3, "calibration": {"method": "platt", "a": 2.0, "b": -1.0}},
       {"threshold": 0.7})
   assert (full.dev_threshold, full.calibration_threshold, full.platt["a"]) == (0.3, 0.7, 2.0)
   assert serving_fn.output_names(models.ModelConfig(arch="two_stream"), full) == [
-      "p_real", "p_real_rgb", "p_real_freq", "p_real_calibrated", "threshold_dev",
+      "p_real", "p_real_rgb", "p_real_freq", "p_real_platt", "threshold_dev",
       "threshold_calibration"]
   with pytest.raises(ExportError, match="not an increasing Platt map"):
     serving_fn.Constants.of({"calibration": {"method": "platt", "a": -1.0, "b": 0.0}}, None)
@@ -364,10 +368,10 @@ def test_artifacts_decide_the_generator_as_the_checkpoint(attribution_export,
 
 def test_predict_with_model_names_the_generator(attribution_export, attribution_reference):
   """`predict --model` rows carry the artifact's decision, named with the card's classes."""
-  from cmfl_jax import predict
   from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring import decisions
   ref = attribution_reference
-  predictions = predict.predict(None, ref["paths"], model=attribution_export, stability=())
+  predictions = decisions.predict(None, ref["paths"], model=attribution_export, stability=())
   rows = list(predictions.rows)
   assert predictions.classes == tuple(ref["fitted"]["classes"])
   index, confidence = openset.decide(ref["logits"], ref["fitted"])
@@ -444,3 +448,15 @@ def test_attribution_constants_need_the_dev_fit():
     serving_fn.Constants.of({}, None, num_sources=2)
   with pytest.raises(ExportError, match="does not match its 3-class head"):
     serving_fn.Constants.of({"attribution": fitted}, None, num_sources=3)
+
+
+def test_self_check_probes_differ_in_kind():
+  """The export's read-back check runs on 8 unlike images (noise, smooth
+  noise, flat, gradient, checkerboard), not 2 noise images whose scores and
+  generator decisions would all be alike."""
+  from cmfl_jax.exporting import serving_fn
+  probes = serving_fn.probe_images(32)
+  assert probes.shape == (8, 32, 32, 3) and probes.dtype == np.uint8
+  spread = [float(p.std()) for p in probes]
+  assert len({p.tobytes() for p in probes}) == 8
+  assert min(spread) == 0.0 and max(spread) > 100 and len({round(s) for s in spread}) >= 6

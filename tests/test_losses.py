@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmfl_jax import losses
+from cmfl_jax.training import losses
 
 ALPHA, GAMMA, MULT, EPS = 1.0, 3.0, 2.0, 1e-9
 
@@ -175,3 +175,17 @@ def test_against_pytorch_official_formula(x64):
   ga, gb = jax.grad(losses.cmfl, argnums=(0, 1))(*args)
   np.testing.assert_allclose(ga, ta.grad.numpy(), rtol=1e-6, atol=1e-12)
   np.testing.assert_allclose(gb, tb.grad.numpy(), rtol=1e-6, atol=1e-12)
+
+
+def test_loss_config_is_typed_once_from_the_config():
+  """`config.loss` becomes `LossConfig` at the boundary: the configured values,
+  0 attribution weight for configs saved before the attribution head, and a
+  one-line error naming the choices for an unknown objective."""
+  import ml_collections
+  loss = ml_collections.ConfigDict({"objective": "bce", "alpha": 2, "gamma": 1.5,
+                                    "multiplier": 3.0, "attribution_weight": 0.25})
+  assert losses.LossConfig.from_config(loss) == losses.LossConfig("bce", 2.0, 1.5, 3.0, 0.25)
+  del loss["attribution_weight"]
+  assert losses.LossConfig.from_config(loss).attribution_weight == 0.0
+  with pytest.raises(ValueError, match=r"loss.objective must be one of \('cmfl', 'bce'\)"):
+    losses.LossConfig.from_config({"objective": "focal"})

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cmfl_jax import metrics
+from cmfl_jax.evaluation import metrics
 
 
 def test_hand_computed_eer_and_auc():

@@ -154,7 +154,7 @@ def test_train_mode_uses_batch_stats_and_updates_running_stats():
 
 
 def test_gradients_reach_every_parameter():
-  from cmfl_jax import losses
+  from cmfl_jax.training import losses
   model = models.create_model(tiny_config(), rngs=nnx.Rngs(0))
   model.train()
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

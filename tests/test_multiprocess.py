@@ -75,7 +75,7 @@ def test_two_processes_preemption_then_peer_failure_then_exact_resume(reference_
   3. The rerun resumes from the last complete checkpoint and ends as an
      uninterrupted single-process run does (two-process training, its
      checkpoints and exact resume in one)."""
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   ref_dir, _ = reference_run
   workdir, logs, heartbeat = str(tmp_path / "run"), tmp_path / "logs", 10
   latest = os.path.join(workdir, "checkpoints", "latest")
@@ -125,7 +125,7 @@ def test_stop_is_agreed_every_n_steps_and_at_boundaries_only_with_several_proces
   """Where `_StopSignals.agreed` runs the collective: never with one process
   (its own flag decides at once), else every stop_check_every_steps steps and
   at every save/epoch boundary; all processes make the same calls."""
-  from cmfl_jax import train
+  from cmfl_jax.training import loop as train
   calls = []
   monkeypatch.setattr(train, "_agree", lambda received: calls.append(received) or received)
   signals = train._StopSignals(check_every=4)

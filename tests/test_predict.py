@@ -54,8 +54,8 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
   import csv
   import runpy
   from PIL import Image
-  from cmfl_jax import score_files
   from cmfl_jax.data import sources
+  from cmfl_jax.evaluation import score_files
   workdir, _ = reference_run
   config = runpy.run_path(SMOKE)["get_config"]()
   splits, _ = sources.load_splits(config.data, ["eval"])
@@ -73,7 +73,7 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-3000:]
   # Without the attribution head, the columns of before it existed.
-  assert proc.stdout.splitlines()[0] == "path,score,verdict,reason,p_real_calibrated,error"
+  assert proc.stdout.splitlines()[0] == "path,score,verdict,reason,p_real_platt,error"
   rows = list(csv.DictReader(proc.stdout.splitlines()))
   assert len(rows) == 16 + len(broken) + 1
   in_folder = sorted(broken[k].name for k in broken if k != "missing")
@@ -84,11 +84,11 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
   for kind, path in broken.items():
     row = by_name[path.name]
     assert ("error: " + row["error"]).startswith(BROKEN_REASONS[kind]), row
-    assert row["score"] == row["verdict"] == row["reason"] == row["p_real_calibrated"] == ""
+    assert row["score"] == row["verdict"] == row["reason"] == row["p_real_platt"] == ""
   assert by_name["broken.png"]["error"].startswith("not a readable image")
   assert all(r["error"] == "" and r["reason"] for r in rows if r["score"])
   good = [r for r in rows if r["score"]]
-  calibrated = [(float(r["score"]), float(r["p_real_calibrated"])) for r in good]
+  calibrated = [(float(r["score"]), float(r["p_real_platt"])) for r in good]
   assert all((a < c) == (b < d) for (a, b), (c, d) in zip(calibrated, calibrated[1:])
              if a != c)  # the calibration keeps the order of the scores
   step = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "best")))
@@ -96,7 +96,7 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       os.path.join(workdir, "eval", f"best_{step}", "eval_scores.csv"))
   got = np.asarray([float(r["score"]) for r in good])
   np.testing.assert_allclose(got, eval_scores, atol=1e-6)
-  from cmfl_jax import checkpointing
+  from cmfl_jax.training import checkpointing
   kind, best_step = checkpointing.select_step(workdir, "best")
   thr = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], best_step)[
       "dev_threshold"]
@@ -118,11 +118,12 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
   (`evaluate_split` on a file split), the broken ones an error row in place,
   and no more than two batches of decoded images are ever held (counted)."""
   from PIL import Image
-  from cmfl_jax import evaluate, predict
   from cmfl_jax.data import sources
   from cmfl_jax.data.split import Files, Split
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.scoring import decisions, files, model as scoring_model
   workdir, _ = reference_run
-  config = predict.config_from_checkpoint(workdir, "best")
+  config = scoring_model.config_from_checkpoint(workdir, "best")
   batch_size = config.train.eval_batch_size
   good = []
   for i, img in enumerate(sources.load_splits(config.data, ["eval"])[0]["eval"].images):
@@ -136,7 +137,7 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
   assert len(paths) > 5 * batch_size
 
   decoded = []
-  file_batches = predict._file_batches
+  file_batches = files._file_batches
 
   def counted(*args):
     for names, images, reasons in file_batches(*args):
@@ -144,8 +145,8 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
       decoded.append(len(images))
       yield names, images, reasons
 
-  monkeypatch.setattr(predict, "_file_batches", counted)
-  predictions = predict.predict(workdir, paths)
+  monkeypatch.setattr(files, "_file_batches", counted)
+  predictions = decisions.predict(workdir, paths)
   rows, held = [], []
   for row in predictions.rows:
     rows.append(row)
@@ -163,7 +164,8 @@ def test_predict_streams_in_input_order_and_holds_at_most_two_batches(reference_
   state, eval_fn, mesh, _, _ = evaluate.restore_for_eval(config, workdir, "best")
   split = Split("files", np.zeros(len(good), np.int32), np.asarray(["x"] * len(good)),
                 Files(np.asarray(good)))
-  want = evaluate.evaluate_split(eval_fn, state, split, config, mesh)["scores"]["joint"]
+  want = evaluate.evaluate_split(eval_fn, state, split, mesh, data=config.data,
+                                 batch_size=config.train.eval_batch_size)["scores"]["joint"]
   got = np.asarray([r["score"] for r, kind in zip(rows, kinds) if kind is None])
   np.testing.assert_allclose(got, np.tile(want, 3), atol=1e-6)
 
@@ -176,8 +178,8 @@ def test_predict_loader_decodes_png_as_pil_and_survives_unforeseen_decode_errors
   import ml_collections
   from PIL import Image
   import tensorflow as tf
-  from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
+  from cmfl_jax.scoring import files
   img = np.random.default_rng(2).integers(0, 255, (24, 30, 3), np.uint8)
   good = []
   for mode in ("RGB", "RGBA", "L", "LA", "P"):
@@ -195,9 +197,9 @@ def test_predict_loader_decodes_png_as_pil_and_survives_unforeseen_decode_errors
       want[path] = np.asarray(ops.resize_and_crop(tf.constant(readers.pil_to_rgb8(im)), geometry))
   for foreseen in (True, False):
     if not foreseen:
-      monkeypatch.setattr(predict.readers, "truncation", lambda data: None)
-    load = predict.file_loader(geometry, data)
-    out = [(n, i, r) for names, images, reasons in predict._file_batches(paths, load, 3)
+      monkeypatch.setattr(files.readers, "truncation", lambda data: None)
+    load = files.file_loader(geometry, data)
+    out = [(n, i, r) for names, images, reasons in files._file_batches(paths, load, 3)
            for n, i, r in zip(names, images, reasons)]
     assert [n for n, _, _ in out] == paths
     for name, image, reason in out:
@@ -258,13 +260,15 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
   import csv
   import io
   import shutil
-  from cmfl_jax import checkpointing, predict
+  from cmfl_jax import predict
   from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring import decisions
+  from cmfl_jax.training import checkpointing
   from helpers import energy_cut
   ref = attribution_reference
   classes = ref["fitted"]["classes"]
   assert classes == ["bona_fide", "stripes", "upsample2"]
-  predictions = predict.predict(attribution_run[0], ref["paths"], stability=())
+  predictions = decisions.predict(attribution_run[0], ref["paths"], stability=())
   rows = list(predictions.rows)
   assert predictions.classes == tuple(classes)
   index, confidence = openset.decide(ref["logits"], ref["fitted"])
@@ -280,11 +284,11 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
   checkpointing.write_dev(manager, step, {**checkpointing.read_dev(manager, step),
                                           "attribution": cut})
   out = io.StringIO()
-  predictions = predict.predict(workdir, [*ref["paths"], str(tmp_path / "missing.png")],
-                                stability=())
+  predictions = decisions.predict(workdir, [*ref["paths"], str(tmp_path / "missing.png")],
+                                  stability=())
   assert predict.write_csv(predictions, False, out) == (len(ref["paths"]), 1)
   assert out.getvalue().splitlines()[0] == (
-      "path,score,verdict,reason,p_real_calibrated,generator,generator_confidence,error")
+      "path,score,verdict,reason,p_real_platt,generator,generator_confidence,error")
   rows = list(csv.DictReader(io.StringIO(out.getvalue())))
   assert rows[-1]["error"] == "missing file" and rows[-1]["verdict"] == ""
   assert rows[-1]["generator"] == rows[-1]["generator_confidence"] == ""

@@ -44,7 +44,7 @@ def test_non_posix_workdir_train_eval_reports_and_audit(tmp_path, monkeypatch, c
   (`ram://`, a non-local scheme available offline): TensorBoard, logs, score
   files, reports, plots, the audit and the data reports all land there, and
   nothing on the local disk. Only the checkpoints are redirected to a local
-  directory, since Orbax cannot use `ram://` (README, "Remote workdirs").
+  directory, since Orbax cannot use `ram://` (docs/distributed.md, "Remote workdirs").
   The data has a storage shortcut (bona fide PNG, attacks JPEG): the audit
   warns, with its remedy, before the first step."""
   import logging
@@ -52,7 +52,8 @@ def test_non_posix_workdir_train_eval_reports_and_audit(tmp_path, monkeypatch, c
 
   import tensorflow as tf
 
-  from cmfl_jax import checkpointing, evaluate, train
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.training import checkpointing, loop as train
   from test_input_pipeline import write_dataset
   data_root, proto = write_dataset(str(tmp_path / "d"), n_per_class=12, size=32)
   config = runpy.run_path(SMOKE)["get_config"]()

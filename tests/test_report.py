@@ -7,8 +7,8 @@ import runpy
 import numpy as np
 import pytest
 
-from cmfl_jax import evaluate, report, sweep
 from cmfl_jax.data.synthetic import FAMILIES
+from cmfl_jax.evaluation import evaluate, report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,19 +174,16 @@ def test_eval_report_carries_intervals_operating_points_and_calibration(tmp_path
   """Every headline number with its bootstrap interval; thresholds fixed on a
   dev set applied unchanged (a shifted split is called miscalibrated in
   words); ECE before/after a Platt calibration, AUC unchanged by it."""
-  import ml_collections
-
-  from cmfl_jax import stats
+  from cmfl_jax.evaluation import stats
   dev_labels, dev_scores = _scores(5, 1.5, n=400)
   ops = stats.dev_operating_points(dev_labels, dev_scores)
   calibration = stats.fit_platt(dev_labels, evaluate.logits_of(dev_scores))
   same = _scores(6, 1.5, n=400)
   shifted = (same[0], 1 / (1 + np.exp(-(np.log(same[1] / (1 - same[1])) - 3.0))))  # all lower
-  eval_config = ml_collections.ConfigDict(dict(bootstrap_resamples=300, confidence=0.95))
   results = _results({"same": same, "shifted": shifted}, dev_threshold=ops["eer"])
   for name, (labels, scores) in {"same": same, "shifted": shifted}.items():
     entry = results["splits"][name]
-    entry["intervals_joint"] = evaluate.split_intervals(labels, scores, ops["eer"], eval_config, 0)
+    entry["intervals_joint"] = evaluate.split_intervals(labels, scores, ops["eer"], 300, 0.95, 0)
     entry["operating_points"] = stats.evaluate_operating_points(labels, scores, ops, 300)
     entry["calibration"] = evaluate.calibration_entry(labels, scores, calibration, 15)
     ci = entry["intervals_joint"]["d_eer"]
@@ -206,8 +203,8 @@ def test_eval_report_carries_intervals_operating_points_and_calibration(tmp_path
 def test_sweep_over_seeds_reports_spread_and_a_planted_difference(tmp_path, monkeypatch):
   """Three seeds per cell: mean ± std in the matrix, and the paired test finds
   the planted gap between two models (p < 0.05, marked) on the same images."""
-  from cmfl_jax import score_files
   from cmfl_jax.data.split import Files, Split
+  from cmfl_jax.evaluation import score_files
   config = paper_table_config()
   _cells(config, ("two_stream/cmfl", "two_stream/bce"), ("stylegan2",))
   config.sweep.seeds = (0, 1, 2)
@@ -235,3 +232,29 @@ def test_sweep_over_seeds_reports_spread_and_a_planted_difference(tmp_path, monk
   rows = [l for l in text.splitlines() if l.startswith("| two_stream/cmfl - two_stream/bce")]
   assert len(rows) == 7 and all(l.endswith(" * |") for l in rows)
   assert all("[-" in l for l in rows)  # cmfl's D-EER is lower: negative difference
+
+
+def test_eval_config_is_typed_once_from_the_config():
+  """`config.eval` becomes `EvalConfig` before any work: robustness splits
+  resolved (all eval splits by default, none without conditions), the seed of
+  the bootstrap carried, a bad split or condition refused in one line."""
+  config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                       "smoke.py"))["get_config"]()
+  config.data.eval_splits = ("eval", "other")
+  config.eval.conditions = ("jpeg:50",)
+  config.eval.robustness_splits = ()
+  config.seed = 7
+  ev = evaluate.EvalConfig.from_config(config)
+  assert ev.robustness_splits == ("eval", "other") and ev.conditions == ("jpeg:50",)
+  assert ev.seed == 7 and ev.bootstrap_resamples == config.eval.bootstrap_resamples
+  config.eval.robustness_splits = ("other",)
+  assert evaluate.EvalConfig.from_config(config).robustness_splits == ("other",)
+  config.eval.conditions = ()
+  assert evaluate.EvalConfig.from_config(config).robustness_splits == ()
+  config.eval.robustness_splits = ("missing",)
+  with pytest.raises(ValueError, match=r"\['missing'\] are not in data.eval_splits"):
+    evaluate.EvalConfig.from_config(config)
+  config.eval.robustness_splits = ()
+  config.eval.conditions = ("sharpen:2",)
+  with pytest.raises(ValueError):
+    evaluate.EvalConfig.from_config(config)

@@ -103,12 +103,25 @@ async def _post(session, url, data, **kw):
     return r.status, dict(r.headers), await r.json()
 
 
+def _paths_in(described) -> list[str]:
+  """Strings of a JSON answer that look like a path of the server's disk."""
+  if isinstance(described, dict):
+    return [p for v in described.values() for p in _paths_in(v)]
+  if isinstance(described, list):
+    return [p for v in described for p in _paths_in(v)]
+  return [described] if isinstance(described, str) and (
+      described.startswith(("/", "~")) or ":\\" in described or "/tmp" in described) else []
+
+
 def test_health_model_page_and_one_line_per_request(server):
-  url, _, seen, log = server
+  url, workdir, seen, log = server
   assert seen[-1] == 200 and 503 in seen  # bound before the model was ready
   status, body = _get(url + "/v1/model")
   model = json.loads(body)
   assert status == 200 and model["source"] == "checkpoint"
+  # What the model is, not where it lives: no config dump, no path of this disk.
+  assert "config" not in model and not _paths_in(model) and workdir.encode() not in body
+  assert model["architecture"]["backbone"] and model["input"]["size"] == 32
   assert model["serving"]["threshold_source"] == "dev_eer"
   assert model["serving"]["threshold"] == model["checkpoint"]["dev_threshold"]
   assert model["serving"]["batch_size"] == 4  # --batch_size (predict scores in 8s)
@@ -125,7 +138,7 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
   """16 clients x 3 requests (raw body and multipart), all answered, each
   p_real equal to predict's score of the same file and the verdict and
   reason predict gives it with its default stability check."""
-  from cmfl_jax import predict
+  from cmfl_jax.scoring import decisions
   from cmfl_jax.verdicts import stability
   url, workdir, _, _ = server
   images = _eval_images(6)
@@ -133,8 +146,8 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
   for i, image in enumerate(images):
     files.append(tmp_path / f"{i}.{'jpg' if i == 5 else 'png'}")
     files[-1].write_bytes(_png(image, "JPEG" if i == 5 else "PNG"))
-  expected = {r["path"]: r for r in predict.predict(workdir, [str(f) for f in files],
-                                                     stability=stability.CONDITIONS).rows}
+  expected = {r["path"]: r for r in decisions.predict(workdir, [str(f) for f in files],
+                                                       stability=stability.CONDITIONS).rows}
 
   async def client(k, session):
     out = []
@@ -168,9 +181,9 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
     assert set(body["stability"]) == set(stability.CONDITIONS)
     assert set(body["heads"]) == {"joint", "rgb", "freq"}
     assert "generator" not in body and "generator_confidence" not in body  # no such head
-    assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_calibrated"] < 1
-    probability = body["probability"]  # the page's one number: calibrated, same verdict
-    assert probability["calibrated"] and probability["value"] == body["p_real_calibrated"]
+    assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_platt"] < 1
+    probability = body["probability"]  # the page's one number: Platt-scaled, same verdict
+    assert probability["platt"] and probability["value"] == body["p_real_platt"]
     if body["verdict"] != "unsure":
       assert (probability["value"] >= probability["threshold"]) == (body["verdict"] == "real")
     if "explanation" not in body:
@@ -202,7 +215,6 @@ def test_bad_inputs_get_4xx_json_and_the_server_keeps_serving(server):
       ("GET", "/v1/score", None, 405, "Method Not Allowed"),
       ("PUT", "/healthz", b"x", 405, "Method Not Allowed"),
       ("GET", "/etc/passwd", None, 404, "Not Found"),
-      ("GET", "/static/../../README.md", None, 404, "Not Found"),
   ]
 
   async def run():
@@ -289,16 +301,16 @@ def test_requests_are_batched_into_one_padded_shape():
 def test_a_batch_is_padded_to_the_smallest_compiled_shape():
   """Shapes 1, 8 and the largest are compiled up front; a lone image runs
   as a batch of 1, 3 as 8, 40 as 32 + 8, and each image keeps its own score."""
-  from cmfl_jax import predict
+  from cmfl_jax.scoring import model as scoring_model
   seen = []
 
   def call(batch):
     seen.append(len(batch))
     return {"joint": batch[:, 0, 0, 0].astype(np.float32)}
 
-  assert predict.batch_shapes(32) == (1, 8, 32) and predict.batch_shapes(1) == (1,)
-  assert predict.batch_shapes(32, unit=3) == (3, 24, 32)  # a request and its 2 variants
-  heads = predict.padded_batches(call, predict.batch_shapes(32), 2)
+  assert scoring_model.batch_shapes(32) == (1, 8, 32) and scoring_model.batch_shapes(1) == (1,)
+  assert scoring_model.batch_shapes(32, unit=3) == (3, 24, 32)  # a request and its 2 variants
+  heads = scoring_model.padded_batches(call, scoring_model.batch_shapes(32), 2)
   assert sorted(seen) == [1, 8, 32]  # compiled before the first request
   for n, shapes in ((1, [1]), (3, [8]), (8, [8]), (9, [32]), (40, [32, 8])):
     seen.clear()
@@ -311,13 +323,13 @@ def test_service_answers_with_predicts_rules_in_plain_words():
   """The service's verdict is `verdicts.decide` with predict's inputs: a face
   too small and a verdict that flips under a stability condition are unsure,
   with the reason in plain words and what would help; a verdict given states
-  the comparison; the probability shown is the calibrated one, its threshold
+  the comparison; the probability shown is the Platt-scaled one, its threshold
   and band on the same scale."""
   from cmfl_jax.serving import model, verdict
   band = {"lo": 0.4, "hi": 0.6, "target_error": 0.05}
   m = _fake_model(0.0, [])
   m.policy = verdict.Policy(0.5, "dev_eer", band)
-  m.calibration = {"method": "platt", "a": 2.0, "b": 0.5}
+  m.platt = {"method": "platt", "a": 2.0, "b": 0.5}
   m.stability = ("jpeg:95",)
   base = {"p_real": 0.9, "heads": {"joint": 0.9}}
   stable = m.answer({**base, "under": {"jpeg:95": 0.85}})
@@ -325,7 +337,7 @@ def test_service_answers_with_predicts_rules_in_plain_words():
                                                             "of the unsure band")
   assert stable["why"] == stable["help"] == ""
   pr = stable["probability"]
-  assert pr["calibrated"] and pr["value"] == pytest.approx(stable["p_real_calibrated"])
+  assert pr["platt"] and pr["value"] == pytest.approx(stable["p_real_platt"])
   assert pr["band"][0] < pr["threshold"] < pr["band"][1] <= pr["value"]
   flipped = m.answer({**base, "under": {"jpeg:95": 0.3}})
   assert flipped["verdict"] == "unsure" and flipped["reason"].startswith("verdict changes after")
@@ -365,6 +377,162 @@ def test_full_queue_answers_503_with_retry_after_then_recovers():
   assert after[0] == 200 and state.batcher.pending == 0
 
 
+async def _slow_upload(host: str, port: int, interval: float, length: int = 1000):
+  """A client that sends the headers with Content-Length, then a byte every
+  `interval` seconds until answered: (status, seconds until answered)."""
+  start = time.monotonic()
+  reader, writer = await asyncio.open_connection(host, port)
+  writer.write(f"POST /v1/score HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
+               f"application/octet-stream\r\nContent-Length: {length}\r\n\r\n".encode())
+
+  async def trickle():
+    for _ in range(length):
+      writer.write(b"\x89")
+      await writer.drain()
+      await asyncio.sleep(interval)
+
+  sending = asyncio.ensure_future(trickle())
+  try:
+    line = await reader.readline()
+  finally:
+    sending.cancel()
+    writer.close()
+  return int(line.split()[1]), time.monotonic() - start
+
+
+def test_slow_uploads_take_no_scoring_slot_and_are_dropped_at_the_deadline():
+  """More slow clients than scoring slots (Content-Length sent, a byte every
+  0.3 s): a normal upload is still answered 200 at once; the slow ones get
+  408 at the body deadline, and the server is healthy after, nothing held."""
+  from cmfl_jax.serving import app as app_lib, limits
+  state = app_lib.State(limits.Limits(max_bytes=10_000), max_pending=2, max_wait=0.0,
+                        body_timeout=2.0)
+
+  async def body(session, url):
+    state.ready(_fake_model(0.0, []))
+    host, port = url.split("//")[1].split(":")
+    slow = [asyncio.ensure_future(_slow_upload(host, int(port), 0.3)) for _ in range(8)]
+    await asyncio.sleep(0.5)
+    assert state.readers == 8
+    start = time.monotonic()
+    normal = await _post(session, url, _pixel(7))
+    took = time.monotonic() - start
+    dropped = await asyncio.gather(*slow)
+    async with session.get(url + "/healthz") as r:
+      health = r.status, await r.json()
+    return normal, took, dropped, health, await _post(session, url, _pixel(9))
+
+  normal, took, dropped, health, after = _served(state, body)
+  assert normal[0] == 200 and took < 1.0, (normal, took)
+  assert all(status == 408 and 1.9 < seconds < 4 for status, seconds in dropped), dropped
+  assert health == (200, {"status": "ok", "pending": 0, "reading": 0})
+  assert after[0] == 200 and state.buffered == 0
+
+
+def test_multipart_parts_other_than_the_image_are_bounded():
+  """A part that is not `image` gets OTHER_PART_BYTES, however large the body may be."""
+  from cmfl_jax.serving import app as app_lib, limits
+  state = app_lib.State(limits.Limits(max_bytes=200_000))
+  fake = _fake_model(0.0, [])
+  fake.limits = limits.Limits(max_bytes=200_000)
+
+  async def body(session, url):
+    state.ready(fake)
+    out = []
+    for note in (b"a phone photo", b"x" * (app_lib.OTHER_PART_BYTES + 1)):
+      form = aiohttp.FormData()
+      form.add_field("note", note, filename="note.txt")
+      form.add_field("image", _pixel(3), filename="a.png")
+      out.append(await _post(session, url, form))
+    return out
+
+  (small, large) = _served(state, body)
+  assert small[0] == 200
+  assert large[0] == 413 and "multipart field 'note' larger than" in large[2]["error"]
+  assert state.buffered == 0 and state.readers == 0
+
+
+def test_decoding_holds_pixels_from_a_budget_not_a_thread_each():
+  """8 concurrent uploads, 8 decode threads, a budget of 3 images' pixels:
+  never more than 3 are decoded at once."""
+  import concurrent.futures
+  import threading
+  from cmfl_jax.serving import app as app_lib, limits
+  state = app_lib.State(limits.Limits(max_bytes=10_000), decode_pixels=3 * 16)
+  state.decode_pool = concurrent.futures.ThreadPoolExecutor(8)
+  fake = _fake_model(0.0, [])
+  lock, now, most = threading.Lock(), [0], [0]
+  plain = fake.decode
+
+  def decode(data):
+    with lock:
+      now[0] += 1
+      most[0] = max(most[0], now[0])
+    time.sleep(0.2)
+    with lock:
+      now[0] -= 1
+    return plain(data)
+
+  fake.decode = decode
+
+  async def body(session, url):
+    state.ready(fake)
+    return await asyncio.gather(*(_post(session, url, _pixel(v)) for v in range(8)))
+
+  answers = _served(state, body)
+  assert all(a[0] == 200 for a in answers)
+  assert most[0] == 3 and state.decode_budget.peak == 48, (most, state.decode_budget.peak)
+
+
+@pytest.mark.parametrize("fault", ["lost_result", "hang"])
+def test_a_lost_or_late_result_fails_its_request_and_frees_its_slot(fault):
+  """A scorer that returns one result too few, or never returns in time: the
+  request is answered (500, or 503 at the batcher's timeout), not left
+  holding its slot."""
+  from cmfl_jax.serving import app as app_lib, limits, model
+  state = app_lib.State(limits.Limits(max_bytes=10_000), max_pending=1, result_timeout=0.5)
+  fake = _fake_model(0.0, [])
+  if fault == "lost_result":
+    fake.run = lambda images: model.ScoringModel.run(fake, images)[:-1]
+  else:
+    fake.run = lambda images: time.sleep(2.0) or model.ScoringModel.run(fake, images)
+
+  async def body(session, url):
+    state.ready(fake)
+    start = time.monotonic()
+    failed = await _post(session, url, _pixel(1))
+    return failed, time.monotonic() - start, state.batcher.pending
+
+  (status, _, got), took, pending = _served(state, body)
+  assert pending == 0 and took < 1.5, (took, pending)
+  assert (status, got["error"].split(" (")[0]) == (
+      (500, "internal error") if fault == "lost_result" else (503, "scoring timed out"))
+
+
+def test_paths_that_climb_out_are_not_served():
+  """Paths with "..", sent as written (client libraries normalise them, so a
+  raw socket): 4xx, and nothing of the repository's files in the answer."""
+  from cmfl_jax.serving import app as app_lib, limits
+  state = app_lib.State(limits.Limits(max_bytes=10_000))
+  readme = (ROOT / "README.md").read_bytes()[:60]
+
+  async def body(session, url):
+    state.ready(_fake_model(0.0, []))
+    host, port = url.split("//")[1].split(":")
+    out = {}
+    for target in ("/static/../../README.md", "/static/%2e%2e/%2e%2e/README.md",
+                   "/static/..%2f..%2fREADME.md", "/../README.md", "/static/../app.py"):
+      reader, writer = await asyncio.open_connection(host, int(port))
+      writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+      out[target] = await reader.read()
+      writer.close()
+    return out
+
+  for target, answer in _served(state, body).items():
+    assert answer.split(b" ", 2)[1] in (b"400", b"404"), (target, answer[:200])
+    assert readme not in answer and b"def make_app" not in answer, target
+
+
 def test_faces_are_returned_with_their_boxes():
   """--align answers: every face with its box and scores; the first is the headline."""
   from cmfl_jax.serving import app as app_lib, limits
@@ -388,13 +556,13 @@ def test_face_finder_matches_predict_align(tmp_path):
   """The bytes path of --align finds the face predict --align finds, same input pixels."""
   pytest.importorskip("mtcnn")
   skdata = pytest.importorskip("skimage.data")
-  from cmfl_jax import predict
   from cmfl_jax.data import aligned_crops as align_files, ops
+  from cmfl_jax.scoring import faces
   from cmfl_jax.serving import model
   path = tmp_path / "astronaut.png"
   Image.fromarray(skdata.astronaut()).save(path)
   options, geometry = align_files.AlignOptions(), ops.Geometry(32, True)
-  want = predict.aligned_faces(str(path), options, geometry)
+  want = faces.aligned_faces(str(path), options, geometry)
   got = model._face_finder(options, geometry)(path.read_bytes())
   assert len(got) == len(want) == 1
   assert got[0]["box"] == pytest.approx([float(v) for v in want[0]["face_box"].split()], abs=0.1)
@@ -408,16 +576,17 @@ def test_align_answers_every_face_with_predicts_verdicts(reference_run, tmp_path
   scores, verdicts and reasons."""
   pytest.importorskip("mtcnn")
   skdata = pytest.importorskip("skimage.data")
-  from cmfl_jax import predict, verdicts
+  from cmfl_jax import verdicts
   from cmfl_jax.data import aligned_crops
+  from cmfl_jax.scoring import decisions
   from cmfl_jax.serving import app as app_lib, limits, model
   workdir, _ = reference_run
   face = skdata.astronaut()
   path = tmp_path / "two.png"
   Image.fromarray(np.concatenate([face, face[:, ::-1]], 1)).save(path)
   options = aligned_crops.AlignOptions(policy="all")
-  want = list(predict.predict(workdir, [str(path)], align=options,
-                              stability=verdicts.STABILITY).rows)
+  want = list(decisions.predict(workdir, [str(path)], align=options,
+                                stability=verdicts.STABILITY).rows)
   served = model.load(workdir, align=options, stability=verdicts.STABILITY, batch_size=4)
   state = app_lib.State(limits.Limits())
 
@@ -460,6 +629,27 @@ def test_threshold_sources(tmp_path):
   assert model._policy(None, "exp", carried, None).source == "calibration:strict"
   with pytest.raises(ExportError, match="carries calibration 'strict', not 'lax'"):
     model._policy(None, "exp", carried, "lax")
+
+
+def test_model_description_of_an_export_keeps_what_it_is_not_where_it_lives():
+  """`public_card`: the card's config, paths and versions stay on the server;
+  a card written before #39 (Platt scaling under calibration.platt) reads."""
+  from cmfl_jax.serving import model
+  old_card = {"format": "cmfl_jax.model_card/1", "config": {"data": {"data_root": "/srv/x"}},
+              "architecture": {"arch": "two_stream"}, "input": {"size": 32},
+              "checkpoint": {"workdir": "/srv/runs/a", "kind": "best", "step": 3},
+              "training_data": {"data_root": "/srv/x", "train_split": "train"},
+              "calibration": {"platt": {"method": "platt", "a": 2.0, "b": 0.0},
+                              "chosen": {"name": "cam", "threshold": 0.6, "path": "/srv/c.json",
+                                         "record": {"threshold": 0.6, "skipped": [
+                                             {"path": "/home/u/a.png"}], "n": 40}}},
+              "artifacts": {"versions": {"jax": "0.7"}}}
+  public = model.public_card(old_card)
+  assert "config" not in public and "artifacts" not in public and not _paths_in(public)
+  assert public["platt_scaling"] == {"method": "platt", "a": 2.0, "b": 0.0}
+  assert public["calibration"]["chosen"] == {"name": "cam", "threshold": 0.6,
+                                             "record": {"threshold": 0.6, "n": 40}}
+  assert public["checkpoint"]["step"] == 3 and public["training_data"]["train_split"] == "train"
 
 
 # ---------------------------------------------------------------------------
@@ -552,8 +742,8 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
   a --workdir checkpoint, `openset.decide` on the checkpoint's logits (the
   evaluation path's); from an exported --model, the decision made inside
   the artifact, the same; through HTTP too; /v1/model shows the fit."""
-  from cmfl_jax import predict
   from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring import decisions
   from cmfl_jax.serving import app as app_lib, limits, model
   ref = attribution_reference
   index, confidence = openset.decide(ref["logits"], ref["fitted"])
@@ -568,8 +758,9 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
                                atol=1e-5, err_msg=kind)
     assert all(set(a["heads"]) == {"joint", "rgb", "freq"} for a in answers)
     # One decision path: predict (--workdir, or --model for the export) gives the same verdicts.
-    rows = predict.predict(attribution_run[0] if kind == "checkpoint" else None, ref["paths"],
-                           model=attribution_export if kind == "export" else None).rows
+    rows = decisions.predict(attribution_run[0] if kind == "checkpoint" else None,
+                             ref["paths"],
+                             model=attribution_export if kind == "export" else None).rows
     assert [(r["verdict"], r["reason"]) for r in rows] == [
         (a["verdict"], a["reason"]) for a in map(loaded.answer, answers)], kind
     state = app_lib.State(limits.Limits())
@@ -584,6 +775,7 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
     assert status == 200 and answer["generator"] == got[0], answer
     assert answer["generator_confidence"] == pytest.approx(answers[0]["generator_confidence"])
     fit = (described["checkpoint"] if kind == "checkpoint" else described["card"])["attribution"]
+    assert "config" not in described.get("card", described) and not _paths_in(described), kind
     assert fit["threshold"] == ref["fitted"]["threshold"]
 
 

@@ -1,5 +1,5 @@
 """Bootstrap, calibration, operating points and significance tests, checked against
-`cmfl_jax.metrics` on explicit data, known distributions and simulation."""
+`cmfl_jax.evaluation.metrics` on explicit data, known distributions and simulation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from cmfl_jax import metrics, stats
+from cmfl_jax.evaluation import metrics, stats
 
 
 def _tied_data(rng, n):

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmfl_jax import backend, steps
+from cmfl_jax import backend
+from cmfl_jax.training import losses, steps
 from helpers import SMOKE
 
 
@@ -19,7 +20,8 @@ def test_param_count_counts_the_trainable_parameters():
 
   from flax import nnx
 
-  from cmfl_jax import models, steps
+  from cmfl_jax import models
+  from cmfl_jax.training import losses, steps
   spec = importlib.util.spec_from_file_location("smoke", SMOKE)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -35,7 +37,8 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
   import jax
   import jax.numpy as jnp
 
-  from cmfl_jax import backend, models, steps
+  from cmfl_jax import backend, models
+  from cmfl_jax.training import losses, steps
   config, mesh = runpy.run_path(SMOKE)["get_config"](), steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
   batch = {"image": np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
@@ -44,7 +47,8 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
   for choice in backend.CPU_MATMUL:
     config.model.cpu_matmul = choice
     options = backend.step_compiler_options(models.ModelConfig.from_config(config.model), mesh)
-    train_fn, eval_fn = steps.compile_steps(programs, config.loss, mesh, state, options)
+    train_fn, eval_fn = steps.compile_steps(programs, losses.LossConfig.from_config(config.loss),
+                                            mesh, state, options)
     for kind, fn in (("eval", eval_fn), ("train", train_fn)):
       compiled = fn.lower(state, batch).compile()
       fresh = jax.tree.map(jnp.copy, state)  # the train step donates its input
@@ -76,7 +80,8 @@ def test_cpu_matmul_choice_changes_the_products_not_the_results():
 
 
 def test_cpu_matmul_is_ignored_where_xla_lacks_the_option(monkeypatch):
-  from cmfl_jax import backend, models, steps
+  from cmfl_jax import backend, models
+  from cmfl_jax.training import losses, steps
   model = models.ModelConfig(cpu_matmul="eigen")
   train_options, eval_options = backend.step_compiler_options(model, steps.make_mesh())
   assert train_options and eval_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -108,8 +113,8 @@ def test_finite_check_is_not_recomputed_in_every_state_update():
   config = runpy.run_path(SMOKE)["get_config"]()
   mesh = steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh, abstract=True)
-  train_fn, _ = steps.compile_steps(programs, config.loss, mesh, state,
-                                    backend.step_compiler_options(programs.model, mesh))
+  train_fn, _ = steps.compile_steps(programs, losses.LossConfig.from_config(config.loss), mesh,
+                                    state, backend.step_compiler_options(programs.model, mesh))
   size = config.data.image_size
   batch = {"image": jax.ShapeDtypeStruct((8, size, size, 3), np.uint8),
            "label": jax.ShapeDtypeStruct((8,), np.int32)}

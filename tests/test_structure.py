@@ -1,6 +1,8 @@
 """The package's shape: no import cycles, TensorFlow kept out of the model and
-step code, and behaviour kept across restructurings (a checkpoint written by
-the code before the package was restructured evaluates to the same scores)."""
+step code, the package root holding only the commands (plus `config` and
+`backend`), no library importing a command, and behaviour kept across
+restructurings (a checkpoint written by the code before the package was
+restructured evaluates to the same scores)."""
 
 import ast
 import csv
@@ -16,8 +18,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cmfl_jax"
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_v0"
-TF_FREE = ("cmfl_jax.models", "cmfl_jax.steps", "cmfl_jax.losses", "cmfl_jax.backend",
-           "cmfl_jax.metrics", "cmfl_jax.data.split", "cmfl_jax.data.readers")
+TF_FREE = ("cmfl_jax.models", "cmfl_jax.training.steps", "cmfl_jax.training.losses",
+           "cmfl_jax.backend", "cmfl_jax.evaluation.metrics", "cmfl_jax.data.split",
+           "cmfl_jax.data.readers")
+#: What a person runs (`python -m cmfl_jax.X`): the only modules at the root
+#: besides the config schema, the platform module and the package itself.
+ROOT_COMMANDS = {"main", "predict", "calibrate", "explain", "export", "serve", "align", "audit",
+                 "convert"}
+ROOT_LIBRARIES = {"config", "backend", "__init__"}
 
 
 def module_name(path: Path) -> str:
@@ -92,11 +100,51 @@ def test_models_steps_and_losses_never_import_tensorflow():
         if nxt in graph and nxt not in seen:
           seen.add(nxt)
           todo.append(nxt)
-  code = ("import sys, cmfl_jax.steps, cmfl_jax.models, cmfl_jax.data.split; "
+  code = ("import sys, cmfl_jax.training.steps, cmfl_jax.models, cmfl_jax.data.split; "
           "print('tensorflow' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True).stdout
   assert out.strip() == "False"
+
+
+def is_entry_point(path: Path) -> bool:
+  """A module a person runs with `python -m`: a `__main__.py` or one with an
+  `if __name__ == "__main__":` block."""
+  if path.name == "__main__.py":
+    return True
+  return any(isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+             and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
+             for node in ast.parse(path.read_text()).body)
+
+
+def commands() -> set[str]:
+  """The commands: every module at the root but `config`, `backend` and the
+  package itself, and every other entry point (`python -m cmfl_jax.bench`,
+  `cmfl_jax.tools.durall`, `cmfl_jax.explanations.planted`, ...): side
+  tools are run, not imported, whatever room they sit in."""
+  found = {module_name(p) for p in PACKAGE.glob("*.py") if p.stem not in ROOT_LIBRARIES}
+  return found | {module_name(p) for p in PACKAGE.rglob("*.py") if is_entry_point(p)}
+
+
+def test_the_root_holds_only_commands_config_and_backend():
+  """Libraries live in rooms (training/, evaluation/, scoring/, data/, ...);
+  the root lists what a person runs."""
+  root = {p.stem for p in PACKAGE.glob("*.py")}
+  assert root - ROOT_LIBRARIES == ROOT_COMMANDS, (
+      f"at the package root, not a command: {sorted(root - ROOT_LIBRARIES - ROOT_COMMANDS)}; "
+      f"missing: {sorted(ROOT_COMMANDS - root)}")
+  for name in ROOT_COMMANDS:
+    assert is_entry_point(PACKAGE / f"{name}.py"), f"cmfl_jax.{name} has no __main__ block"
+
+
+def test_no_library_imports_a_command():
+  """A command is flags, hand-off and output; what two commands share lives
+  in a library, so no module imports a command (commands included)."""
+  graph, entry_points = import_graph(), commands()
+  assert {"cmfl_jax.predict", "cmfl_jax.bench.__main__", "cmfl_jax.tools.durall"} <= entry_points
+  wrong = sorted(f"{name} imports {target}" for name, edges in graph.items()
+                 for target in edges & entry_points)
+  assert not wrong, "; ".join(wrong)
 
 
 def test_checkpoint_from_before_the_restructuring_scores_identically(tmp_path):

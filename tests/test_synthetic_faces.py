@@ -20,6 +20,7 @@ V1 = "1.0.0"
 # measured in BENCHMARKS.md.
 DIGESTS = {"1.0.0": "383399461f7bd31a0239dbabf97be1fcc820aedcbe4b1c4ef94f4c03536609a8",
            "2.0.0": "27d3ab57d3e9dd7e50a0243368d00cc5e9d2f0ea0f5e3c57696a88a59ab67583"}
+DIGESTS["2.1.0"] = DIGESTS["2.0.0"]  # 2.1.0 adds aligned training sources, keeps every pixel
 
 
 def _imgs(source, n=32, size=64, split="train", version=sampler.LATEST):
@@ -277,10 +278,14 @@ def tiny_builder(tmp_path_factory):
 def test_tfds_splits_and_balance(tiny_builder):
   builder = tiny_builder
   splits = builder.info.splits
-  assert len(splits) == 2 * 3 + 6 * 3 - 2  # real2 only has eval
+  # real2 only has eval; each family's aligned fakes (recon, inpaint) train and dev.
+  assert len(splits) == 2 * 3 + 6 * 3 - 2 + 6 * 2 * 2
   for fam in sf.FAMILIES + ("real",):
     assert splits[f"{fam}_train"].num_examples == 16
     assert splits[f"{fam}_eval"].num_examples == 8
+  for source in sampler.ALIGNED_SOURCES:  # one fake per real
+    assert splits[f"{source}_train"].num_examples == 16
+    assert splits[f"{source}_dev"].num_examples == 8 and f"{source}_eval" not in splits
   from cmfl_jax.data import tfds_faces
   split = tfds_faces.split_from_builder(builder, "real_train+dcgan_train")
   assert len(split) == 32 and split.labels.sum() == 16
@@ -409,7 +414,31 @@ def test_the_attribution_configs_splits_give_its_classes(tiny_builder):
   resolved = classes.resolve(config, train)
   assert resolved.attribution.classes == ("bona_fide", "diffusion", "progan", "stylegan2")
   ids = classes.source_ids(train, resolved.attribution.classes)
-  assert np.bincount(ids).tolist() == [16, 16, 16, 16]
+  # Aligned fakes (the main job's recipe): a reconstruction and an inpainting per real.
+  assert np.bincount(ids).tolist() == [16, 32, 32, 32]
   unseen = tfds_faces.split_from_builder(tiny_builder, "real_eval+dcgan_eval")
   ids = classes.source_ids(unseen, resolved.attribution.classes)
   assert sorted(set(ids.tolist())) == [classes.UNSEEN, 0]
+
+
+def test_generation_works_from_a_script_without_main_guard_and_from_stdin(tmp_path):
+  """The sampler's worker processes are spawned; they must not need the
+  caller's main module: a script on standard input (`python - <<EOF`) and a
+  script that generates at top level, without `if __name__ == "__main__"`.
+  The pictures equal those drawn in one process."""
+  import os
+  import subprocess
+  import sys
+  code = ("import numpy as np\n"
+          "from cmfl_jax.data.synthetic import sampler\n"
+          "a = list(sampler.sample('real', 'train', 48, 32, workers=2))\n"
+          "b = list(sampler.sample('real', 'train', 48, 32, workers=1))\n"
+          "print('same', len(a), all(np.array_equal(x, y) for x, y in zip(a, b)))\n")
+  script = tmp_path / "generate.py"
+  script.write_text(code)
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  for args, stdin in (([sys.executable, "-"], code), ([sys.executable, str(script)], None)):
+    proc = subprocess.run(args, input=stdin, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "same 48 True", (
+        args, proc.stderr[-2000:])

@@ -75,7 +75,7 @@ def test_train_and_eval_outputs(reference_run):
 
 def test_eval_in_new_process_reproduces_training_scores(reference_run, cache_dir):
   workdir, _ = reference_run
-  from cmfl_jax import score_files
+  from cmfl_jax.evaluation import score_files
   labels_t, scores_t, _ = score_files.read_scores(os.path.join(workdir, "best_val_scores.csv"))
   run_main(workdir, "--mode=eval", "--config.data.eval_splits=('dev',)", cache_dir=cache_dir)
   step = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "best")))
@@ -136,7 +136,8 @@ def test_train_and_evaluate_from_each_source(tmp_path, source):
   """In-process: a few steps and a checkpoint evaluation from each real-data source."""
   import runpy
   import tensorflow_datasets as tfds
-  from cmfl_jax import evaluate, train
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.training import loop as train
   from test_input_pipeline import write_dataset, write_folders
   config = runpy.run_path(SMOKE)["get_config"]()
   config.train.num_epochs = 1
@@ -166,8 +167,9 @@ def test_validation_subset_during_training_full_dev_split_for_the_stored_thresho
   subset; at the end best and latest carry statistics of the whole dev split."""
   import runpy
 
-  from cmfl_jax import evaluate, metrics, train
   from cmfl_jax.data import sources
+  from cmfl_jax.evaluation import evaluate, metrics
+  from cmfl_jax.training import loop as train
   config = runpy.run_path(SMOKE)["get_config"]()
   config.data.toy_sizes = {"train": 32, "dev": 24, "eval": 16, "default": 16}
   config.train.val_examples = 9
@@ -183,5 +185,24 @@ def test_validation_subset_during_training_full_dev_split_for_the_stored_thresho
   for kind in ("best", "latest"):
     state, eval_fn, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, kind)
     assert meta["dev_examples"] == 24
-    joint = evaluate.evaluate_split(eval_fn, state, dev, config, mesh)["scores"]["joint"]
+    joint = evaluate.evaluate_split(eval_fn, state, dev, mesh, data=config.data,
+                                    batch_size=config.train.eval_batch_size)["scores"]["joint"]
     assert meta["dev_threshold"] == pytest.approx(metrics.eer(dev.labels, joint)[1], abs=1e-6)
+
+
+def test_dev_config_is_typed_once_from_the_config():
+  """What validation reads of the config, made once: the eval batch size, no
+  classes without the attribution head, its classes and targets with it."""
+  import runpy
+  from cmfl_jax.training import loop
+  config = runpy.run_path(SMOKE)["get_config"]()
+  config.train.eval_batch_size = 12
+  config.eval.unsure_error = 0.1
+  dev = loop.DevConfig.from_config(config)
+  assert (dev.batch_size, dev.classes, dev.unsure_error) == (12, (), 0.1)
+  assert dev.data is config.data
+  config.attribution.enabled = True
+  config.attribution.classes = ("bona_fide", "stylegan2")
+  config.attribution.known_acceptance = 0.9
+  dev = loop.DevConfig.from_config(config)
+  assert (dev.classes, dev.known_acceptance) == (("bona_fide", "stylegan2"), 0.9)

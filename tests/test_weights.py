@@ -2,14 +2,15 @@
 converted to Orbax, and score parity with the PyTorch model.
 
 State dicts in torchvision's layout are written here from torchvision's layer
-definitions (NumPy only), independently of `cmfl_jax.weights`, so the file
+definitions (NumPy only), independently of `cmfl_jax.models.torch_weights`, so the file
 tests need no PyTorch. Parity tests build the official detectors in PyTorch
 (`cmfl_jax.bench.torch_reference`; random weights, never downloaded) and skip
 without it.
 The full DenseNet-161 parity run takes ~1 min on 2 cores and runs only with
-CMFL_FULL_PARITY=1 (see README).
+CMFL_FULL_PARITY=1 (see docs/weights.md).
 """
 
+import contextlib
 import os
 import runpy
 import sys
@@ -23,7 +24,11 @@ from absl import flags
 from flax import nnx
 from PIL import Image
 
-from cmfl_jax import convert, evaluate, models, predict, steps, train, weights
+from cmfl_jax import convert, models
+from cmfl_jax.evaluation import evaluate
+from cmfl_jax.models import torch_weights as weights
+from cmfl_jax.scoring import decisions, model as scoring_model
+from cmfl_jax.training import loop as train, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "configs" / "default.py")
@@ -248,20 +253,30 @@ def test_torchvision_shapes_match_the_torch_module_trees():
     assert {f"features.{k}": tuple(v.shape) for k, v in module.state_dict().items()} == want
 
 
-def test_imagenet_init_from_pth(tmp_path):
+@contextlib.contextmanager
+def no_torch():
+  """`import torch` fails inside: what runs there provably needs no PyTorch."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(sys.modules, "torch", None)
+    yield
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_imagenet_init_from_pth_needs_no_torch(tmp_path, legacy):
   torch = pytest.importorskip("torch")
   tensors = random_tensors(torchvision_shapes(TINY_SPEC))
   path = str(tmp_path / "densenet161.pth")
-  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path)
+  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path,
+             _use_new_zipfile_serialization=not legacy)
   model = tiny_detector()
-  weights.load_into(model, weights.read_state_dict(path))
+  with no_torch():
+    with pytest.raises(ImportError):
+      import torch as _  # pylint: disable=import-outside-toplevel,reimported
+    read = weights.read_state_dict(path)
+  assert {k: (v.dtype, v.shape) for k, v in read.items()} == {
+      k: (v.dtype, v.shape) for k, v in tensors.items()}
+  weights.load_into(model, read)
   assert_streams_hold(model, tensors)
-
-
-def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(ImportError, match="needs PyTorch"):
-    weights.read_state_dict(str(tmp_path / "model.pth"))
 
 
 class _RunsCode:
@@ -365,7 +380,7 @@ def test_official_keys_with_dataparallel_prefix_load_the_same():
 
 
 def test_eval_report_of_a_converted_checkpoint_has_no_val_loss():
-  from cmfl_jax import report
+  from cmfl_jax.evaluation import report
   lines = report.summary_lines({"checkpoint": "best_0", "step": 0, "val_loss": None,
                                 "splits": {}})
   assert "validation loss n/a" in lines[0]
@@ -445,14 +460,15 @@ def converted_two_stream(tmp_path_factory):
   torch_model = save_official_checkpoint("two_stream", checkpoint, 0)
   args = [f"--torch_checkpoint={checkpoint}", "--arch=two_stream", f"--output={out}",
           "--config.train.eval_batch_size=4", *(f"--config.model.{k}={v}" for k, v in TINY.items())]
-  assert run_convert_cli(args) == 0
+  with no_torch():  # converting needs no PyTorch
+    assert run_convert_cli(args) == 0
   assert run_convert_cli(args) == 1  # refuses to overwrite
   return torch_model, out
 
 
 def test_converted_two_stream_matches_pytorch_heads(converted_two_stream):
   torch_model, workdir = converted_two_stream
-  config = predict.config_from_checkpoint(workdir, "best")
+  config = scoring_model.config_from_checkpoint(workdir, "best")
   assert config.model.arch == "two_stream" and config.model.growth_rate == 4
   model, state, eval_fn, meta = restored_model(config, workdir)
   assert meta["step"] == 0 and meta["dev_threshold"] is None and meta["val_loss"] is None
@@ -476,7 +492,7 @@ def test_predict_on_aligned_files_matches_official_test_script(converted_two_str
   for i, img in enumerate(images):
     paths.append(str(tmp_path / f"{i}.png"))
     Image.fromarray(img).save(paths[-1])
-  predictions = predict.predict(workdir, paths)
+  predictions = decisions.predict(workdir, paths)
   assert predictions.threshold is None
   rows = list(predictions.rows)
   got = np.array([r["score"] for r in rows])
@@ -489,8 +505,9 @@ def test_convert_one_stream_spectrum_model(tmp_path):
   """A OneStreamDenseNet trained on spectra (official `--spectra fft`)."""
   checkpoint, out = str(tmp_path / "fft.pth"), str(tmp_path / "converted")
   torch_model = save_official_checkpoint("one_stream", checkpoint, 3)
-  convert.convert(tiny_config("one_stream", "freq"), checkpoint, out)
-  config = predict.config_from_checkpoint(out, "best")
+  with no_torch():
+    convert.convert(tiny_config("one_stream", "freq"), checkpoint, out)
+  config = scoring_model.config_from_checkpoint(out, "best")
   assert config.model.input == "freq" and config.loss.objective == "bce"
   _, state, eval_fn, _ = restored_model(config, out)
   images = varied_images(4, 4)
@@ -508,10 +525,11 @@ def test_full_densenet161_parity_at_224(tmp_path):
   checkpoint -> convert -> restore, heads vs PyTorch."""
   checkpoint, out = str(tmp_path / "model_0_0.pth"), str(tmp_path / "converted")
   torch_model = save_official_checkpoint("two_stream", checkpoint, 0,
-                                         models.DENSENET_PRESETS["densenet161"], head_scale=10.0)
+                                         models.densenet_spec("densenet161"), head_scale=10.0)
   config = runpy.run_path(DEFAULT)["get_config"]()
   config.train.eval_batch_size = 2
-  convert.convert(config, checkpoint, out)
+  with no_torch():
+    convert.convert(config, checkpoint, out)
   model, state, eval_fn, _ = restored_model(config, out)
   images = varied_images(2, 1)
   rgb, freq = official_inputs(images)

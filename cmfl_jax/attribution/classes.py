@@ -33,6 +33,11 @@ def num_sources(config: Any) -> int:
   return len(classes)
 
 
+def head_classes(config: Any) -> tuple[str, ...]:
+  """The attribution head's classes as the config holds them (empty: no head)."""
+  return tuple(config.attribution.classes) if enabled(config) else ()
+
+
 def source_ids(split: Split, classes: Sequence[str]) -> np.ndarray:
   """int32 [N]: each example's class index; bona fide -> 0, a generator not in
   `classes` -> UNSEEN."""

@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cmfl_jax import stats
 from cmfl_jax.attribution import openset
 from cmfl_jax.attribution.classes import UNSEEN, source_ids
 from cmfl_jax.data.split import Split
+from cmfl_jax.evaluation import stats
 
 
 def collect(per_split: Mapping[str, tuple[Split, np.ndarray]], classes: Sequence[str]

@@ -6,7 +6,7 @@
 The paper's model (configs/default.py: two_stream DenseNet-161 through
 transition2) with random weights (the cost does not depend on them) on
 random uint8 images: seconds per image of the jit-compiled, batched
-`attribution.explain` (compile time apart; median of repeats after a
+`saliency.explain` (compile time apart; median of repeats after a
 warm-up) and the compile time. Needs neither TensorFlow nor data.
 """
 
@@ -19,7 +19,7 @@ import time
 from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["64", "224"], "Image sizes.")
-_METHODS = flags.DEFINE_list("methods", ["ig", "gradcam"], "Methods (attribution.METHODS).")
+_METHODS = flags.DEFINE_list("methods", ["ig", "gradcam"], "Methods (saliency.METHODS).")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Images per call.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Integrated-gradients path points.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats (median).")
@@ -33,7 +33,7 @@ def main(argv) -> None:
 
   from cmfl_jax import models
   from cmfl_jax.bench import timing
-  from cmfl_jax.explanations import attribution
+  from cmfl_jax.explanations import saliency
   import runpy
   config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
                                        "default.py"))["get_config"]()
@@ -42,7 +42,7 @@ def main(argv) -> None:
   for size in map(int, _SIZES.value):
     images = np.random.default_rng(0).integers(0, 256, (_BATCH.value, size, size, 3), np.uint8)
     for method in _METHODS.value:
-      run = attribution.compile_method(model, method, _STEPS.value)
+      run = saliency.compile_method(model, method, _STEPS.value)
       start = time.perf_counter()
       jax.block_until_ready(run(images))
       first = time.perf_counter() - start

@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from cmfl_jax import backend, steps
+from cmfl_jax import backend
 from cmfl_jax.bench.timing import interleaved_times, timed
 from cmfl_jax.data import ops, pipeline, sources
 from cmfl_jax.data.split import Encoded, Files, Split
+from cmfl_jax.training import losses, steps
 
 
 def encoded_split(n: int, size: int, fmt: str = "PNG") -> Split:
@@ -44,8 +45,8 @@ def e2e_speed(config: ml_collections.ConfigDict, num_images: int, repeats: int) 
   split = encoded_split(num_images, size)
   mesh = steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
-  train_fn, _ = steps.compile_steps(programs, config.loss, mesh, state,
-                                    backend.step_compiler_options(programs.model, mesh))
+  train_fn, _ = steps.compile_steps(programs, losses.LossConfig.from_config(config.loss), mesh,
+                                    state, backend.step_compiler_options(programs.model, mesh))
   sharding = steps.batch_sharding(mesh)
   holder = [state]
 

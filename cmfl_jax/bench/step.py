@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cmfl_jax import backend, models, steps
+from cmfl_jax import backend, models
 from cmfl_jax.bench.timing import interleaved_times
+from cmfl_jax.training import losses, steps
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -87,7 +88,8 @@ def step_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
   size, batch_size = config.data.image_size, config.train.batch_size
   mesh = steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh, abstract=True)
-  train_fn, eval_fn = steps.compile_steps(programs, config.loss, mesh, state,
+  train_fn, eval_fn = steps.compile_steps(programs, losses.LossConfig.from_config(config.loss),
+                                          mesh, state,
                                           backend.step_compiler_options(programs.model, mesh))
   batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
@@ -103,7 +105,8 @@ def jax_runner(config: ml_collections.ConfigDict, steps_per_repeat: int) -> Step
   size, batch_size = config.data.image_size, config.train.batch_size
   mesh = steps.make_mesh()
   state, programs = steps.create_train_state(config, mesh)
-  train_fn, eval_fn = steps.compile_steps(programs, config.loss, mesh, state,
+  train_fn, eval_fn = steps.compile_steps(programs, losses.LossConfig.from_config(config.loss),
+                                          mesh, state,
                                           backend.step_compiler_options(programs.model, mesh))
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),

@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from cmfl_jax.data import readers
 from cmfl_jax.data.face_geometry import (alignment_matrix, box_matrix, face_template,
                                          outside_fraction, tight_matrix, warp)
 
@@ -151,8 +152,9 @@ def decode_rgb(data: bytes, max_pixels: int = 64_000_000) -> np.ndarray | NoFace
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
-        if w * h > max_pixels:
-          return NoFace(f"image too large: {w}x{h} > {max_pixels} pixels")
+        too_large = readers.pixel_reason(im, max_pixels)
+        if too_large:
+          return NoFace(f"image {too_large}")
         if w == 0 or h == 0:
           return NoFace("empty image (0 pixels)")
         im.load()

@@ -24,20 +24,30 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax.data import ops
+from cmfl_jax.data import ops, randomize
 from cmfl_jax.data.split import DataError, Encoded, Files, Pixels, Records, Split
 
 
 # ----------------------------------------------------------------------------
 # Epoch order and per-host slicing
 # ----------------------------------------------------------------------------
-def balanced_order(labels: np.ndarray, seed: int, epoch: int, balance: str) -> np.ndarray:
+def balanced_order(labels: np.ndarray, seed: int, epoch: int, balance: str,
+                   made_from: np.ndarray | None = None) -> np.ndarray:
   """Example indices for one training epoch.
 
   balance: "oversample" (minority class re-sampled with replacement up to the
   majority size; nothing is thrown away), "truncate" (the official code: the
   larger class cut to the smaller), or "none".
+
+  `made_from` (`Split.made_from`): every real that fakes were made from
+  comes once, right before one of its fakes (drawn anew each epoch when
+  there are several: reconstructions and inpaintings, or several families),
+  at an even position, so an even batch never splits a pair and an epoch has
+  as many fakes as reals. Examples in no pair are balanced among themselves
+  and follow in (real, fake) couples.
   """
+  if made_from is not None and (made_from >= 0).any():
+    return _paired_order(labels, made_from, seed, epoch, balance)
   rng = np.random.default_rng([seed, epoch])
   by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
   if balance == "none":
@@ -57,8 +67,43 @@ def balanced_order(labels: np.ndarray, seed: int, epoch: int, balance: str) -> n
   return rng.permutation(order)
 
 
+def _paired_order(labels: np.ndarray, made_from: np.ndarray, seed: int, epoch: int,
+                  balance: str) -> np.ndarray:
+  rng = np.random.default_rng([seed, epoch, 2])  # its own stream: pairs are new
+  fakes = np.flatnonzero(made_from >= 0)
+  # One fake per real: shuffle the fakes, keep each real's first.
+  shuffled = fakes[rng.permutation(len(fakes))]
+  reals, first = np.unique(made_from[shuffled], return_index=True)
+  units = [np.stack([reals, shuffled[first]], axis=1)]  # (real, fake)
+  in_pair = np.zeros(len(labels), bool)
+  in_pair[fakes] = in_pair[made_from[fakes]] = True
+  rest = np.flatnonzero(~in_pair)
+  if len(rest):
+    rest_classes = np.unique(labels[rest])
+    if len(rest_classes) == 2:
+      order = rest[balanced_order(labels[rest], seed, epoch, balance)]
+      units.append(order[:len(order) // 2 * 2].reshape(-1, 2))
+    elif balance != "truncate":  # one class left over: each with a random other-class example
+      others = np.flatnonzero(labels != rest_classes[0])
+      units.append(np.stack([rest, rng.choice(others, len(rest))], axis=1))
+  units_all = np.concatenate(units)
+  return units_all[rng.permutation(len(units_all))].reshape(-1)
+
+
+def augmentation_keys(split: Split) -> np.ndarray:
+  """The index each example's random augmentation is seeded by: a fake made
+  from a real takes its real's, so the pair is processed alike."""
+  keys = np.arange(len(split), dtype=np.int64)
+  if split.made_from is not None:
+    keys = np.where(split.made_from >= 0, split.made_from, keys)
+  return keys
+
+
 def steps_per_epoch(split: Split, global_batch: int, balance: str, seed: int) -> int:
-  n = len(balanced_order(split.labels, seed, 0, balance))
+  if split.num_pairs() and (global_batch // jax.process_count()) % 2:
+    raise DataError(f"split {split.name!r} has aligned pairs, which need an even batch per "
+                    f"process; the batch is {global_batch} over {jax.process_count()} processes")
+  n = len(balanced_order(split.labels, seed, 0, balance, split.made_from))
   if n < global_batch:
     raise DataError(f"split {split.name!r} has {n} training examples per epoch, fewer than the "
                     f"global batch size {global_batch}")
@@ -123,20 +168,26 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   """
   ops.parse_condition(condition)  # fail before building the pipeline
   geometry = ops.Geometry.from_config(data_config)
+  processing = randomize.from_config(data_config) if train else None
   reencode_quality = ops.parse_reencode(data_config.reencode) if train else None
   prob = float(data_config.augment_prob)
   ds = tf.data.Dataset.from_tensor_slices({
       "index": indices.astype(np.int64), "mask": mask.astype(np.bool_),
+      "aug_key": augmentation_keys(split)[indices],
       "label": split.labels[indices].astype(np.int32),
       **{k: np.asarray(v)[indices] for k, v in (columns or {}).items()}})
   load = LOADERS[type(split.storage)](split.storage)
 
   def process(ex):
-    seed_pair = tf.stack([tf.constant(seed, tf.int64) * 100003 + epoch, ex["index"]])
+    ex = dict(ex)
+    key = ex.pop("aug_key")
+    seed_pair = tf.stack([tf.constant(seed, tf.int64) * 100003 + epoch, key])
     img = load(ex["index"])
     if reencode_quality is not None:  # before anything else: one storage for all classes
       img = ops.reencode(img, reencode_quality)
     aug_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+    if train and processing is not None:  # both classes, a pair alike
+      img = processing(img, seed_pair)
     if condition != "none":
       img = tf.ensure_shape(ops.postprocess(img, condition, seed_pair), [None, None, 3])
     # Official order: [resize 256] -> blur/JPEG -> [random-resized | centre crop] -> flip.
@@ -165,7 +216,7 @@ def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, 
   iterator to the end: abandoning a tf.data iterator with work in flight
   blocked the loop for 40-60 s at every epoch's end (measured on the main
   job, BENCHMARKS.md "Where the main job's time goes")."""
-  order = balanced_order(split.labels, seed, epoch, data_config.balance)
+  order = balanced_order(split.labels, seed, epoch, data_config.balance, split.made_from)
   n_batches = len(order) // global_batch
   if stop_batch is not None:
     n_batches = min(n_batches, stop_batch)

@@ -15,9 +15,15 @@ import numpy as np
 from PIL import Image
 
 from cmfl_jax.data import file_cache
-from cmfl_jax.data.split import DataError, Files, Split
+from cmfl_jax.data.split import DataError, Files, Split, check_pairs, pair_indices
 
 PROTOCOL_HEADER = ("subject", "filename", "attack_type")
+#: Optional 4th protocol column: the filename of the bona fide image (of the
+#: same CSV) a synthetic one was made from, for aligned training pairs.
+MADE_FROM = "made_from"
+#: Optional file `<root>/<split>/made_from.csv` of the folder layout, columns
+#: `fake,made_from`: paths relative to `<root>/<split>`.
+FOLDER_PAIRS = "made_from.csv"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 #: Formats tf.io.decode_image reads (as named by PIL).
 DECODABLE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "MPO")
@@ -50,16 +56,19 @@ class UnderRoot:
 
 def read_protocol_csv(csv_path: str, data_root: str, name: str | None = None) -> Split:
   """Reads an official-format protocol CSV: header `subject,filename,attack_type`;
-  empty attack_type = bona fide, anything else = attack (its value = generator)."""
+  empty attack_type = bona fide, anything else = attack (its value = generator).
+  An optional 4th column `made_from` names, for a synthetic image, the bona
+  fide image of the same CSV it was made from (an aligned training pair)."""
   if not os.path.isfile(csv_path):
     raise DataError(f"protocol file not found: {csv_path}")
-  paths, labels, gens, subjects = [], [], [], []
+  paths, labels, gens, subjects, made_from = [], [], [], [], []
   resolve = UnderRoot(data_root)
   with open(csv_path, newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header[:3]) != PROTOCOL_HEADER:
       raise DataError(f"{csv_path}:1: header must be {','.join(PROTOCOL_HEADER)}, got {header}")
+    paired = len(header) > 3 and header[3].strip() == MADE_FROM
     for lineno, row in enumerate(reader, start=2):
       if not row or all(not c.strip() for c in row):
         continue
@@ -71,11 +80,16 @@ def read_protocol_csv(csv_path: str, data_root: str, name: str | None = None) ->
       labels.append(0 if attack else 1)
       gens.append(attack or "real")
       subjects.append(row[0].strip())
+      source = row[3].strip() if paired and len(row) > 3 else ""
+      made_from.append(resolve(source, f"{csv_path}:{lineno}") if source else None)
   if not paths:
     raise DataError(f"{csv_path}: no examples")
-  return Split(name or os.path.splitext(os.path.basename(csv_path))[0],
-               np.asarray(labels, np.int32), np.asarray(gens), Files(np.asarray(paths)),
-               subjects=np.asarray(subjects))
+  split = Split(name or os.path.splitext(os.path.basename(csv_path))[0],
+                np.asarray(labels, np.int32), np.asarray(gens), Files(np.asarray(paths)),
+                subjects=np.asarray(subjects),
+                made_from=pair_indices(paths, made_from, csv_path))
+  check_pairs(split)
+  return split
 
 
 def read_image_folder(root: str, split: str) -> Split:
@@ -98,7 +112,36 @@ def read_image_folder(root: str, split: str) -> Split:
           gens.append(gen)
   if not paths:
     raise DataError(f"no images under {split_dir}")
-  return Split(split, np.asarray(labels, np.int32), np.asarray(gens), Files(np.asarray(paths)))
+  out = Split(split, np.asarray(labels, np.int32), np.asarray(gens), Files(np.asarray(paths)),
+              made_from=_folder_pairs(split_dir, paths))
+  check_pairs(out)
+  return out
+
+
+def _folder_pairs(split_dir: str, paths: Sequence[str]) -> np.ndarray | None:
+  """`Split.made_from` from the folder's optional `made_from.csv`."""
+  pairs_csv = os.path.join(split_dir, FOLDER_PAIRS)
+  if not os.path.isfile(pairs_csv):
+    return None
+  resolve = UnderRoot(split_dir)
+  real = {os.path.realpath(p): p for p in paths}
+  source_of: dict[str, str] = {}
+  with open(pairs_csv, newline="") as f:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["fake", MADE_FROM]:
+      raise DataError(f"{pairs_csv}:1: header must be fake,{MADE_FROM}, got {header}")
+    for lineno, row in enumerate(reader, start=2):
+      if not row or all(not c.strip() for c in row):
+        continue
+      if len(row) < 2:
+        raise DataError(f"{pairs_csv}:{lineno}: expected 2 columns (fake,{MADE_FROM}), got {row}")
+      where = f"{pairs_csv}:{lineno}"
+      fake, source = resolve(row[0].strip(), where), resolve(row[1].strip(), where)
+      if fake not in real:
+        raise DataError(f"{where}: {row[0].strip()!r} is not an image of the split")
+      source_of[real[fake]] = real.get(source, source)
+  return pair_indices(list(paths), [source_of.get(p) for p in paths], pairs_csv)
 
 
 def collect_image_paths(inputs: Iterable[str]) -> list[str]:
@@ -113,6 +156,22 @@ def collect_image_paths(inputs: Iterable[str]) -> list[str]:
     else:
       out.append(p)
   return out
+
+
+def pixel_reason(im: Image.Image, max_pixels: int) -> str | None:
+  """Why an opened image (header only) has too many pixels, or None. Frames
+  count: an animation's frames together must fit `max_pixels`, so that no
+  decoder (TF keeps the first frame today, another may not) can be made to
+  hold many large frames from a small file. Counting GIF frames walks their
+  headers; no pixel is decoded."""
+  w, h = im.size
+  frames = int(getattr(im, "n_frames", 1) or 1)
+  if w * h > max_pixels:
+    return f"too large ({w}x{h} > {max_pixels} pixels; decompression bomb?)"
+  if w * h * frames > max_pixels:
+    return (f"too large ({frames} frames of {w}x{h} > {max_pixels} pixels in all; "
+            "send one frame)")
+  return None
 
 
 def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: bool) -> str | None:
@@ -133,8 +192,9 @@ def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: boo
       if im.format not in DECODABLE_FORMATS:
         return f"unsupported image format {im.format}"
       w, h = im.size
-      if w * h > max_pixels:
-        return f"too large ({w}x{h} > {max_pixels} pixels; decompression bomb?)"
+      too_large = pixel_reason(im, max_pixels)
+      if too_large:
+        return too_large
       if min(w, h) < min_side:
         return f"too small ({w}x{h}; min side {min_side})"
       if full_decode:
@@ -145,7 +205,7 @@ def check_image_file(path: str, min_side: int, max_pixels: int, full_decode: boo
 
 
 #: The cache table of `check_image_files`; bump the version when a verdict's meaning changes.
-CHECK_TABLE, CHECK_VERSION = "checks", 1
+CHECK_TABLE, CHECK_VERSION = "checks", 2  # 2: frames counted
 
 
 def _verdict_key(full_decode: bool, min_side: int, max_pixels: int) -> str:

@@ -80,9 +80,21 @@ def _tfds(data: Any) -> Callable[[str], Split]:
 
 def _synthetic(data: Any) -> Callable[[str], Split]:
   from cmfl_jax.data import tfds_faces
-  from cmfl_jax.data.synthetic import builder
+  from cmfl_jax.data.synthetic import builder, holdout, sampler
   prepared = builder.prepare(data.synthetic_config, data.tfds_data_dir)
-  return lambda name: tfds_faces.split_from_builder(prepared, name)
+  camera = int(data.get("holdout_camera", -1))
+  roles = {data.train_split: "others", data.val_split: "held_out"}
+
+  def read(name: str) -> Split:
+    split = tfds_faces.split_from_builder(prepared, name, sampler.made_from)
+    if camera < 0 or name not in roles:
+      return split
+    cfg = prepared.builder_config
+    cameras = holdout.camera_ids(tfds_faces.filenames(prepared, name), split.made_from,
+                                 cfg.size, cfg.seed)
+    return holdout.leave_camera_out(split, cameras, camera, roles[name])
+
+  return read
 
 
 SOURCES: dict[str, Callable[[Any], Callable[[str], Split]]] = {
@@ -148,9 +160,8 @@ def align_split(split: Split, data: Any) -> tuple[Split, list[dict]]:
   keep = np.asarray([bool(o) for o in outputs])
   skipped = [{"split": split.name, "path": str(p), "reason": f"no face: {records[p]['reason']}"}
              for p, k in zip(split.paths, keep) if not k]
-  aligned = Split(split.name, split.labels[keep], split.generators[keep],
-                  Files(np.asarray([o[0] for o, k in zip(outputs, keep) if k])),
-                  None if split.subjects is None else split.subjects[keep])
+  aligned = dataclasses.replace(
+      split.select(keep), storage=Files(np.asarray([o[0] for o, k in zip(outputs, keep) if k])))
   return aligned, skipped
 
 

@@ -14,7 +14,7 @@ usable with `tfds.load("cmfl_faces", ...)` or `--config.data.source=tfds`.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -22,7 +22,7 @@ from absl import logging
 from PIL import Image
 
 from cmfl_jax.data import readers
-from cmfl_jax.data.split import DataError, Encoded, Records, Split
+from cmfl_jax.data.split import DataError, Encoded, Records, Split, pair_indices
 
 _INSTRUCTIONS = """\
 Place the images in the manual directory in one of two layouts:
@@ -102,16 +102,22 @@ def load_split(data_config: Any, split_name: str) -> Split:
   return split_from_builder(builder, split_name)
 
 
-def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str) -> Split:
+def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str,
+                       made_from: Callable[[str], str | None] | None = None) -> Split:
   """A (possibly combined, "a+b") split as a random-access `Split`.
+
+  `made_from`: stored filename -> the filename of the real it was made from
+  (the benchmark's aligned fakes); a fake whose real is not in the split
+  stays unpaired.
 
   ArrayRecord (recommended): records are read on demand by index. TFRecord
   (what plain `tfds.load` reads): the encoded images are held in host memory.
   """
   for part in split_name.split("+"):
-    if part.strip() not in builder.info.splits:
+    base = part.strip().split("[")[0]  # "name[:50%]": TFDS's slicing
+    if base not in builder.info.splits:
       raise DataError(
-          f"TFDS {builder.name}: no split {part.strip()!r}; have {sorted(builder.info.splits)}")
+          f"TFDS {builder.name}: no split {base!r}; have {sorted(builder.info.splits)}")
   skip = {"image": tfds.decode.SkipDecoding()}
   if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     meta = builder.as_data_source(split=split_name, decoders=skip)
@@ -123,7 +129,17 @@ def split_from_builder(builder: tfds.core.DatasetBuilder, split_name: str) -> Sp
     storage = Encoded(np.asarray([r["image"] for r in records], dtype=object))
   labels = np.asarray([int(r["label"]) for r in records], np.int32)
   gens = np.asarray([_text(r["generator"]) for r in records])
-  return Split(split_name, labels, gens, storage)
+  pairs = None
+  if made_from is not None:
+    names = [_text(r["filename"]) for r in records]
+    pairs = pair_indices(names, [made_from(n) for n in names], split_name, strict=False)
+  return Split(split_name, labels, gens, storage, made_from=pairs)
+
+
+def filenames(builder: tfds.core.DatasetBuilder, split_name: str) -> list[str]:
+  """The stored filenames of a (possibly combined) split, in its order."""
+  meta = builder.as_data_source(split=split_name, decoders={"image": tfds.decode.SkipDecoding()})
+  return [_text(meta[i]["filename"]) for i in range(len(meta))]
 
 
 def _text(value: Any) -> str:

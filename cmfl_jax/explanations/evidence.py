@@ -6,7 +6,7 @@ which frequencies, the model found evidence for "synthetic" (> 0) or for
   decision (Selvaraju et al. 2017's weights times the last features, upsampled
   bilinearly), so both directions show;
 * frequencies: gradient x (spectrum - its isotropic trend) on the frequency
-  stream's input (`attribution.power_law`, the integrated-gradients baseline,
+  stream's input (`saliency.power_law`, the integrated-gradients baseline,
   taken at one point), per bin of the fftshifted grid;
 * `pattern`: what the most weighted frequencies draw in the image itself
   (the image's own Fourier coefficients at those bins, inverse-transformed),
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmfl_jax.explanations import attribution, radial, streams
+from cmfl_jax.explanations import radial, saliency, streams
 from cmfl_jax.models import spectrum
 
 
@@ -48,7 +48,7 @@ def maps(model: streams.Model, images: jax.Array, head: str = "joint") -> dict[s
     out["pixels"] = jax.image.resize(cam, (b, h, w), "bilinear")
   if "freq" in names:
     s = inputs["freq"]
-    out["frequencies"] = jnp.sum(grads["freq"] * (s - attribution.power_law(s)), axis=-1)
+    out["frequencies"] = jnp.sum(grads["freq"] * (s - saliency.power_law(s)), axis=-1)
   return out
 
 

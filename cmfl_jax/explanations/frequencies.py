@@ -1,6 +1,6 @@
 """Which frequencies the model uses, per evaluated split: the mean
 frequency attribution (integrated gradients over the frequency stream's
-input, `attribution`) beside the mean spectrum difference between bona fide
+input, `saliency`) beside the mean spectrum difference between bona fide
 and the split's generator family. One picture and a few numbers per split
 for the evaluation report (`config.eval.explain_frequencies`).
 
@@ -19,10 +19,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from cmfl_jax import steps
 from cmfl_jax.data import pipeline
 from cmfl_jax.data.split import Split
-from cmfl_jax.explanations import attribution, pictures, radial, streams
+from cmfl_jax.explanations import pictures, radial, saliency, streams
+from cmfl_jax.training import steps
 
 PICTURE = "frequencies.png"
 MAPS = "frequencies.npz"
@@ -52,7 +52,7 @@ def summarise(model: streams.Model, splits: Mapping[str, Split], data_config: An
   if "freq" not in streams.stream_names(model):
     return {"skipped": "the model has no frequency stream"}
   from scipy import stats as scipy_stats
-  run = attribution.compile_method(model, "ig", ig_steps)
+  run = saliency.compile_method(model, "ig", ig_steps)
   centres = 0.5 * (radial.ring_edges()[1:] + radial.ring_edges()[:-1])
   out, maps = {"method": "ig", "ig_steps": ig_steps, "rings": centres.tolist(), "splits": {}}, {}
   for name, split in splits.items():

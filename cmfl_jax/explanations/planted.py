@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 
 from cmfl_jax import models
-from cmfl_jax.explanations import attribution, radial
+from cmfl_jax.explanations import radial, saliency
 
 PATCH = 6
 ARTEFACT_FREQ = (0, 8)   # cycles per 32 pixels along (y, x): vertical stripes, period 4 px
@@ -173,9 +173,9 @@ def compare_methods(n_test: int = 96, steps: int = 300, seed: int = 0) -> dict[s
   for name, m in (("trained", model), ("random", random_model)):
     decision = signs if name == "trained" else np.where(
         np.asarray(m(test["images"][attacks])["joint"]) >= 0, 1.0, -1.0)
-    for method in attribution.METHODS:
+    for method in saliency.METHODS:
       maps = {k: np.asarray(v) for k, v in
-              attribution.compile_method(m, method)(test["images"][attacks]).items()}
+              saliency.compile_method(m, method)(test["images"][attacks]).items()}
       # Grad-CAM is already the (ReLU'd) evidence for the decision: |map| only.
       for kind, sg in (("abs", None),) + ((("signed", decision),) if method != "gradcam" else ()):
         out[f"{name}/{method}/hits_{kind}"] = int(pointing_hits(maps["rgb"], boxes, sg).sum())
@@ -193,7 +193,7 @@ def save_workdir(model: Any, workdir: str, seed: int = 0) -> None:
   import math
   import os
   import runpy
-  from cmfl_jax import checkpointing, steps as steps_lib
+  from cmfl_jax.training import checkpointing, steps as steps_lib
   config = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
                                        "smoke.py"))["get_config"]()
   config.model.update(tiny_model_config())

@@ -29,7 +29,7 @@ from flax import nnx
 from scipy import stats as scipy_stats
 
 from cmfl_jax import models
-from cmfl_jax.explanations import attribution, radial, streams
+from cmfl_jax.explanations import radial, saliency, streams
 from cmfl_jax.models import spectrum
 
 #: Fractions of the pixels (or spectrum bins) removed along a deletion curve.
@@ -104,7 +104,7 @@ def deletion(model: streams.Model, images: np.ndarray, maps: dict[str, np.ndarra
   inputs = {s: np.asarray(v) for s, v in streams.stream_inputs(model, x).items()}
   sign = np.sign(np.asarray(programs["inputs"](inputs)))[:, None]
   sign[sign == 0] = 1
-  baseline = np.asarray(attribution.blurred(jnp.asarray(x)))
+  baseline = np.asarray(saliency.blurred(jnp.asarray(x)))
   edits = {"rgb": ("pixels", x, baseline), "freq": ("inputs", inputs.get("freq"), 0.0)}
   out = {}
   for key, (program, original, replacement) in edits.items():

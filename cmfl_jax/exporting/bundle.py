@@ -68,6 +68,8 @@ def export_model(workdir: str, output: str, which: str = "best", calibration: st
   staging.check_target(output, overwrite)
   chosen = calibrations.read(workdir, calibration) if calibration else None
   restored = serving_fn.restore(workdir, which)
+  if chosen:  # the framing and --align are the user's at use: checked there
+    calibrations.check_binding(chosen, restored)
   constants = serving_fn.Constants.of(restored.meta, chosen, restored.model.num_sources)
   serve = serving_fn.serving_function(restored, constants)
   names = serving_fn.output_names(restored.model, constants)

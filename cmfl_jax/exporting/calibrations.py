@@ -5,28 +5,30 @@ the model card."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from cmfl_jax.exporting.errors import ExportError
-from cmfl_jax.verdicts import store
+from cmfl_jax.verdicts import binding, store
 
 
 def read(workdir: str, name: str) -> dict[str, Any]:
-  """The calibration `name` of `workdir`, validated: {"name", "path",
-  "threshold", "record"}; an unknown name or a bad file raises ExportError."""
-  available = store.names(workdir)
-  if name not in available:
-    listed = ", ".join(available) or "none"
-    raise ExportError(f"unknown calibration {name!r} in {workdir}; available: {listed}")
+  """The calibration `name` of `workdir`, read and checked by the one reader
+  (`verdicts.store.load`): {"name", "path", "threshold", "record"}; an
+  unknown name or a bad file raises ExportError."""
   try:
     record = store.load(workdir, name)
   except store.CalibrationError as e:
     raise ExportError(str(e).splitlines()[0]) from None
-  path = store.path(workdir, name)
-  threshold = record["threshold"]
-  if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-      or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0):
-    raise ExportError(f"calibration {path} has no valid 'threshold' (a P(real) in [0, 1]), "
-                      f"got {threshold!r}")
-  return {"name": name, "path": path, "threshold": float(threshold), "record": record}
+  return {"name": name, "path": store.path(workdir, name), "threshold": float(record["threshold"]),
+          "record": record}
+
+
+def check_binding(chosen: dict[str, Any], restored) -> None:
+  """ExportError unless `chosen` (`read`) was fitted on the restored
+  checkpoint's weights, input size and decoding (`verdicts.binding`)."""
+  current = binding.fitted_on(restored.meta, f"{restored.kind}_{restored.step}",
+                              restored.config.data.image_size, None, None)
+  try:
+    binding.check(chosen["record"], current, chosen["name"])
+  except store.CalibrationError as e:
+    raise ExportError(str(e)) from None

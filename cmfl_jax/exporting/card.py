@@ -135,8 +135,10 @@ def build(workdir: str, restored: serving_fn.Restored, constants: serving_fn.Con
       "thresholds": {"dev": constants.dev_threshold,
                      "dev_stored": restored.meta.get("dev_threshold") is not None,
                      "calibration": constants.calibration_threshold},
-      "calibration": {"platt": restored.meta.get("calibration"),
-                      "chosen": None if calibration is None else {
+      # The dev-set Platt scaling of p_real (p_real_platt), and the named
+      # calibration (python -m cmfl_jax.calibrate) whose threshold decides.
+      "platt_scaling": restored.meta.get("calibration"),
+      "calibration": {"chosen": None if calibration is None else {
                           k: calibration[k] for k in ("name", "threshold", "record")}},
       # The dev-fitted unsure band of the checkpoint (`verdicts.selective`);
       # a chosen calibration's own band is in its record.
@@ -170,12 +172,12 @@ def markdown(card: dict[str, Any]) -> str:
   lines += [f"- {k}: {v}" for k, v in inp.items()]
   lines += ["", "## Outputs", ""]
   lines += [f"- `{k}`: {v}" for k, v in card["outputs"].items()]
-  th, cal = card["thresholds"], card["calibration"]
+  th, cal, platt = card["thresholds"], card["calibration"], card.get("platt_scaling")
   lines += ["", "## Thresholds and calibration", "",
             f"- dev threshold (EER on the dev set): {_fmt(th['dev'])}"
             + ("" if th["dev_stored"] else " (none stored: 0.5)"),
-            f"- Platt calibration (dev set): {cal['platt'] or 'none (p_real_calibrated = p_real)'}",
-            f"- chosen calibration: " + (f"{cal['chosen']['name']}, threshold "
+            f"- Platt scaling (dev set): {platt or 'none (p_real_platt = p_real)'}",
+            "- calibration (threshold with a false-alarm guarantee): " + (f"{cal['chosen']['name']}, threshold "
                                          f"{_fmt(cal['chosen']['threshold'])}"
                                          if cal["chosen"] else "none"),
             ""] + _attribution_markdown(card.get("attribution")) + ["## Evaluation", ""]

@@ -23,9 +23,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cmfl_jax import checkpointing, models, steps
+from cmfl_jax import models
 from cmfl_jax.attribution import openset
 from cmfl_jax.exporting.errors import ExportError
+from cmfl_jax.training import checkpointing, steps
 
 #: Head of the model -> output name.
 HEAD_OUTPUTS = {"joint": "p_real", "rgb": "p_real_rgb", "freq": "p_real_freq"}
@@ -34,8 +35,8 @@ OUTPUTS = {
     "p_real": "P(real) of the joint head (the score of predict and evaluate)",
     "p_real_rgb": "P(real) of the RGB head (two_stream only)",
     "p_real_freq": "P(real) of the spectrum head (two_stream only)",
-    "p_real_calibrated": "p_real after the Platt calibration fitted on the dev set "
-                         "(same ranking; equals p_real when the checkpoint has none)",
+    "p_real_platt": "p_real after the Platt scaling fitted on the dev set "
+                    "(same ranking; equals p_real when the checkpoint has none)",
     "threshold_dev": "verdict threshold on p_real: the dev-set EER threshold (0.5 where the "
                      "checkpoint has none); repeated per image",
     "threshold_calibration": "verdict threshold on p_real of the chosen --calibration; "
@@ -125,7 +126,7 @@ def _attribution(meta: dict, num_sources: int) -> dict | None:
 def output_names(model: models.ModelConfig, constants: Constants) -> list[str]:
   """The artifact's outputs, in the order the card lists them."""
   names = ["p_real", *(["p_real_rgb", "p_real_freq"] if model.arch == "two_stream" else []),
-           "p_real_calibrated", "threshold_dev"]
+           "p_real_platt", "threshold_dev"]
   names += ["threshold_calibration"] if constants.calibration_threshold is not None else []
   return names + (list(ATTRIBUTION_OUTPUTS) if constants.attribution else [])
 
@@ -149,7 +150,7 @@ def serving_function(restored: Restored, constants: Constants
        out[openset.PROBS]) = openset.decide_jax(outputs[models.SOURCE].astype(jnp.float32),
                                                 constants.attribution)
     p = jnp.clip(out["p_real"], _P_CLIP, 1 - _P_CLIP)  # as predict: logit of the clipped P
-    out["p_real_calibrated"] = jax.nn.sigmoid(a * (jnp.log(p) - jnp.log1p(-p)) + b)
+    out["p_real_platt"] = jax.nn.sigmoid(a * (jnp.log(p) - jnp.log1p(-p)) + b)
     ones = jnp.ones_like(out["p_real"])
     out["threshold_dev"] = ones * constants.dev_threshold
     if constants.calibration_threshold is not None:
@@ -159,6 +160,16 @@ def serving_function(restored: Restored, constants: Constants
   return serve
 
 
-def probe_images(size: int, count: int = 2, seed: int = 0) -> np.ndarray:
-  """Random uint8 images for the self-check of a written artifact."""
-  return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+def probe_images(size: int, seed: int = 0) -> np.ndarray:
+  """Images for the self-check of a written artifact, unlike each other so
+  that the scores and the integer generator decision vary across them:
+  white noise, smooth noise (upsampled), flat colours, a gradient and a
+  checkerboard, 8 in all."""
+  rng = np.random.default_rng(seed)
+  noise = rng.integers(0, 256, (2, size, size, 3))
+  coarse = rng.integers(0, 256, (2, 4, 4, 3)).repeat(-(-size // 4), 1).repeat(-(-size // 4), 2)
+  flat = np.stack([np.full((size, size, 3), v) for v in ((20, 20, 20), (200, 170, 150))])
+  ramp = np.broadcast_to(np.linspace(0, 255, size)[None, :, None], (size, size, 3))
+  board = ((np.indices((size, size)).sum(0) % 2) * 255)[..., None].repeat(3, -1)
+  return np.concatenate([noise, coarse[:, :size, :size], flat, ramp[None], board[None]]
+                        ).astype(np.uint8)

@@ -43,10 +43,22 @@ def _order_key(values: jax.Array) -> jax.Array:
   return bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))
 
 
+@jax.custom_jvp
 def _sorted_values(values: jax.Array) -> jax.Array:
-  """`jnp.sort(values, axis=-1)` for finite float32, via the integer keys."""
+  """`jnp.sort(values, axis=-1)` for finite float32, via the integer keys,
+  with the gradient of a sort (the integer keys carry none: without the rule
+  the percentiles would be constants to a gradient, and explanations through
+  the spectrum would miss their part)."""
   keys = jnp.sort(_order_key(values), axis=-1, stable=False)
   return jax.lax.bitcast_convert_type(_order_key(keys), jnp.float32)
+
+
+@_sorted_values.defjvp
+def _sorted_values_jvp(primals, tangents):
+  (values,), (tangent,) = primals, tangents
+  order = jnp.argsort(values, axis=-1)  # only when differentiating
+  return (jnp.take_along_axis(values, order, axis=-1),
+          jnp.take_along_axis(tangent, order, axis=-1))
 
 
 def _percentile_linear(values: jax.Array, q: float) -> jax.Array:

@@ -4,6 +4,13 @@ server keeps serving after it; one log line per request (`AccessLog`).
 
 Clients send image bytes; no route takes or opens a file-system path (the
 page's three files are read from the package once, at start-up).
+
+What a client can hold, and for how long (see docs/security.md): a body is
+read under a deadline (`body_timeout`, 408 past it) by at most `max_readers`
+requests at once, whose received bytes together stay under `max_buffered`;
+a scoring slot (`max_pending`) is taken only once the body is in, so slow
+uploads cannot starve the scoring; decoding holds pixels from a budget
+(`limits.PixelBudget`), not one thread's worth each.
 """
 
 from __future__ import annotations
@@ -31,24 +38,45 @@ STATIC = {"/": ("index.html", "text/html"), "/static/app.js": ("app.js", "text/j
           "/static/style.css": ("style.css", "text/css")}
 
 
+#: Multipart parts other than `image` (a form's filename field, say): their
+#: bytes each, and how many parts a body may have.
+OTHER_PART_BYTES, MAX_PARTS = 64 * 1024, 16
+CHUNK = 64 * 1024
+
+
 @dataclasses.dataclass
 class State:
-  """What the routes share: the model (None while loading) and its batcher."""
+  """What the routes share: the model (None while loading), its batcher, and
+  the bounds on what clients hold (module docstring). `decode_pixels`: the
+  pixel budget of decoding (None: twice the largest image allowed)."""
 
   limits: limits_lib.Limits
   max_pending: int = 64
   max_wait: float = 0.005
+  body_timeout: float = 30.0
+  max_readers: int = 1024
+  max_buffered: int = 512 * 2**20
+  decode_pixels: int | None = None
+  result_timeout: float = 60.0
   model: Any = None  # model.ScoringModel once compiled
   batcher: batcher_lib.Batcher | None = None
+  readers: int = 0   # bodies being received now
+  buffered: int = 0  # their bytes, and those of bodies not yet answered
+  decode_budget: limits_lib.PixelBudget | None = None
   decode_pool: concurrent.futures.ThreadPoolExecutor = dataclasses.field(
       default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
           max(2, os.cpu_count() or 1), thread_name_prefix="decode"))
 
+  def __post_init__(self):
+    self.max_buffered = max(self.max_buffered, self.limits.max_bytes)
+
   def ready(self, model) -> None:
     """Starts batching for `model` (in the event loop's thread)."""
     self.limits = model.limits
+    self.decode_budget = limits_lib.PixelBudget(self.decode_pixels
+                                                or 2 * self.limits.max_pixels)
     self.batcher = batcher_lib.Batcher(model.run, model.batch_size, self.max_wait,
-                                       self.max_pending)
+                                       self.max_pending, self.result_timeout)
     self.batcher.start()
     self.model = model
 
@@ -76,6 +104,8 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     return error(e.status, e.reason)
   except batcher_lib.Busy as e:
     return error(503, str(e), {"Retry-After": str(e.retry_after)})
+  except batcher_lib.TimedOut as e:
+    return error(503, f"scoring timed out ({e})", {"Retry-After": "5"})
   except Exception as e:  # noqa: BLE001 - one bad request never takes the server down
     log.exception("internal error on %s %s", request.method, request.path)
     return error(500, f"internal error ({type(e).__name__})")
@@ -90,32 +120,80 @@ class AccessLog(AbstractAccessLogger):
                      request.get(NOTE, ""))
 
 
-async def _body(request: web.Request, max_bytes: int) -> bytes:
-  """The image: the raw body, or the multipart field `image`; 413 past `max_bytes`."""
-  if request.content_length is not None and request.content_length > max_bytes:
-    raise limits_lib.Rejected(413, f"body too large ({request.content_length} bytes > "
-                              f"{max_bytes})")
+class _Held:
+  """The bytes one request has received, counted in `State.buffered` until
+  it is answered; 503 when the total would pass `max_buffered`."""
+
+  def __init__(self, state: State):
+    self.state, self.bytes = state, 0
+
+  def add(self, n: int) -> None:
+    if self.state.buffered + n > self.state.max_buffered:
+      raise batcher_lib.Busy(1)
+    self.state.buffered += n
+    self.bytes += n
+
+  def release(self) -> None:
+    self.state.buffered -= self.bytes
+    self.bytes = 0
+
+
+async def _chunks(stream, limit: int, held: _Held, what: str) -> bytes:
+  data = bytearray()
+  while chunk := await stream(CHUNK):
+    if len(data) + len(chunk) > limit:
+      raise limits_lib.Rejected(413, f"{what} larger than {limit} bytes")
+    held.add(len(chunk))
+    data += chunk
+  return bytes(data)
+
+
+async def _read_image(request: web.Request, max_bytes: int, held: _Held) -> bytes:
+  """The raw body, or the multipart field `image` (other parts bounded)."""
   if not request.content_type.startswith("multipart/"):
-    return await request.read()  # the app's client_max_size bounds it (413)
+    return await _chunks(request.content.read, max_bytes, held, "body")
   reader = await request.multipart()
-  async for part in reader:
-    if part.name != "image":
-      continue
-    data = bytearray()
-    while chunk := await part.read_chunk():
-      data += chunk
-      if len(data) > max_bytes:
-        raise limits_lib.Rejected(413, f"image field larger than {max_bytes} bytes")
-    return bytes(data)
+  for _ in range(MAX_PARTS):
+    part = await reader.next()
+    if part is None:
+      break
+    if part.name == "image":
+      return await _chunks(part.read_chunk, max_bytes, held, "image field")
+    await _chunks(part.read_chunk, OTHER_PART_BYTES, held, f"multipart field {part.name!r}")
+  else:
+    raise limits_lib.Rejected(400, f"multipart body with more than {MAX_PARTS} parts")
   raise limits_lib.Rejected(400, "multipart body without an 'image' field")
 
 
-def _prepare(model, data: bytes) -> tuple[np.ndarray, list[dict] | None]:
-  """Checked and decoded model inputs (one, or one per face with --align)."""
-  limits_lib.check_image_bytes(data, model.limits)
-  if model.faces is None:
-    return model.decode(data)[None], None
-  found = model.faces(data)
+async def _body(request: web.Request, state: State, held: _Held) -> bytes:
+  """The image bytes, read under the deadline and the readers' bounds; 413
+  past `max_bytes`, 408 past `body_timeout`, 503 past `max_readers`."""
+  max_bytes = state.limits.max_bytes
+  if request.content_length is not None and request.content_length > max_bytes:
+    raise limits_lib.Rejected(413, f"body too large ({request.content_length} bytes > "
+                              f"{max_bytes})")
+  if state.readers >= state.max_readers:
+    raise batcher_lib.Busy(1)
+  state.readers += 1
+  try:
+    async with asyncio.timeout(state.body_timeout):
+      return await _read_image(request, max_bytes, held)
+  except TimeoutError:
+    raise limits_lib.Rejected(408, f"request body not received within "
+                              f"{state.body_timeout:g} s") from None
+  finally:
+    state.readers -= 1
+
+
+def _prepare(model, data: bytes, budget: limits_lib.PixelBudget
+             ) -> tuple[np.ndarray, list[dict] | None]:
+  """Checked and decoded model inputs (one, or one per face with --align),
+  decoded while holding the image's pixels from `budget`."""
+  pixels = limits_lib.check_image_bytes(data, model.limits)
+  with budget.hold(pixels):
+    if model.faces is None:
+      return model.decode(data)[None], None
+    found = model.faces(data)
   if not found:
     raise limits_lib.Rejected(422, "no face found (the server runs with --align)")
   return np.stack([f.pop("image") for f in found]), found
@@ -126,15 +204,22 @@ async def score(request: web.Request) -> web.Response:
   model = state.model
   if model is None:
     return error(503, "model loading", {"Retry-After": "5"})
+  if state.batcher.pending >= state.max_pending:  # busy: do not read what cannot be scored
+    raise batcher_lib.Busy(max(1, round(state.max_wait + 1)))
   loop = asyncio.get_running_loop()
-  with state.batcher.admit():
-    data = await _body(request, state.limits.max_bytes)
-    images, faces = await loop.run_in_executor(state.decode_pool, _prepare, model, data)
-    batch = await loop.run_in_executor(state.decode_pool, model.variants, images)
-    scored = model.combine(await state.batcher.score(batch))
-    if model.maps is not None and request.query.get("explain") == "1":
-      for entry, maps in zip(scored, await state.batcher.call(model.maps, images)):
-        entry["explanation"] = maps
+  held = _Held(state)
+  try:
+    data = await _body(request, state, held)
+    with state.batcher.admit():  # a slot only once the body is in
+      images, faces = await loop.run_in_executor(state.decode_pool, _prepare, model, data,
+                                                 state.decode_budget)
+      batch = await loop.run_in_executor(state.decode_pool, model.variants, images)
+      scored = model.combine(await state.batcher.score(batch))
+      if model.maps is not None and request.query.get("explain") == "1":
+        for entry, maps in zip(scored, await state.batcher.call(model.maps, images)):
+          entry["explanation"] = maps
+  finally:
+    held.release()
   if faces:
     answers = [{**model.answer(r, face.pop("unsupported", None)), **face}
                for face, r in zip(faces, scored)]
@@ -151,7 +236,8 @@ async def healthz(request: web.Request) -> web.Response:
   state = request.app[STATE]
   if state.model is None:
     return error(503, "model loading", {"Retry-After": "5"})
-  return web.json_response({"status": "ok", "pending": state.batcher.pending})
+  return web.json_response({"status": "ok", "pending": state.batcher.pending,
+                            "reading": state.readers})
 
 
 async def describe(request: web.Request) -> web.Response:

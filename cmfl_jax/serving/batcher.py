@@ -5,9 +5,13 @@ most `max_wait` seconds for more (up to `batch_size`; not at all when no other
 request is in flight), and runs the batch in
 a thread of its own, so the event loop keeps accepting and answering while
 the model works. The scorer pads each batch to the smallest of a few
-compiled sizes that holds it (`predict.batch_shapes`), so a lone request
-waits for one image's forward pass and a busy queue fills the largest. Admission is bounded: `admit` refuses once
-`max_pending` requests are in flight, and the caller answers 503.
+compiled sizes that holds it (`scoring.model.batch_shapes`), so a lone
+request waits for one image's forward pass and a busy queue fills the
+largest. Admission is bounded: `admit` refuses once `max_pending` requests
+are in flight, and the caller answers 503. A request waits at most
+`timeout` seconds for its results (`TimedOut`), and a batch whose scorer
+returns the wrong number of results fails all its requests, so no request
+can hold its slot forever.
 """
 
 from __future__ import annotations
@@ -29,12 +33,17 @@ class Busy(Exception):
     self.retry_after = retry_after
 
 
+class TimedOut(Exception):
+  """A request's results did not come within the batcher's timeout."""
+
+
 class Batcher:
   """`score(images) -> list of results` batched; see the module docstring."""
 
   def __init__(self, run: Callable[[np.ndarray], list[Any]], batch_size: int,
-               max_wait: float = 0.005, max_pending: int = 256):
+               max_wait: float = 0.005, max_pending: int = 256, timeout: float = 60.0):
     self._run = run
+    self.timeout = timeout
     self.batch_size = batch_size
     self.max_wait = max_wait
     self.max_pending = max_pending
@@ -73,7 +82,10 @@ class Batcher:
     futures = [loop.create_future() for _ in images]
     for image, future in zip(images, futures):
       self._queue.put_nowait((image, future))  # bounded by admit(): max_pending x faces
-    return list(await asyncio.gather(*futures))
+    try:
+      return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout))
+    except asyncio.TimeoutError:
+      raise TimedOut(f"no result within {self.timeout:g} s") from None
 
   async def call(self, fn: Callable[..., Any], *args) -> Any:
     """`fn(*args)` in the model's thread (e.g. explanations), between batches."""
@@ -110,7 +122,13 @@ class Batcher:
           if not future.done():
             future.set_exception(e)
         continue
+      if len(results) != len(batch):  # each request's own result, or none gets one
+        error = RuntimeError(f"the scorer returned {len(results)} results for {len(batch)} images")
+        for _, future in batch:
+          if not future.done():
+            future.set_exception(error)
+        continue
       self.batches = self.batches[-999:] + [len(batch)]
-      for (_, future), result in zip(batch, results):
+      for i, (_, future) in enumerate(batch):
         if not future.done():
-          future.set_result(result)
+          future.set_result(results[i])

@@ -70,14 +70,14 @@ def explain_one(image: np.ndarray, found: dict[str, np.ndarray]) -> dict[str, An
 
 def explainer(restored, shapes: tuple[int, ...]) -> Callable[[np.ndarray], list[dict[str, Any]]]:
   """uint8 images -> the page's explanation of each (`explain_one`) from a
-  checkpoint already restored by `predict.load_model`, compiled for the
+  checkpoint already restored by `scoring.model.load_model`, compiled for the
   batch `shapes` on its first call."""
   import jax
   from flax import nnx
-  from cmfl_jax import predict
-  from cmfl_jax.explanations import evidence, runner
-  loaded = runner.from_state(restored.config, restored.state, restored.mesh,
-                             int(restored.meta["step"]))
+  from cmfl_jax.explanations import evidence
+  from cmfl_jax.scoring import explain_files, model as scoring_model
+  loaded = explain_files.from_state(restored.config, restored.state, restored.mesh,
+                                    int(restored.meta["step"]))
   graphdef, state = nnx.split(loaded.model)
   compiled = jax.jit(lambda state, images: evidence.maps(nnx.merge(graphdef, state), images))
 
@@ -88,8 +88,8 @@ def explainer(restored, shapes: tuple[int, ...]) -> Callable[[np.ndarray], list[
 
   def run(images: np.ndarray) -> list[dict[str, Any]]:
     if not compiled_for:
-      compiled_for.append(predict.padded_batches(call, shapes,
-                                                 int(loaded.config.data.image_size)))
+      compiled_for.append(scoring_model.padded_batches(call, shapes,
+                                                       int(loaded.config.data.image_size)))
     found = compiled_for[0](images)
     return [explain_one(images[i], {k: v[i] for k, v in found.items()})
             for i in range(len(images))]

@@ -33,7 +33,7 @@ class ScoringModel:
   score: Callable[[np.ndarray], dict[str, np.ndarray]]  # <= batch_size images -> heads
   decode: Callable[[bytes], np.ndarray]                  # checked bytes -> model input
   policy: verdict_lib.Policy
-  calibration: dict | None                               # Platt (a, b) on the logit, or None
+  platt: dict | None                                     # Platt (a, b) on the logit, or None
   description: dict[str, Any]
   limits: limits_lib.Limits
   faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
@@ -77,18 +77,18 @@ class ScoringModel:
     """The JSON answer for one scored image (`run`): predict's verdict rule
     (too small, stability, band, threshold), the one probability to read
     and the reason in plain words."""
-    from cmfl_jax import evaluate, stats
+    from cmfl_jax.evaluation import evaluate, stats
     from cmfl_jax.verdicts import stability as stability_lib
     out = {k: v for k, v in scored.items() if k != "under"}
     out["stability"] = dict(scored.get("under", {}))
     p = out["p_real"]
-    out["p_real_calibrated"] = (float(stats.apply_calibration(
-        self.calibration, evaluate.logits_of(np.asarray([p])))[0]) if self.calibration else None)
+    out["p_real_platt"] = (float(stats.apply_calibration(
+        self.platt, evaluate.logits_of(np.asarray([p])))[0]) if self.platt else None)
     unstable = stability_lib.unstable(p, scored.get("under", {}), self.policy.threshold)
     verdict, reason = self.policy.decide(out, unstable, unsupported)
     out.update(verdict=verdict, reason=reason, meaning=verdict_lib.MEANING[verdict],
                threshold=self.policy.threshold, threshold_source=self.policy.source,
-               probability=verdict_lib.probability(p, self.policy, self.calibration),
+               probability=verdict_lib.probability(p, self.policy, self.platt),
                **verdict_lib.plain(verdict, reason))
     return out
 
@@ -98,11 +98,11 @@ class ScoringModel:
 
 
 def _scored(heads: dict[str, np.ndarray], classes: tuple[str, ...]) -> list[dict[str, Any]]:
-  from cmfl_jax import predict
   from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring.model import p_real_heads
   n = len(heads["joint"])
   named = openset.answers(heads, classes, n)
-  p_heads = predict.p_real_heads(heads)
+  p_heads = p_real_heads(heads)
   return [{"p_real": float(heads["joint"][i]),
            "heads": {k: float(v[i]) for k, v in p_heads.items()}, **named[i]} for i in range(n)]
 
@@ -128,8 +128,8 @@ def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
 def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
   """bytes -> faces found as predict --align finds them (the same decoding and
   `aligned_crops` rules as for a file), each cropped to the model input."""
-  from cmfl_jax import predict
   from cmfl_jax.data import aligned_crops, face_detection
+  from cmfl_jax.scoring.faces import model_input
 
   def find(data: bytes) -> list[dict]:
     image = face_detection.decode_rgb(data)
@@ -137,7 +137,7 @@ def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
       raise limits_lib.Rejected(422, f"not a readable image ({image.reason})")
     found = aligned_crops.align_pixels(image, options)
     return [{"box": [round(float(v), 1) for v in face.box], "face_score": float(face.score),
-             "image": predict.model_input(face, geometry),
+             "image": model_input(face, geometry),
              "unsupported": aligned_crops.too_small(face, geometry.size, options.max_upscale)}
             for face in found or []]
 
@@ -145,7 +145,8 @@ def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
 
 
 def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
-  from cmfl_jax import checkpointing
+  """What the model is, for strangers: no config dump, no path of this disk."""
+  from cmfl_jax.training import checkpointing
   kind, step = checkpointing.select_step(workdir, which)
   meta = checkpointing.read_meta(checkpointing.make_managers(workdir)[kind], step)
   keep = ("epoch", "val_loss", "dev_threshold", "calibration", "operating_points", "fingerprint")
@@ -154,13 +155,42 @@ def _checkpoint_description(workdir: str, which: str, config) -> dict[str, Any]:
                                                  **{k: meta.get(k) for k in keep}, **attribution},
           "architecture": {"arch": config.model.get("arch"), "backbone": config.model.backbone},
           "input": {"size": int(config.data.image_size), "aligned": bool(config.data.aligned)},
-          "config": config.to_dict()}
+          "training_data": {"train_split": config.data.train_split,
+                            "val_split": config.data.val_split}}
 
 
-def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None
-            ) -> verdict_lib.Policy:
+#: What `/v1/model` keeps of an export's model card: what the model is and
+#: how it decides, not where it was made (paths, config, software versions).
+_CARD_KEYS = ("format", "created", "platt_scaling", "architecture", "input", "outputs", "thresholds",
+              "unsure_band", "operating_points", "attribution", "evaluation", "intended_use",
+              "limits")
+_CARD_PARTS = {"checkpoint": ("kind", "step", "fingerprint", "epoch", "val_loss"),
+               "training_data": ("source", "train_split", "val_split", "eval_splits",
+                                 "train_sources")}
+_CALIBRATION_KEYS = ("name", "threshold", "false_alarm", "delta", "kind", "n", "k", "bound",
+                     "guarantee", "band", "fitted_on", "created")
+
+
+def public_card(card: dict[str, Any]) -> dict[str, Any]:
+  """The model card without the config, paths or versions (`_CARD_KEYS`)."""
+  out = {k: card[k] for k in _CARD_KEYS if k in card}
+  for part, keys in _CARD_PARTS.items():
+    out[part] = {k: (card.get(part) or {}).get(k) for k in keys}
+  calibration = card.get("calibration") or {}
+  chosen = calibration.get("chosen")
+  out.setdefault("platt_scaling", calibration.get("platt"))  # cards before #39
+  out["calibration"] = {"chosen": chosen and {
+      "name": chosen.get("name"), "threshold": chosen.get("threshold"),
+      "record": {k: v for k, v in (chosen.get("record") or {}).items()
+                 if k in _CALIBRATION_KEYS}}}
+  return out
+
+
+def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str | None,
+            using: dict | None = None) -> verdict_lib.Policy:
   """The verdict policy: predict's rule (`verdicts.rule`); a calibration named
-  for an export must be the one it carries."""
+  for an export must be the one it carries, and the one deciding must have
+  been fitted on this model and input (`using`, `verdicts.binding`)."""
   from cmfl_jax import verdicts
   from cmfl_jax.exporting import calibrations
   from cmfl_jax.exporting.errors import ExportError
@@ -172,7 +202,7 @@ def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str
     if carried != calibration:
       raise ExportError(f"the export {model} carries calibration {carried or 'none'!r}, "
                         f"not {calibration!r}")
-  threshold, band, source = verdicts.rule(meta, chosen, calibration)
+  threshold, band, source = verdicts.rule(meta, chosen, calibration, using)
   return verdict_lib.Policy(0.5 if threshold is None else threshold, source, band)
 
 
@@ -181,7 +211,7 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
          limits: limits_lib.Limits | None = None, batch_size: int | None = None,
          explain: bool = False, stability: Sequence[str] = ()) -> ScoringModel:
   """The model of `workdir` (checkpoint `which`) or of the export `model`,
-  compiled before this returns for a few batch shapes (`predict.batch_shapes`
+  compiled before this returns for a few batch shapes (`scoring.model.batch_shapes`
   up to `batch_size`, default the config's eval batch size: a request waits
   for the smallest batch that holds what is queued, not a padded full one);
   with `explain`, the page's explanations too (`serving.maps`; a checkpoint
@@ -190,25 +220,29 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   if explain and model:
     raise ValueError("--explain needs --workdir: an exported model has no explanation program")
   start = time.perf_counter()
-  from cmfl_jax import predict
   from cmfl_jax.data import ops, readers
+  from cmfl_jax.scoring.model import (batch_shapes, config_from_checkpoint, load_exported,
+                                      load_model)
   from cmfl_jax.verdicts import stability as stability_lib
   if batch_size is None:
     from cmfl_jax.exporting import artifact
     config = (artifact.read_card(model)["config"] if model else
-              predict.config_from_checkpoint(workdir, which))
+              config_from_checkpoint(workdir, which))
     batch_size = int(config["train"]["eval_batch_size"])
-  shapes = predict.batch_shapes(batch_size, 1 + len(stability))
+  shapes = batch_shapes(batch_size, 1 + len(stability))
   if model:
-    loaded = predict.load_exported(model, batch_size, shapes)
-    description = {"source": "export", "card": loaded.meta["card"]}
+    loaded = load_exported(model, batch_size, shapes)
+    description = {"source": "export", "card": public_card(loaded.meta["card"])}
   else:
-    loaded = predict.load_model(workdir, which, batch_size, shapes)
+    loaded = load_model(workdir, which, batch_size, shapes)
     description = _checkpoint_description(workdir, which, loaded.config)
   config = loaded.config
-  policy = _policy(workdir, model, loaded.meta, calibration)
   geometry = ops.Geometry(int(config.data.image_size),
                           True if align else bool(config.data.aligned))
+  from cmfl_jax.verdicts import binding
+  using = binding.fitted_on(loaded.meta, loaded.name, geometry.size, geometry.aligned,
+                            bool(align))
+  policy = _policy(workdir, model, loaded.meta, calibration, using)
   base = limits or limits_lib.Limits()
   limits = dataclasses.replace(base, max_pixels=min(base.max_pixels, int(config.data.max_pixels)),
                                min_side=readers.min_image_side(config.data))

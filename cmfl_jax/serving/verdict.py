@@ -4,8 +4,8 @@
 verdicts of `cmfl_jax.verdicts` (real, synthetic, or unsure in the unsure
 band fitted on the dev split around the threshold, for a face too small or
 for a verdict that flips under mild post-processing). `probability` gives the
-one number the page leads with (the calibrated P(real) where the checkpoint
-has a Platt fit, with the threshold and band on the same scale, so the number
+one number the page leads with (the Platt-scaled P(real), `p_real_platt`,
+where the checkpoint has a Platt fit, with the threshold and band on the same scale, so the number
 and the verdict never disagree), and `plain` the reason in plain words with
 what would help.
 """
@@ -60,22 +60,22 @@ class Policy:
     return verdicts.decide(scores["p_real"], self.threshold, self.band, unstable, unsupported)
 
 
-def probability(p_real: float, policy: Policy, calibration: dict | None) -> dict[str, Any]:
-  """The number a person reads: {"value", "calibrated", "threshold", "band"}
-  on one scale. With a Platt fit the calibrated P(real) (order-preserving,
+def probability(p_real: float, policy: Policy, platt: dict | None) -> dict[str, Any]:
+  """The number a person reads: {"value", "platt", "threshold", "band"}
+  on one scale. With a Platt fit the Platt-scaled P(real) (order-preserving,
   so the threshold and band map to the same scale and decide identically);
   else the model's raw score."""
-  from cmfl_jax import evaluate, stats
+  from cmfl_jax.evaluation import evaluate, stats
 
   def scale(values):
-    if not calibration:
+    if not platt:
       return [float(v) for v in values]
     return [float(v) for v in stats.apply_calibration(
-        calibration, evaluate.logits_of(np.asarray(values, np.float64)))]
+        platt, evaluate.logits_of(np.asarray(values, np.float64)))]
 
   band = policy.band
   points = scale([p_real, policy.threshold] + ([band["lo"], band["hi"]] if band else []))
-  return {"value": points[0], "calibrated": bool(calibration), "threshold": points[1],
+  return {"value": points[0], "platt": bool(platt), "threshold": points[1],
           "band": points[2:] if band else None}
 
 

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
-from cmfl_jax import metrics
 from cmfl_jax.data.synthetic.sampler import LATEST, sample
 from cmfl_jax.data.synthetic.simulate import FAMILIES
+from cmfl_jax.evaluation import metrics
 
 
 def _grey(images: np.ndarray) -> np.ndarray:

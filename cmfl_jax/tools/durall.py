@@ -19,7 +19,7 @@ import json
 import numpy as np
 from absl import app, flags
 
-from cmfl_jax import metrics
+from cmfl_jax.evaluation import metrics
 
 FLAGS = flags.FLAGS
 

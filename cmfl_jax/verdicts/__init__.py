@@ -6,7 +6,8 @@
   target error, and risk-coverage curves;
 * `stability`: a verdict that flips under a JPEG save or a small resize is
   `unsure`;
-* `store`: named calibrations in `<workdir>/calibrations/<name>.json`.
+* `store`: named calibrations in `<workdir>/calibrations/<name>.json`;
+* `binding`: what a calibration was fitted on, checked wherever it is used.
 
 The public API other commands use: `load_calibration`, `rule`, `decide`.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from cmfl_jax.verdicts import conformal, selective, store
+from cmfl_jax.verdicts import binding, conformal, selective, store
 from cmfl_jax.verdicts.store import CalibrationError
 
 REAL, SYNTHETIC, UNSURE = "real", "synthetic", "unsure"
@@ -31,17 +32,22 @@ def load_calibration(workdir: str, name: str) -> dict[str, Any]:
 
 
 def rule(meta: Mapping[str, Any], chosen: Mapping[str, Any] | None = None,
-         name: str | None = None) -> tuple[float | None, dict[str, Any] | None, str]:
+         name: str | None = None, using: Mapping[str, Any] | None = None
+         ) -> tuple[float | None, dict[str, Any] | None, str]:
   """Which threshold and unsure band decide, the same for predict and the
   service: a named calibration (`chosen`, called `name`), else the one an
   exported model carries (`meta["chosen_calibration"]`), else the dev EER
   threshold and band stored with the checkpoint, else none (0.5 is used).
   Returns (threshold or None, band or None, source: "calibration:NAME",
-  "dev_eer" or "default_0.5")."""
+  "dev_eer" or "default_0.5"). `using` (`binding.fitted_on`): the model and
+  input the verdicts are for; a calibration fitted on anything else raises
+  CalibrationError."""
   if not chosen and meta.get("chosen_calibration"):
     chosen = meta["chosen_calibration"]
     name = chosen.get("name")
   if chosen:
+    if using is not None:
+      binding.check(chosen, using, name)
     return float(chosen["threshold"]), chosen.get("band"), f"calibration:{name}"
   dev = meta.get("dev_threshold")
   if dev is None:
@@ -72,5 +78,6 @@ def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
           (SYNTHETIC, f"score {p_real:.4f} < threshold {threshold:.4f}"))
 
 
-__all__ = ["CalibrationError", "REAL", "STABILITY", "SYNTHETIC", "UNSURE", "conformal", "decide",
+__all__ = ["CalibrationError", "binding", "REAL", "STABILITY", "SYNTHETIC", "UNSURE", "conformal",
+           "decide",
            "load_calibration", "rule", "selective", "store"]

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cmfl_jax.verdicts import conformal, selective, stability, store
+from cmfl_jax.verdicts import binding, conformal, selective, stability, store
 
 
 def check_before_scoring(workdir: str, name: str, count: int, alpha: float,
@@ -54,12 +54,14 @@ def calibrate(workdir: str, paths: Sequence[str], name: str, alpha: float = 0.05
   Returns the stored calibration (plus "path"); raises ValueError
   subclasses with a one-line message for the user's mistakes."""
   check_before_scoring(workdir, name, len(paths), alpha, delta, overwrite)
-  from cmfl_jax import evaluate, predict
+  from cmfl_jax.attribution import classes as attribution_classes
   from cmfl_jax.data import sources
-  model = predict.load_model(workdir, which)
-  geometry = predict.input_geometry(model.config, None, align)
+  from cmfl_jax.evaluation import evaluate
+  from cmfl_jax.scoring import files, model as scoring_model, rows
+  model = scoring_model.load_model(workdir, which)
+  geometry = files.input_geometry(model.config, None, align)
   scores, skipped = [], []
-  for row in predict.scored_rows(model, paths, geometry, align):
+  for row in rows.scored_rows(model, paths, geometry, align):
     if "error" in row:
       skipped.append({"path": row["path"], "reason": row["error"]})
     elif row.get("unsupported"):
@@ -76,8 +78,9 @@ def calibrate(workdir: str, paths: Sequence[str], name: str, alpha: float = 0.05
   band = price = None
   if dev_split:
     split = sources.load_splits(config.data, [dev_split])[0][dev_split]
-    dev = evaluate.evaluate_split(model.eval_fn, model.state, split, config,
-                                  model.mesh)["scores"]["joint"]
+    dev = evaluate.evaluate_split(model.eval_fn, model.state, split, model.mesh,
+                                  data=config.data, batch_size=config.train.eval_batch_size,
+                                  classes=attribution_classes.head_classes(config))["scores"]["joint"]
     band = selective.fit_band(split.labels, dev, cut["threshold"], unsure_error)
     price = {"split": dev_split, **dev_price(split.labels, dev, cut["threshold"], band,
                                               model.meta.get("dev_threshold"))}
@@ -85,6 +88,8 @@ def calibrate(workdir: str, paths: Sequence[str], name: str, alpha: float = 0.05
                  "scored": len(scores), "skipped": skipped, "aligned_faces": bool(align),
                  "score_quantiles": np.quantile(scores, [0, 0.05, 0.5, 0.95, 1]).tolist(),
                  "dev": price, "band": band, "stability": list(stability.CONDITIONS),
+                 binding.KEY: binding.fitted_on(model.meta, model.name, config.data.image_size,
+                                                geometry.aligned, bool(align)),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                      timespec="seconds")}
   where = store.save(workdir, name, calibration, overwrite)

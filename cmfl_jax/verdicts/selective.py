@@ -20,11 +20,15 @@ MAX_CANDIDATES = 1024  # per side: an O(candidates^2) search, on quantiles for l
 
 
 def _candidates(sorted_scores: np.ndarray) -> np.ndarray:
-  """How many dev scores each side may keep: all counts, or a quantile grid."""
+  """How many dev scores each side may keep: only counts that end a group of
+  tied scores (a band edge cannot split a tie: every image with the same
+  score gets the same verdict), all of them or a quantile grid of them."""
   m = len(sorted_scores)
-  if m + 1 <= MAX_CANDIDATES:
-    return np.arange(m + 1)
-  return np.unique(np.round(np.linspace(0, m, MAX_CANDIDATES)).astype(int))
+  cuts = np.concatenate([[0], np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]) + 1, [m]])
+  cuts = np.unique(cuts)
+  if len(cuts) <= MAX_CANDIDATES:
+    return cuts
+  return cuts[np.unique(np.round(np.linspace(0, len(cuts) - 1, MAX_CANDIDATES)).astype(int))]
 
 
 def fit_band(labels: np.ndarray, scores: np.ndarray, threshold: float,
@@ -54,9 +58,9 @@ def fit_band(labels: np.ndarray, scores: np.ndarray, threshold: float,
   n = len(scores)
   # lo: the smallest dev score left out below (t if none); hi: the smallest kept above.
   lo = float(low_scores[ka]) if ka < len(low_scores) else float(threshold)
+  # Both edges fall between groups of tied scores (`_candidates`), so the
+  # band gives exactly the kept images a verdict.
   hi = float(high_scores[kb - 1]) if kb > 0 else float(np.nextafter(max(1.0, threshold), 2.0))
-  if kb < len(high_scores) and kb > 0 and high_scores[kb] == high_scores[kb - 1]:
-    hi = float(np.nextafter(hi, 2.0))  # a tie with an excluded score: keep it out
   kept = ka + kb
   return {"lo": lo, "hi": max(hi, float(threshold)), "threshold": float(threshold),
           "target_error": float(target_error), "dev_examples": int(n),

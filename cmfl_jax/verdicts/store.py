@@ -6,6 +6,7 @@ asked (`overwrite=True`)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
@@ -53,13 +54,15 @@ def save(workdir: str, name: str, calibration: dict[str, Any], overwrite: bool =
 
 
 def load(workdir: str, name: str) -> dict[str, Any]:
-  """The stored calibration; CalibrationError naming the ones that exist."""
+  """The stored calibration, checked (the one reader predict, export and the
+  service use): CalibrationError naming the ones that exist, or saying what
+  is malformed."""
   source = path(workdir, name)
   if not tf.io.gfile.exists(source):
     known = names(workdir)
-    raise CalibrationError(f"no calibration {name!r} in {workdir}; "
-                           + (f"it has: {', '.join(known)}" if known else
-                              "it has none (make one with python -m cmfl_jax.calibrate)"))
+    raise CalibrationError(f"unknown calibration {name!r} in {workdir}; available: "
+                           + (", ".join(known) if known else
+                              "none (make one with python -m cmfl_jax.calibrate)"))
   try:
     with tf.io.gfile.GFile(source) as f:
       out = json.load(f)
@@ -68,4 +71,20 @@ def load(workdir: str, name: str) -> dict[str, Any]:
   missing = [k for k in REQUIRED if not isinstance(out, dict) or k not in out]
   if missing:
     raise CalibrationError(f"calibration {source} lacks {', '.join(missing)}")
+  if not _probability(out["threshold"]):
+    raise CalibrationError(f"calibration {source} has no valid 'threshold' (a P(real) in "
+                           f"[0, 1]), got {out['threshold']!r}")
+  band = out.get("band")
+  if band is not None and not (isinstance(band, dict) and _probability(band.get("lo"))
+                               and isinstance(band.get("hi"), (int, float))
+                               and band["lo"] <= out["threshold"] <= band["hi"]):
+    raise CalibrationError(f"calibration {source} has a malformed 'band' (lo <= threshold "
+                           f"<= hi expected), got {band!r}")
+  if out.get("fitted_on") is not None and not isinstance(out["fitted_on"], dict):
+    raise CalibrationError(f"calibration {source} has a malformed 'fitted_on'")
   return out
+
+
+def _probability(value: Any) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and 0.0 <= value <= 1.0)

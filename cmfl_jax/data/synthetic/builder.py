@@ -34,6 +34,9 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
       "1.0.0": "Initial release.",
       "2.0.0": "Synthetic families as sharp as bona fide, with small traces; three training "
                "cameras (issue #20).",
+      "2.1.0": "Aligned training fakes `<family>_recon_{train,dev}` and "
+               "`<family>_inpaint_{train,dev}`, each made from the real of the same index "
+               "(issue #38); every 2.0.0 split unchanged.",
   }
   BUILDER_CONFIGS = [
       SynthFacesConfig(name="64", description="64x64 (default; 2-core friendly)", size=64,
@@ -55,9 +58,11 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
     out = {}
-    for source in REAL_SOURCES + FAMILIES:
+    for source in sampler.sources(str(self.version)):
       for split in SPLITS:
         if source == "real2" and split != "eval":
+          continue
+        if source in sampler.ALIGNED_SOURCES and split not in sampler.ALIGNED_SPLITS:
           continue
         out[f"{source}_{split}"] = self._generate_examples(source, split)
     return out
@@ -65,10 +70,20 @@ class CmflSynthFaces(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, source: str, split: str):
     cfg = self.builder_config
     label = 1 if source in REAL_SOURCES else 0
+    # An aligned source has one fake per real of its split; its generator is
+    # the family (the filename says how the fake was made from its real).
+    generator = sampler.generator_of(source)
     images = sampler.sample(source, split, cfg.sizes[split], cfg.size, cfg.seed, str(self.version))
     for i, img in enumerate(images):
       name = f"{source}/{split}/{i:06d}.png"
-      yield name, {"image": img, "label": label, "generator": source, "filename": name}
+      yield name, {"image": img, "label": label, "generator": generator, "filename": name}
+
+
+class CmflSynthFacesV2(CmflSynthFaces, skip_registration=True):
+  """Version 2.0.0 (no aligned sources), kept buildable like version 1."""
+
+  name = "cmfl_synth_faces"
+  VERSION = tfds.core.Version("2.0.0")
 
 
 class CmflSynthFacesV1(CmflSynthFaces, skip_registration=True):
@@ -80,13 +95,13 @@ class CmflSynthFacesV1(CmflSynthFaces, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
 
 
-_BUILDERS = {str(b.VERSION): b for b in (CmflSynthFaces, CmflSynthFacesV1)}
+_BUILDERS = {str(b.VERSION): b for b in (CmflSynthFaces, CmflSynthFacesV2, CmflSynthFacesV1)}
 
 
 def make_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """A predefined config ("64", "128", "224", "tiny") or a custom one named
   `s<size>_t<train>_d<dev>_e<eval>` (images per source and split), optionally
-  with a version as in TFDS, `64:1.0.0` (default: the latest, 2.0.0)."""
+  with a version as in TFDS, `64:1.0.0` (default: the latest, 2.1.0)."""
   config_name, _, version = name.partition(":")
   version = version or sampler.LATEST
   if version not in sampler.VERSIONS:

@@ -63,8 +63,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return (x - x.mean()) / (x.std() + 1e-9)
 
 
-def render_face(rng: np.random.Generator, size: int) -> np.ndarray:
-  """Version 1's face with pixel-scale detail: pores, hair strands, grain."""
+def render_face(rng: np.random.Generator, size: int, with_masks: bool = False):
+  """Version 1's face with pixel-scale detail: pores, hair strands, grain
+  (and, `with_masks`, version 1's boolean "face" and "hair" regions)."""
   img, masks = v1.render_face(rng, size, with_masks=True)
   white = rng.normal(0, 1, (3, size, size))
   grain = _unit(white[0])
@@ -75,7 +76,8 @@ def render_face(rng: np.random.Generator, size: int) -> np.ndarray:
   hair = 1 + rng.uniform(0.25, 0.4) * strands
   background = 1 + rng.uniform(0.03, 0.06) * _unit(white[2])
   gain = np.where(masks["face"], skin, np.where(masks["hair"], hair, background))
-  return np.clip(img * gain[..., None], 0, 1)
+  img = np.clip(img * gain[..., None], 0, 1)
+  return (img, masks) if with_masks else img
 
 
 # ----------------------------------------------------------------------------
@@ -261,9 +263,52 @@ def rerender(family: str, base: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 def render(source: str, rng: np.random.Generator, size: int) -> np.ndarray:
   """One image of `source` in [0, 1] before storage."""
-  content = render_face(rng, size)
   if source == "real":
-    return capture(content, TRAIN_CAMERAS[int(rng.integers(len(TRAIN_CAMERAS)))], rng)
+    return render_real(rng, size)[0]
+  content = render_face(rng, size)
   if source == "real2":
     return capture(content, HELD_OUT_CAMERA, rng)
   return generate(source, content, rng)
+
+
+def render_real(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int, np.ndarray]:
+  """A training-camera image in [0, 1] before storage, the index of the camera
+  that took it (in `TRAIN_CAMERAS`) and its face region (bool [S, S]): the
+  same random draws, so the same pixels, as `render("real", ...)`."""
+  content, masks = render_face(rng, size, with_masks=True)
+  camera = int(rng.integers(len(TRAIN_CAMERAS)))
+  return capture(content, TRAIN_CAMERAS[camera], rng), camera, masks["face"]
+
+
+# ----------------------------------------------------------------------------
+# Aligned fakes (issue #38): a family's operators applied to a stored real
+# ----------------------------------------------------------------------------
+#: How an aligned fake is made from its real: the whole image re-rendered (an
+#: autoencoder's reconstruction, AlignedForensics) or the face region only,
+#: blended back into the untouched original (an inpainting with its
+#: background restored, B-Free).
+ALIGNED_MODES = ("recon", "inpaint")
+
+
+def face_blend_mask(face: np.ndarray, feather: float = 1.5) -> np.ndarray:
+  """The inpainting's soft mask [S, S, 1]: 1 on the face region, feathered
+  over ~2 px beyond it, as inpainting pipelines blend the edited region back."""
+  grown = separable(face[None, :, :, None].astype(np.float64), gaussian_taps(1.0, 2))[0] > 0.05
+  soft = separable(grown[None].astype(np.float64), gaussian_taps(feather, 3))[0]
+  return np.where(face[..., None], 1.0, np.clip(soft, 0, 1))  # the face itself wholly new
+
+
+def aligned_fake(family: str, mode: str, real_u8: np.ndarray, face: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+  """The fake made from one stored real image (uint8 [S, S, 3]): `mode`
+  "recon" re-renders all of it with `family`'s operators, "inpaint" only its
+  face region (`face`, bool [S, S]), the rest kept pixel for pixel. Returns
+  [0, 1] floats before storage."""
+  if mode not in ALIGNED_MODES:
+    raise ValueError(f"unknown aligned mode {mode!r}; choose from {ALIGNED_MODES}")
+  real = real_u8.astype(np.float64)[None] / 255.0
+  fake = np.clip(rerender(family, real, rng)[0], 0, 1)
+  if mode == "recon":
+    return fake
+  alpha = face_blend_mask(face)
+  return alpha * fake + (1 - alpha) * real[0]

@@ -34,12 +34,12 @@ function conditionWords(name) {
 
 // The one number a person reads, named for what it is.
 function probabilityName(face) {
-  return face.probability.calibrated ? "Calibrated probability that the face is real"
-                                     : "Model score for \u201creal\u201d (not a calibrated probability)";
+  return face.probability.platt ? "Probability that the face is real (Platt-scaled)"
+                              : "Model score for \u201creal\u201d (not a probability)";
 }
 
 function because(face) {
-  const pr = face.probability, name = pr.calibrated ? "calibrated probability" : "score";
+  const pr = face.probability, name = pr.platt ? "Platt-scaled probability" : "score";
   if (face.verdict === "real") return pr.band
     ? `Called real: its ${name} is at or above ${pct(pr.band[1])}, where the unsure range ends.`
     : `Called real: its ${name} is at or above the decision threshold of ${pct(pr.threshold)}.`;
@@ -60,15 +60,15 @@ function row(dl, name, value, note) {
 function details(face) {
   const dl = $("scores"), pr = face.probability;
   dl.replaceChildren();
-  if (pr.calibrated) row(dl, "Calibrated probability", pct(pr.value),
+  if (pr.platt) row(dl, "Platt-scaled probability", pct(pr.value),
     "The model's score turned into a probability by a fit on the development images: " +
     "among faces given this number, about this share were real.");
   row(dl, "P(real), model score", pct(face.p_real),
-    "The model's own output for \u201creal\u201d before calibration. It ranks faces " +
+    "The model's own output for \u201creal\u201d before Platt scaling. It ranks faces " +
     "the same way, but its size is not a probability you can rely on.");
   row(dl, "Decision threshold", pct(pr.threshold),
-    `At or above it a face is called real, below it synthetic (${pr.calibrated ?
-      "on the calibrated scale; " + pct(face.threshold) + " on the model score" : "on the score"});` +
+    `At or above it a face is called real, below it synthetic (${pr.platt ?
+      "on the Platt-scaled scale; " + pct(face.threshold) + " on the model score" : "on the score"});` +
     ` ${sourceWords(face.threshold_source)}.`);
   if (pr.band) row(dl, "Unsure between", `${pct(pr.band[0])} – ${pct(pr.band[1])}`,
     "Faces in this range get no verdict: on the development images the model was wrong too " +

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import metrics
 from cmfl_jax.attribution import report as attribution_report
+from cmfl_jax.evaluation import metrics
 from cmfl_jax.explanations import frequencies
 from cmfl_jax.verdicts import plots as verdict_plots
 
@@ -360,7 +360,7 @@ def paired_comparisons(cells: Sequence[tuple[str, Any]], results: Mapping[str, A
   D-EER difference A - B averaged over seeds, its paired-bootstrap interval
   and the permutation-test p-value, on the same evaluation images (joint-head
   score files of each run)."""
-  from cmfl_jax import score_files, stats
+  from cmfl_jax.evaluation import score_files, stats
   configs = dict(cells)
   out = []
   for model_a, model_b in compare:

@@ -23,7 +23,8 @@ from typing import Any, Mapping
 import ml_collections
 from absl import logging
 
-from cmfl_jax import evaluate, report, summaries, train
+from cmfl_jax.evaluation import evaluate, report
+from cmfl_jax.training import loop as train, summaries
 
 def cell_config(config: ml_collections.ConfigDict,
                 overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -10,7 +10,8 @@ Labels: 1 = bona fide (real), 0 = attack (synthetic); heads predict P(real).
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -149,3 +150,30 @@ def objective(name: str, outputs: Mapping[str, jax.Array], labels: jax.Array,
   """Batch-mean objective: ``(loss, {term: mean})`` (see `objective_per_example`)."""
   terms = {k: jnp.mean(v) for k, v in objective_per_example(name, outputs, labels, **kwargs).items()}
   return terms.pop("loss"), terms
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """`config.loss` as typed values, made once at the boundary
+  (`from_config`), so the steps' signatures say what they use of it."""
+
+  objective: str = "cmfl"
+  alpha: float = 1.0
+  gamma: float = 3.0
+  multiplier: float = 2.0
+  attribution_weight: float = 0.0  # configs written before the attribution head lack it
+
+  @classmethod
+  def from_config(cls, loss: Mapping[str, Any]) -> "LossConfig":
+    """Validates `config.loss` (the objective's name; the weights as floats)."""
+    objective = str(loss.get("objective", cls.objective))
+    if objective not in OBJECTIVES:
+      raise ValueError(f"loss.objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
+    return cls(objective, *(float(loss.get(f.name, f.default))
+                            for f in dataclasses.fields(cls)[1:]))
+
+  def terms(self) -> dict[str, float]:
+    """The keyword arguments of `objective_per_example` taken from the config."""
+    return {"alpha": self.alpha, "gamma": self.gamma, "multiplier": self.multiplier,
+            "attribution_weight": self.attribution_weight}
+

@@ -21,8 +21,9 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cmfl_jax import backend, losses, models
+from cmfl_jax import backend, models
 from cmfl_jax.attribution import classes as attribution_classes
+from cmfl_jax.training import losses
 
 DATA_AXIS = "data"
 
@@ -122,14 +123,13 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
 # ----------------------------------------------------------------------------
 # Steps (pure)
 # ----------------------------------------------------------------------------
-def _forward_terms(graphdef, params, batch_stats, batch, loss_config):
+def _forward_terms(graphdef, params, batch_stats, batch, loss_config: losses.LossConfig):
   model = nnx.merge(graphdef, params, batch_stats, copy=True)
   outputs = model(batch["image"])
   terms = losses.objective_per_example(
       loss_config.objective, outputs, batch["label"].astype(jnp.float32),
-      alpha=loss_config.alpha, gamma=loss_config.gamma, multiplier=loss_config.multiplier,
       sources=batch.get("source"), source_weights=batch.get("source_weight"),
-      attribution_weight=loss_config.get("attribution_weight", 0.0))
+      **loss_config.terms())
   return model, outputs, terms
 
 
@@ -148,7 +148,7 @@ def all_finite(loss: jax.Array, grads: Any) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, programs: Programs,
-               loss_config: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
+               loss_config: losses.LossConfig) -> tuple[TrainState, dict]:
   """One optimizer update. A non-finite loss or gradient leaves the state
   unchanged and records the step in `nonfinite_step` (checked by the host)."""
 
@@ -175,7 +175,7 @@ def train_step(state: TrainState, batch: dict, *, programs: Programs,
 
 
 def eval_step(state: TrainState, batch: dict, *, programs: Programs,
-              loss_config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+              loss_config: losses.LossConfig) -> tuple[dict, dict]:
   """Masked loss sums (eval-mode BN) and per-example P(real) of every head
   (with the attribution head: its logits [B, K] under `models.SOURCE`)."""
   _, outputs, terms = _forward_terms(programs.eval_graphdef, state.params, state.batch_stats,
@@ -189,7 +189,7 @@ def eval_step(state: TrainState, batch: dict, *, programs: Programs,
   return sums, probs
 
 
-def compile_steps(programs: Programs, loss_config: ml_collections.ConfigDict, mesh: Mesh,
+def compile_steps(programs: Programs, loss_config: losses.LossConfig, mesh: Mesh,
                   state: TrainState, compiler_options: tuple[dict | None, dict | None] = (None, None)
                   ) -> tuple[Callable, Callable]:
   """jit-compiled train/eval steps with explicit shardings and donation;

@@ -1,4 +1,4 @@
-"""Training: the epoch loop around the compiled steps of `cmfl_jax.steps`,
+"""Training: the epoch loop around the compiled steps of `cmfl_jax.training.steps`,
 with validation, keep-best/latest Orbax checkpoints, exact resume, and clean
 stops on signals (agreed by every process: all save the same step) and
 non-finite losses.
@@ -9,6 +9,7 @@ Reads top to bottom: data, state (fresh or resumed), then the loop, whose
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,11 +23,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cmfl_jax import (audit, backend, checkpointing, evaluate, metrics, models, score_files,
-                      stats, steps, summaries, weights)
+from cmfl_jax import backend, models
 from cmfl_jax.attribution import classes as attribution_classes, openset
 from cmfl_jax.data import pipeline, sources
+from cmfl_jax.data.auditing import configured as audit
 from cmfl_jax.data.split import Split, split_summary
+from cmfl_jax.evaluation import evaluate, metrics, score_files, stats
+from cmfl_jax.models import torch_weights as weights
+from cmfl_jax.training import checkpointing, losses, steps, summaries
 from cmfl_jax.verdicts import selective
 
 
@@ -169,8 +173,29 @@ class _Checkpoints:
       checkpointing.wait(m)
 
 
-def dev_statistics(split: Split, result: dict[str, Any],
-                   config: ml_collections.ConfigDict) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class DevConfig:
+  """What validating on the dev split reads of the config, made once in
+  `train_and_evaluate` (after the attribution classes are fixed): how the
+  split is read and batched, the attribution head's classes (empty: none)
+  and the targets of the fits that travel with the model."""
+
+  data: ml_collections.ConfigDict  # config.data: how the split's images are read
+  batch_size: int                  # train.eval_batch_size
+  classes: tuple[str, ...] = ()    # attribution.classes (empty: no attribution head)
+  unsure_error: float = 0.05       # eval.unsure_error
+  known_acceptance: float = 0.95   # attribution.known_acceptance
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "DevConfig":
+    attribution = config.get("attribution", {})
+    return cls(config.data, int(config.train.eval_batch_size),
+               attribution_classes.head_classes(config),
+               float(config.eval.get("unsure_error", cls.unsure_error)),
+               float(attribution.get("known_acceptance", cls.known_acceptance)))
+
+
+def dev_statistics(split: Split, result: dict[str, Any], dev: DevConfig) -> dict[str, Any]:
   """Fixed on the dev set, travelling with the model: the EER threshold, the
   operating points at APCER/BPCER = 1 and 5 %, a Platt calibration of the
   joint head (order-preserving: rankings and AUC unchanged), the unsure
@@ -180,16 +205,15 @@ def dev_statistics(split: Split, result: dict[str, Any],
   labels, joint = split.labels, result["scores"]["joint"]
   threshold = metrics.eer(labels, joint)[1]
   out = {"dev_threshold": threshold,
-         "unsure_band": selective.fit_band(labels, joint, threshold,
-                                           config.eval.get("unsure_error", 0.05)),
+         "unsure_band": selective.fit_band(labels, joint, threshold, dev.unsure_error),
          "operating_points": stats.dev_operating_points(labels, joint),
          "calibration": stats.fit_platt(labels, evaluate.logits_of(joint)),
          "dev_examples": int(len(labels))}
   if "source_logits" in result:
-    classes = tuple(config.attribution.classes)
+    classes = dev.classes
     out["attribution"] = {
         **openset.fit(result["source_logits"], attribution_classes.source_ids(split, classes),
-                      classes, config.attribution.known_acceptance),
+                      classes, dev.known_acceptance),
         # The sources the head knows: closed-set accuracy is measured on these.
         "dev_sources": sorted(set(split.generators.tolist()))}
   return out
@@ -211,7 +235,14 @@ def validation_subset(split: Split, n: int, seed: int) -> Split:
   return split.select(keep)
 
 
-def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Checkpoints) -> None:
+def _evaluate(eval_fn, state: steps.TrainState, split: Split, dev: DevConfig,
+              mesh) -> dict[str, Any]:
+  return evaluate.evaluate_split(eval_fn, state, split, mesh, data=dev.data,
+                                 batch_size=dev.batch_size, classes=dev.classes)
+
+
+def _refit_on_full_dev(eval_fn, state, val_split: Split, dev: DevConfig, mesh,
+                       ckpt: _Checkpoints) -> None:
   """After training on a validation subset: the dev statistics of `best` and
   of the newest `latest` refitted on the whole dev split."""
   ckpt.close()
@@ -225,18 +256,18 @@ def _refit_on_full_dev(eval_fn, state, val_split: Split, config, mesh, ckpt: _Ch
       continue  # nothing saved, or refitted already (a rerun of a finished run)
     if step not in fitted:
       model = state if step == current else checkpointing.restore(manager, step, target)[0]
-      fitted[step] = dev_statistics(
-          val_split, evaluate.evaluate_split(eval_fn, model, val_split, config, mesh), config)
+      fitted[step] = dev_statistics(val_split, _evaluate(eval_fn, model, val_split, dev, mesh),
+                                    dev)
     checkpointing.write_dev(manager, step, fitted[step])
     logging.info("%s step %d: dev threshold, operating points and calibration refitted on "
                  "the whole dev split (%d examples)", os.path.basename(str(manager.directory)),
                  step, len(val_split))
 
 
-def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, step: int,
-              ckpt: _Checkpoints, writer, log_path: str | None) -> dict[str, Any]:
+def _validate(eval_fn, state: steps.TrainState, val_split: Split, dev: DevConfig, mesh,
+              step: int, ckpt: _Checkpoints, writer, log_path: str | None) -> dict[str, Any]:
   """End of an epoch: validate, keep best and latest (with the dev threshold)."""
-  val = evaluate.evaluate_split(eval_fn, state, val_split, config, mesh)
+  val = _evaluate(eval_fn, state, val_split, dev, mesh)
   # Keep-best validates the detector: the attribution term does not move the
   # checkpoint that detection is evaluated at (with and without the head alike).
   val_loss = float(val.get("detection_loss", val["loss"]))
@@ -251,7 +282,7 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
             **{f"val_{k}": float(v) for k, v in val.items()
                if k.startswith("bce_") or k in ("cmfl", "attribution_ce")}}
   if "source_logits" in val:
-    truth = attribution_classes.source_ids(val_split, config.attribution.classes)
+    truth = attribution_classes.source_ids(val_split, dev.classes)
     record["val_attribution_accuracy"] = float(np.mean(val["source_logits"].argmax(-1) == truth))
   summaries.append_jsonl(log_path, record)
   if improved and summaries.is_main_process():
@@ -261,8 +292,7 @@ def _validate(eval_fn, state: steps.TrainState, val_split: Split, config, mesh, 
                                          if k not in ("scores", "count", "source_logits")})
   logging.info("epoch %.2f step %d: val_loss=%.5f%s", step / ckpt.steps_per_epoch, step, val_loss,
                " (best)" if improved else "")
-  dev = dev_statistics(val_split, val, config)
-  meta = {**ckpt.meta(step, val_loss), **dev}
+  meta = {**ckpt.meta(step, val_loss), **dev_statistics(val_split, val, dev)}
   checkpointing.save(ckpt.latest, step, state, meta)
   # After a fallback to an earlier checkpoint the replayed step may already be
   # the best one on disk: exact resume makes it the same model, so it is kept.
@@ -298,11 +328,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ids = attribution_classes.source_ids(train_split, config.attribution.classes)
     train_columns = {"source": ids}
     if config.attribution.get("class_balanced", True):
-      order = pipeline.balanced_order(train_split.labels, config.seed, 0, config.data.balance)
+      order = pipeline.balanced_order(train_split.labels, config.seed, 0, config.data.balance,
+                                      train_split.made_from)
       train_columns["source_weight"] = attribution_classes.balance_weights(
           ids, order, len(config.attribution.classes))
     logging.info("attribution head over %d sources: %s", len(config.attribution.classes),
                  list(config.attribution.classes))
+  dev = DevConfig.from_config(config)
   val_subset = validation_subset(val_split, config.train.val_examples, config.seed)
   if val_subset is not val_split:
     logging.info("validating on %d of the %d dev examples (train.val_examples)",
@@ -323,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Resuming restores into the abstract state: no initialisation is computed.
   state, programs = steps.create_train_state(config, mesh, abstract=resuming)
   train_fn, eval_fn = steps.compile_steps(
-      programs, config.loss, mesh, state,
+      programs, losses.LossConfig.from_config(config.loss), mesh, state,
       backend.step_compiler_options(programs.model, mesh))
   if resuming:
     state = ckpt.resume(state)
@@ -389,13 +421,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if stop:
           ckpt.stop(stop, step)
 
-      history.append(_validate(eval_fn, state, val_subset, config, mesh, step, ckpt, writer,
+      history.append(_validate(eval_fn, state, val_subset, dev, mesh, step, ckpt, writer,
                                log_path))
       stop = signals.agreed(step, boundary=True)
       if stop:
         ckpt.stop(stop, step)
   if val_subset is not val_split:
-    _refit_on_full_dev(eval_fn, state, val_split, config, mesh, ckpt)
+    _refit_on_full_dev(eval_fn, state, val_split, dev, mesh, ckpt)
   ckpt.close()
   if writer is not None:
     writer.close()

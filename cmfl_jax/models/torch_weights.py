@@ -18,15 +18,14 @@ Two key layouts are understood, both with torchvision's module names:
 Names are derived by walking the NNX model (any `DenseNetSpec`, any number of
 kept blocks), not from per-preset lists. Loading is strict: missing,
 unexpected and mis-shaped keys are reported together in one `WeightsError`.
-`.safetensors` files are read with NumPy only; `.pth`/`.pt` pickles need
-PyTorch and are read with ``weights_only=True``, which refuses anything but
-tensors and plain containers, so a file cannot run code.
+`.safetensors` files are read with NumPy only; `.pth`/`.pt` pickles too, by
+`models.pth_reader`, which (as ``torch.load(weights_only=True)``) refuses
+anything but tensors and plain containers, so a file cannot run code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from typing import Any, Mapping
 
@@ -36,7 +35,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from cmfl_jax.models import densenet, detectors
+from cmfl_jax.models import densenet, detectors, pth_reader
 
 IMAGENET = "imagenet"
 OFFICIAL = "official"
@@ -97,28 +96,20 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
     return dict(load_file(path))
   try:
-    import torch
-  except ImportError as e:
-    raise ImportError(
-        f"reading {path} (a PyTorch pickle) needs PyTorch: pip install 'cmfl_jax[torch]', or "
-        "save the tensors as .safetensors where PyTorch is installed (see README)") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    raise WeightsError(
-        f"refusing to load {path}: it contains objects other than tensors and plain containers, "
-        f"which could execute code when unpickled. PyTorch says: {e}") from e
+    obj = pth_reader.load(path)
+  except pth_reader.PthError as e:  # "refusing to load ..." when it would run code
+    raise WeightsError(str(e)) from e
   if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
     raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict")
-  not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+  not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, np.ndarray))
   if not_tensors:
     raise WeightsError(f"{path}: entries that are not tensors: {_listing(not_tensors)}")
   out = {}
-  for key, tensor in obj.items():
-    tensor = tensor.detach().cpu()
-    out[key] = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+  for key, array in obj.items():
+    floating = jnp.issubdtype(array.dtype, jnp.floating)
+    out[key] = array.astype(np.float32, copy=False) if floating else array
   return out
 
 

@@ -1,7 +1,7 @@
 """Results you can trust: bootstrap intervals, calibration, operating points that
 transfer between splits, and multi-seed significance tests.
 
-Conventions are those of `cmfl_jax.metrics`: label 1 = bona fide, score = P(real),
+Conventions are those of `cmfl_jax.evaluation.metrics`: label 1 = bona fide, score = P(real),
 accepted as bona fide when score >= threshold; APCER = attacks accepted, BPCER =
 bona fide rejected; every rate is a fraction, not a percent.
 
@@ -11,7 +11,7 @@ class, so every resample's APCER/BPCER curve is a cumulative sum over the same
 sorted grid, and D-EER, AUC, AP and the operating points follow from the curves
 for all resamples at once (in chunks of rows to bound memory). Groups that a
 resample leaves empty only repeat a curve point, which changes no metric, so the
-numbers are exactly those of `metrics.py` on the resampled data.
+numbers are exactly those of `evaluation.metrics` on the resampled data.
 
 Measured: 10,000 distinct scores x 1000 resamples, every `summary` metric plus two
 fixed thresholds: 0.54-0.68 s (3 runs, one thread, on a shared 2-core machine) with
@@ -29,7 +29,7 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 from scipy import optimize, sparse, special
 
-from cmfl_jax import metrics
+from cmfl_jax.evaluation import metrics
 
 # Operating-point targets reported by `metrics.summary`.
 SUMMARY_TARGETS = (0.01, 0.05, 0.10)

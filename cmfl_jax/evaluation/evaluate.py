@@ -5,9 +5,10 @@ files, metrics and report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -17,26 +18,28 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from cmfl_jax import (audit, backend, checkpointing, metrics, models, report, score_files,
-                      stats, steps, summaries)
+from cmfl_jax import backend, models
 from cmfl_jax.attribution import classes as attribution_classes
 from cmfl_jax.attribution import evaluation as attribution_evaluation
 from cmfl_jax.data import ops, pipeline, sources
+from cmfl_jax.data.auditing import configured as audit
 from cmfl_jax.data.split import Split
+from cmfl_jax.evaluation import metrics, report, score_files, stats
 from cmfl_jax.explanations import frequencies
+from cmfl_jax.training import checkpointing, losses, steps, summaries
 from cmfl_jax.verdicts import selective
 
 
-def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split,
-                   config: ml_collections.ConfigDict, mesh: Mesh,
-                   condition: str = "none") -> dict[str, Any]:
-  """Mean loss terms and per-example scores (in split order) over one split,
+def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split, mesh: Mesh, *,
+                   data: ml_collections.ConfigDict, batch_size: int, condition: str = "none",
+                   classes: Sequence[str] = ()) -> dict[str, Any]:
+  """Mean loss terms and per-example scores (in split order) over one split
+  read as `data` (`config.data`) says, in global batches of `batch_size`,
   optionally post-processed by a robustness `condition`; with the attribution
-  head also its logits [N, K] (`source_logits`)."""
-  columns = ({"source": attribution_classes.source_ids(split, config.attribution.classes)}
-             if attribution_classes.enabled(config) else None)
-  ds = pipeline.eval_dataset(split, config.data, config.train.eval_batch_size, condition,
-                             columns)
+  head (`classes`, `attribution.classes.head_classes`) also its logits [N, K]
+  (`source_logits`)."""
+  columns = {"source": attribution_classes.source_ids(split, classes)} if classes else None
+  ds = pipeline.eval_dataset(split, data, batch_size, condition, columns)
   totals: dict[str, float] = {}
   outputs: dict[str, list] = {}
   indices, masks = [], []
@@ -77,11 +80,10 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray,
 
 
 def split_intervals(labels: np.ndarray, scores: np.ndarray, dev_threshold: float | None,
-                    eval_config: Any, seed: int) -> dict[str, dict[str, float]]:
+                    resamples: int, confidence: float, seed: int) -> dict[str, dict[str, float]]:
   """Stratified-bootstrap intervals of every `split_metrics` number (but accuracy)."""
   thresholds = {"0.5": 0.5, **({"dev": dev_threshold} if dev_threshold is not None else {})}
-  return stats.bootstrap_summary(labels, scores, thresholds, eval_config.bootstrap_resamples,
-                                 eval_config.confidence, seed)
+  return stats.bootstrap_summary(labels, scores, thresholds, resamples, confidence, seed)
 
 
 def logits_of(probs: np.ndarray) -> np.ndarray:
@@ -123,7 +125,7 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, which: str
         f"{e}. The workdir holds {checkpointing.describe(checkpointing.available(workdir))}; "
         "choose another with --checkpoint=best|latest|STEP") from None
   _, eval_fn = steps.compile_steps(
-      programs, config.loss, mesh, state,
+      programs, losses.LossConfig.from_config(config.loss), mesh, state,
       backend.step_compiler_options(programs.model, mesh))
   logging.info("restored %s checkpoint at step %d (val_loss=%s)", kind, step, meta.get("val_loss"))
   return state, eval_fn, mesh, meta, f"{kind}_{step}"
@@ -134,12 +136,36 @@ def condition_tag(condition: str) -> str:
   return condition.replace(":", "")
 
 
-def _robustness_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  names = tuple(config.eval.robustness_splits) or tuple(config.data.eval_splits)
-  unknown = sorted(set(names) - set(config.data.eval_splits))
-  if unknown:
-    raise ValueError(f"eval.robustness_splits {unknown} are not in data.eval_splits")
-  return names if config.eval.conditions else ()
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """`config.eval` (with the seed of its resampling) as typed values, made
+  once at the boundary (`from_config`): what scoring a saved model needs
+  beyond the model and the data."""
+
+  checkpoint: str | int = "best"
+  conditions: tuple[str, ...] = ()
+  robustness_splits: tuple[str, ...] = ()  # resolved: the splits scored under `conditions`
+  bootstrap_resamples: int = 1000
+  confidence: float = 0.95
+  calibration_bins: int = 15
+  explain_frequencies: bool = False
+  seed: int = 0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "EvalConfig":
+    """Validates `config.eval` against `config.data.eval_splits`; raises
+    ValueError before any work."""
+    ev, eval_splits = config.eval, tuple(config.data.eval_splits)
+    conditions = tuple(ev.conditions)
+    for condition in conditions:
+      ops.parse_condition(condition)
+    names = tuple(ev.robustness_splits) or eval_splits
+    unknown = sorted(set(names) - set(eval_splits))
+    if unknown:
+      raise ValueError(f"eval.robustness_splits {unknown} are not in data.eval_splits")
+    return cls(ev.checkpoint, conditions, names if conditions else (),
+               int(ev.bootstrap_resamples), float(ev.confidence), int(ev.calibration_bins),
+               bool(ev.get("explain_frequencies", False)), int(config.seed))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -152,12 +178,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   `<split>@<condition>_scores.csv`), `metrics.json`, `report.md` with its
   plots; the same scalars go to TensorBoard under `eval/`. Returns the metrics.
   """
-  which = config.eval.checkpoint if which is None else which
-  for condition in config.eval.conditions:
-    ops.parse_condition(condition)  # fail before any work
-  robustness_splits = _robustness_splits(config)
+  ev = EvalConfig.from_config(config)  # fails before any work
+  which = ev.checkpoint if which is None else which
   state, eval_fn, mesh, meta, name = restore_for_eval(config, workdir, which)
   config = attribution_classes.from_checkpoint(config, meta)
+  classes = attribution_classes.head_classes(config)
   splits, skipped = sources.load_splits(config.data, config.data.eval_splits)
   audit_result = audit.audit_data(config.data, workdir)
   pipeline.report_skipped(skipped, workdir, "eval_data_report.json", audit.summary(audit_result))
@@ -179,12 +204,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   def run(split_name: str, condition: str) -> dict[str, Any]:
     split = splits[split_name]
-    res = evaluate_split(eval_fn, state, split, config, mesh, condition)
+    res = evaluate_split(eval_fn, state, split, mesh, data=config.data,
+                         batch_size=config.train.eval_batch_size, condition=condition,
+                         classes=classes)
     entry = {k: v for k, v in res.items() if k not in ("scores", "source_logits")}
     for head, scores in res["scores"].items():
       entry[f"metrics_{head}"] = split_metrics(split.labels, scores, meta.get("dev_threshold"))
       entry[f"intervals_{head}"] = split_intervals(split.labels, scores, meta.get("dev_threshold"),
-                                                   config.eval, config.seed)
+                                                   ev.bootstrap_resamples, ev.confidence, ev.seed)
       if main and (condition == "none" or head == "joint"):
         suffix = "" if head == "joint" else f"_{head}"
         where = split_name if condition == "none" else f"{split_name}@{condition_tag(condition)}"
@@ -197,10 +224,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         source_logits[split_name] = (split, res["source_logits"])
       if meta.get("operating_points"):  # fixed on the dev set, applied unchanged
         entry["operating_points"] = stats.evaluate_operating_points(
-            split.labels, joint, meta["operating_points"], config.eval.bootstrap_resamples,
-            config.eval.confidence, config.seed)
+            split.labels, joint, meta["operating_points"], ev.bootstrap_resamples,
+            ev.confidence, ev.seed)
       entry["calibration"] = calibration_entry(split.labels, joint, meta.get("calibration"),
-                                               config.eval.calibration_bins)
+                                               ev.calibration_bins)
       entry["verdicts"] = selective.report_entry(split.labels, joint, meta.get("dev_threshold"),
                                                  meta.get("unsure_band"))
     logging.info("eval %s on %s [%s]: loss=%.5f D-EER=%.4f", name, split_name, condition,
@@ -209,16 +236,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   for split_name in config.data.eval_splits:
     results["splits"][split_name] = run(split_name, "none")
-  for split_name in robustness_splits:
+  for split_name in ev.robustness_splits:
     results["robustness"][split_name] = {"none": results["splits"][split_name]}
-    for condition in config.eval.conditions:
+    for condition in ev.conditions:
       results["robustness"][split_name][condition] = run(split_name, condition)
   if source_logits and meta.get("attribution"):
     results["attribution"] = attribution_evaluation.evaluate(
-        attribution_evaluation.collect(source_logits, config.attribution.classes),
-        meta["attribution"], config.eval.bootstrap_resamples, config.eval.confidence,
-        config.seed)
-  if main and config.eval.get("explain_frequencies", False):
+        attribution_evaluation.collect(source_logits, classes),
+        meta["attribution"], ev.bootstrap_resamples, ev.confidence, ev.seed)
+  if main and ev.explain_frequencies:
     results["frequencies"] = frequencies.frequency_summary(config, state, splits, out_dir)
   if main:
     with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:

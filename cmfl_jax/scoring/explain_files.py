@@ -1,5 +1,5 @@
 """Explain files with a trained model: `.npz` maps, a picture and a CSV row
-per image, streamed (predict's loader: tf.data decodes a few batches ahead,
+per image, streamed (scoring.files' loader: tf.data decodes a few batches ahead,
 broken files become error rows), so memory does not grow with the number of
 files. `cmfl_jax.explain` is the command."""
 
@@ -16,9 +16,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cmfl_jax import evaluate, predict, steps, verdicts
+from cmfl_jax import verdicts
 from cmfl_jax.data import ops
-from cmfl_jax.explanations import attribution, pictures, sanity, streams
+from cmfl_jax.evaluation import evaluate
+from cmfl_jax.explanations import pictures, saliency, sanity, streams
+from cmfl_jax.scoring import files, model as scoring_model
+from cmfl_jax.training import steps
 from cmfl_jax.verdicts import stability as stability_lib
 
 HEADS = ("joint", "rgb", "freq")
@@ -43,14 +46,14 @@ class Loaded:
 def load(workdir: str, which: str = "best") -> Loaded:
   """The model of checkpoint `which` (best | latest | STEP) of `workdir`;
   nothing but arrays and JSON is read (Orbax)."""
-  config = predict.config_from_checkpoint(workdir, which)
+  config = scoring_model.config_from_checkpoint(workdir, which)
   state, _, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
   return dataclasses.replace(from_state(config, state, mesh, int(meta["step"])),
                              rule=verdicts.rule(meta))
 
 
 def from_state(config, state: steps.TrainState, mesh, step: int) -> Loaded:
-  """The model (eval mode) of an already restored state, e.g. `predict.load_model`'s."""
+  """The model (eval mode) of an already restored state, e.g. `scoring.model.load_model`'s."""
   _, programs = steps.create_train_state(config, mesh, abstract=True)
   model = nnx.merge(programs.eval_graphdef, state.params, state.batch_stats)
   return Loaded(model, programs.model, config, step)
@@ -81,14 +84,14 @@ def _batched(rows: Iterator[dict], batch_size: int) -> Iterator[list[dict]]:
 
 
 def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: str = "ig",
-                  ig_steps: int = attribution.DEFAULT_STEPS, batch_size: int = 8,
+                  ig_steps: int = saliency.DEFAULT_STEPS, batch_size: int = 8,
                   check_sanity: bool = False, pictures_too: bool = True) -> Iterator[dict]:
   """CSV rows (dicts), one per path in order, after writing its outputs."""
   config = loaded.config
   geometry = ops.Geometry(config.data.image_size, config.data.aligned)
-  run = attribution.compile_method(loaded.model, method, ig_steps)
+  run = saliency.compile_method(loaded.model, method, ig_steps)
   if check_sanity:
-    random_run = attribution.compile_method(
+    random_run = saliency.compile_method(
         sanity.reinitialised(loaded.model_config, config.seed + 1), method, ig_steps)
     evidence = sanity.evidence_programs(loaded.model)
   names = dict(zip(paths, output_names(paths)))
@@ -96,7 +99,7 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
   joint = _joint_scorer(loaded.model)
   threshold, band, _ = loaded.rule
   cut = 0.5 if threshold is None else threshold
-  rows = predict.file_rows(paths, geometry, config.data, batch_size)
+  rows = files.file_rows(paths, geometry, config.data, batch_size)
   scale = None  # the pictures' colour and axis scales, fixed by the first batch
   for group in _batched(rows, batch_size):
     good = [r for r in group if "image" in r]
@@ -173,7 +176,7 @@ def write_csv(rows: Iterator[dict], path: str) -> Iterator[dict]:
 
 
 def explain_to_folder(loaded: Loaded, paths: Sequence[str], out_dir: str, method: str = "ig",
-                      ig_steps: int = attribution.DEFAULT_STEPS, batch_size: int = 8,
+                      ig_steps: int = saliency.DEFAULT_STEPS, batch_size: int = 8,
                       check_sanity: bool = False, pictures_too: bool = True) -> dict:
   """`explain_files` into `out_dir` with its explanations.csv; returns the
   counts, seconds and the means of the sanity numbers (running sums only)."""
