@@ -689,7 +689,7 @@ def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypat
     assert verdict.text in ("Real face", "Synthetic face", "Unsure")
     # One number, named, in percent; the reason in words.
     headline = driver.find_element(By.ID, "headline").text
-    assert headline.startswith("Calibrated probability that the face is real: ")
+    assert headline.startswith("Probability that the face is real (Platt-scaled): ")
     assert headline.endswith(" %") and len(headline.split(": ")[1]) <= 8, headline
     reason = driver.find_element(By.ID, "reason").text
     assert reason.startswith(("Called real", "Called synthetic", "Why unsure")), reason
