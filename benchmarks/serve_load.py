@@ -4,6 +4,8 @@ for /healthz, then for each concurrency runs every client in a loop (POST of
 the same PNG) for --seconds after a short warm-up. Prints one JSON object.
 
   python benchmarks/serve_load.py --workdir=DIR [--concurrency 1 8 64] [--seconds 10]
+      [--starts 2]   # start-up to healthy, timed per start (the first fills the
+                     # compilation cache, the next find it warm)
 
 Each concurrency is bounded by --seconds and --max_requests; answers other
 than 200 (503 when the queue is full) are counted, not timed.
@@ -47,7 +49,19 @@ def _wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) -
   raise SystemExit("server not ready in time")
 
 
-async def _level(url: str, body: bytes, clients: int, seconds: float, max_requests: int) -> dict:
+def _cpu_seconds(pid: int) -> float | None:
+  """User + system CPU seconds of a process so far (Linux /proc): on shared
+  cores the wall time to healthy depends on the other jobs, this does not."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+  except (OSError, IndexError, ValueError):
+    return None
+
+
+async def _level(url: str, body: bytes, clients: int, seconds: float, max_requests: int,
+                 query: str = "") -> dict:
   import aiohttp
   latencies, other = [], 0
   connector = aiohttp.TCPConnector(limit=clients)
@@ -55,7 +69,7 @@ async def _level(url: str, body: bytes, clients: int, seconds: float, max_reques
     async def one() -> None:
       nonlocal other
       start = time.perf_counter()
-      async with session.post(url + "/v1/score", data=body) as r:
+      async with session.post(url + "/v1/score" + query, data=body) as r:
         await r.read()
         if r.status == 200:
           latencies.append(time.perf_counter() - start)
@@ -89,31 +103,48 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=10.0)
   parser.add_argument("--max_requests", type=int, default=5000)
   parser.add_argument("--server_args", nargs="*", default=[])
+  parser.add_argument("--explain", action="store_true", help="ask for the explanation "
+                      "(?explain=1), as the page does")
+  parser.add_argument("--starts", type=int, default=1, help="with --workdir: start the server "
+                      "this many times (timing each start to healthy), measure on the last")
   args = parser.parse_args()
   if bool(args.workdir) == bool(args.url):
     parser.error("give one of --workdir or --url")
-  proc, url = None, args.url
-  if args.workdir:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "cmfl_jax.serve", f"--workdir={args.workdir}",
+  proc, url, startups = None, args.url, []
+
+  def start() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cmfl_jax.serve", f"--workdir={args.workdir}",
                              f"--port={port}", *args.server_args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS",
                                                                              "cpu")))
   try:
+    for k in range(args.starts if args.workdir else 0):
+      port = _free_port()
+      url = f"http://127.0.0.1:{port}"
+      began = time.perf_counter()
+      proc = start()
+      _wait_ready(url, proc)
+      startups.append({"wall_s": round(time.perf_counter() - began, 2),
+                       "cpu_s": _cpu_seconds(proc.pid)})
+      if k + 1 < args.starts:
+        proc.terminate()
+        proc.wait(30)
     _wait_ready(url, proc)
     image = np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG")
-    levels = [asyncio.run(_level(url, buffer.getvalue(), c, args.seconds, args.max_requests))
-              for c in args.concurrency]
+    query = "?explain=1" if args.explain else ""
+    levels = [asyncio.run(_level(url, buffer.getvalue(), c, args.seconds, args.max_requests,
+                                 query)) for c in args.concurrency]
   finally:
     if proc is not None:
       proc.terminate()
       proc.wait(30)
   print(json.dumps({"load_average": os.getloadavg(), "cpus": os.cpu_count(),
-                    "image": f"{args.size}x{args.size} PNG", "levels": levels}, indent=1))
+                    "image": f"{args.size}x{args.size} PNG", "startup_s": startups,
+                    "server_args": args.server_args, "explain": args.explain,
+                    "levels": levels}, indent=1))
 
 
 if __name__ == "__main__":

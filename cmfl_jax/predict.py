@@ -8,7 +8,7 @@ PATHs are image files or folders (searched recursively for PNG/JPEG/BMP/GIF).
 With --align, raw photographs are detected and aligned first (the same code
 as `python -m cmfl_jax.align`), one row per face with its box and score.
 Prints CSV `path,score,verdict,reason[,p_real_platt][,generator,
-generator_confidence]` (score = P(real);
+generator_confidence][,face columns],error` (score = P(real);
 verdict real, synthetic or unsure, from the threshold of --calibration, else
 the dev-set EER threshold stored with the checkpoint, else 0.5 with a
 warning; unsure, with its reason, in the dev-fitted band around it, when the
@@ -17,8 +17,10 @@ to judge; p_real_platt: P(real) after the Platt scaling fitted on
 the dev set, where the checkpoint has one; generator: with the attribution
 head, the class it names (bona_fide or a training generator) or `unknown`
 when the open-set rule fitted on the dev set rejects every class, and the
-softmax probability of its most likely class). Unreadable
-files get an `error: ...` row and the rest are still scored; the exit status
+softmax probability of its most likely class; reason: why, for every verdict,
+e.g. `score 0.8123 >= threshold 0.4516`). A file that cannot be scored gets
+a row with empty score and verdict and the cause in `error` ("not a readable
+image (...)", "no face: ..."), and the rest are still scored; the exit status
 is 1 if any file failed.
 
 Rows are streamed: files are checked and decoded by tf.data in parallel, a
@@ -47,6 +49,7 @@ if __name__ == "__main__":  # before the imports below: they take seconds and wo
 from absl import app, flags, logging
 
 from cmfl_jax import config as config_lib
+from cmfl_jax import verdicts
 from cmfl_jax.attribution import openset
 from cmfl_jax.data import readers
 from cmfl_jax.exporting.errors import ExportError
@@ -65,7 +68,8 @@ def write_csv(predictions: Predictions, align: bool, out: TextIO) -> tuple[int, 
   face_columns = ["face_box", "face_score", "faces_found", "framing"] if align else []
   generator_columns = [openset.GENERATOR, openset.CONFIDENCE] if predictions.classes else []
   w.writerow(["path", "score", "verdict", "reason",
-              *(["p_real_platt"] if platt else []), *generator_columns, *face_columns])
+              *(["p_real_platt"] if platt else []), *generator_columns, *face_columns,
+              "error"])
   scored = failed = 0
   for r in predictions.rows:
     faces = [r.get("face_box", ""), f"{r['face_score']:.4f}" if "face_score" in r else "",
@@ -73,11 +77,11 @@ def write_csv(predictions: Predictions, align: bool, out: TextIO) -> tuple[int, 
     extra = ([f"{r['platt']:.6f}" if "platt" in r else ""] if platt else [])
     extra += ([r.get(openset.GENERATOR, ""), f"{r[openset.CONFIDENCE]:.6f}"
                if openset.CONFIDENCE in r else ""] if generator_columns else [])
-    if "error" in r:
-      w.writerow([r["path"], "", r["error"], "", *extra, *faces])
+    if "error" in r:  # no verdict: the file could not be scored, and why
+      w.writerow([r["path"], "", "", "", *extra, *faces, r["error"].removeprefix("error: ")])
       failed += 1
     else:
-      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], r["reason"], *extra, *faces])
+      w.writerow([r["path"], f"{r['score']:.6f}", r["verdict"], r["reason"], *extra, *faces, ""])
       scored += 1
   return scored, failed
 
@@ -142,8 +146,9 @@ def define_flags() -> None:
   flags.DEFINE_string("calibration", None, "A calibration made by `python -m cmfl_jax.calibrate"
                       " --name=NAME`: its threshold (guaranteed false-alarm rate on the images "
                       "it was made from) and unsure band decide the verdicts.")
-  flags.DEFINE_list("stability", ["jpeg:95", "resize:0.9"], "Post-processing each image is also "
-                    "scored under; a verdict that changes is 'unsure'. Empty: off.")
+  flags.DEFINE_list("stability", list(verdicts.STABILITY), "Post-processing each image is "
+                    "also scored under; a verdict that changes is 'unsure' (the service's "
+                    "default too). Empty: off.")
   flags.DEFINE_bool("unaligned", None, "Apply the official unaligned geometry (resize 256, "
                     "centre crop); default: as in training (aligned inputs used as they are).")
 

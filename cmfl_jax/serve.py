@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging as py_logging
+import os
 import signal
 import sys
 from typing import Sequence
@@ -33,6 +34,7 @@ except ImportError:  # an optional extra: say so in one line
   raise
 
 from cmfl_jax import config as config_lib
+from cmfl_jax import verdicts
 from cmfl_jax.exporting.errors import ExportError
 from cmfl_jax.serving import app as app_lib
 from cmfl_jax.serving import limits as limits_lib
@@ -66,6 +68,7 @@ async def serve(host: str, port: int, load, state: app_lib.State) -> int:
     await runner.cleanup()
     return 1
   state.ready(model)
+  _warming = asyncio.ensure_future(state.batcher.call(model.warm_up))  # in the model thread
   logging.info("ready: batch %d, threshold %.4f (%s)", model.batch_size, model.policy.threshold,
                model.policy.source)
   await stop.wait()
@@ -79,10 +82,15 @@ def main(argv: Sequence[str]) -> int:
   if (FLAGS.workdir is None) == (FLAGS.model is None):
     raise app.UsageError("give one of --workdir or --model")
   py_logging.getLogger("cmfl_jax.serve").setLevel(py_logging.INFO)
+  if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    import jax
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   align = None
   if FLAGS.align:
     from cmfl_jax.data import aligned_crops
-    align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size)
+    align = aligned_crops.AlignOptions(FLAGS.align_mode, FLAGS.align_policy, FLAGS.align_size,
+                                       max_upscale=FLAGS.max_upscale)
   limits = limits_lib.Limits(FLAGS.max_bytes, FLAGS.max_pixels)
   state = app_lib.State(limits, FLAGS.max_queue, FLAGS.max_wait_ms / 1000,
                         body_timeout=FLAGS.body_timeout_s, max_readers=FLAGS.max_readers,
@@ -90,7 +98,8 @@ def main(argv: Sequence[str]) -> int:
                         decode_pixels=FLAGS.decode_megapixels and FLAGS.decode_megapixels * 10**6)
   load = lambda: model_lib.load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.model,  # noqa: E731
                                 FLAGS.calibration, align, limits, FLAGS.batch_size,
-                                FLAGS.explain)
+                                bool(FLAGS.workdir) if FLAGS.explain is None else FLAGS.explain,
+                                FLAGS.stability)
   return asyncio.run(serve(FLAGS.host, FLAGS.port, load, state))
 
 
@@ -103,11 +112,17 @@ def define_flags() -> None:
   flags.DEFINE_bool("align", False, "Detect and align faces first (MTCNN, as predict --align); "
                     "responses carry each face with its box.")
   flags.DEFINE_enum("align_mode", "align", ["align", "box"], "--align: crop kind.")
-  flags.DEFINE_enum("align_policy", "largest", ["largest", "most_confident", "all",
-                                                "skip_multiple"], "--align: which faces.")
+  flags.DEFINE_enum("align_policy", "all", ["largest", "most_confident", "all",
+                                            "skip_multiple"], "--align: which faces (default: "
+                    "every face found, each answered with its box and verdict).")
+  flags.DEFINE_float("max_upscale", 2.0, "--align: a face enlarged more than this to the "
+                     "model's input is 'unsure' (face too small), as in predict.")
+  flags.DEFINE_list("stability", list(verdicts.STABILITY), "As predict's: each image is "
+                    "also scored after these; a verdict that changes is 'unsure'. Empty: off.")
   flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize.")
-  flags.DEFINE_bool("explain", False, "Return Grad-CAM maps of both streams with every score "
-                    "(the page shows them; --workdir only).")
+  flags.DEFINE_bool("explain", None, "Explanations (signed evidence overlay, frequency pattern "
+                    "and profile) for requests that ask (`POST /v1/score?explain=1`; the page "
+                    "does). Default: on with --workdir; an export has no gradients' program.")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (default: localhost only).")
   flags.DEFINE_integer("port", 8080, "TCP port.")
   flags.DEFINE_integer("max_queue", 64, "Requests being decoded, queued or scored (taken "
@@ -121,9 +136,13 @@ def define_flags() -> None:
   flags.DEFINE_integer("decode_megapixels", None, "Pixels decoded at once across the decode "
                        "threads (memory ~ 15 bytes per pixel); default: twice --max_pixels.",
                        lower_bound=1)
-  flags.DEFINE_integer("batch_size", None, "The compiled batch (requests are padded to it); "
-                       "default: the config's eval batch size. Smaller: less latency when "
-                       "few clients; larger: more throughput under load.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", None, "The largest compiled batch (1, 8, 64, ... below "
+                       "it are compiled too; a batch is padded to the smallest that holds it); "
+                       "default: the config's eval batch size.", lower_bound=1)
+  flags.DEFINE_string("compilation_cache", os.path.join(os.path.expanduser("~"), ".cache",
+                                                        "cmfl_jax", "xla"),
+                      "Persistent XLA compilation cache (as cmfl_jax.main's): a restart "
+                      "compiles nothing; '' disables. $JAX_COMPILATION_CACHE_DIR wins.")
   flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more requests.")
   flags.DEFINE_integer("max_bytes", 20 * 2**20, "Largest request body (413 beyond).")
   flags.DEFINE_integer("max_pixels", 40_000_000, "Largest image, width x height from the "

@@ -123,6 +123,43 @@ def test_radial_mean_baseline_and_profiles():
   assert grid[8, 8] == 0 and grid[8, 0] == pytest.approx(1.0)  # DC centre, Nyquist border
 
 
+def test_power_law_baseline_keeps_the_trend_and_drops_the_peaks():
+  """A spectrum that is a line in log radius is its own baseline; a peak
+  added at the Nyquist corner (a ring of its own) is not in the baseline."""
+  r = np.hypot(*(np.mgrid[:32, :32] - 16))
+  line = np.clip(0.8 - 0.6 * np.log(np.maximum(r, 1.0)), -1, 1).astype(np.float32)
+  spec = np.repeat(line[None, :, :, None], 3, -1)
+  np.testing.assert_allclose(np.asarray(saliency.power_law(spec)), spec, atol=1e-5)
+  peaked = spec.copy()
+  peaked[0, 0, 0, :] = 1.0
+  base = np.asarray(saliency.power_law(peaked))
+  assert base[0, 0, 0, 0] < 0 and np.asarray(saliency.radial_mean(peaked))[0, 0, 0, 0] == 1.0
+
+
+def test_planted_checkerboard_is_found_by_both_streams_maps():
+  """A Nyquist checkerboard (the upsampling trace): over the whole image its
+  energy is one spectrum bin, the Nyquist corner (0, 0) of the fftshifted
+  grid, and the frequency map's largest value must be there; as a 6x6 patch,
+  the signed pixel map's peak must lie in the patch."""
+  size = 32
+  whole = planted.corpus(512, seed=0, artefact=planted.nyquist(size), patch=size)
+  model = planted.train(whole, steps=150)
+  test = planted.corpus(48, seed=1000, artefact=planted.nyquist(size), patch=size)
+  attacks = test["images"][test["labels"] == 0]
+  maps = saliency.compile_method(model, "ig", IG_STEPS)(attacks)
+  support = planted.support(np.asarray(maps["freq"]), _decisions(model, attacks))
+  peaks = np.argmax(support.reshape(len(support), -1), axis=1)
+  assert np.mean(peaks == 0) >= 0.9, peaks  # flat index 0: the Nyquist corner
+  patched = planted.corpus(512, seed=0, artefact=planted.nyquist(size))
+  model = planted.train(patched, steps=150)
+  test = planted.corpus(48, seed=1000, artefact=planted.nyquist(size))
+  attacks = test["labels"] == 0
+  images = test["images"][attacks]
+  rgb = np.asarray(saliency.compile_method(model, "ig", IG_STEPS)(images)["rgb"])
+  hits = planted.pointing_hits(rgb, test["boxes"][attacks], _decisions(model, images))
+  assert hits.mean() >= 0.75, hits.sum()
+
+
 def test_rows_are_streamed_one_batch_at_a_time(planted_run, tmp_path, monkeypatch):
   """explain_files pulls the loader's rows at most one batch ahead of what it
   has written, so memory does not grow with the number of files."""
@@ -240,7 +277,7 @@ def test_spectrum_integrated_gradients_are_complete():
   model.eval()
   x = spectrum.to_unit_range(planted.corpus(2, seed=4)["images"])
   s = spectrum.log_spectrum(x)
-  s0 = saliency.radial_mean(s)
+  s0 = saliency.power_law(s)
   ig = jax.jit(lambda x, s0: saliency.spectrum_attribution(model, x, s0, 64))(x, s0)
   gap = streams.logits(model, {"freq": s})["joint"] - streams.logits(model, {"freq": s0})["joint"]
   np.testing.assert_allclose(np.asarray(ig).sum((1, 2, 3)), np.asarray(gap), rtol=0.05, atol=1e-4)

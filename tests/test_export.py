@@ -188,10 +188,13 @@ def test_predict_with_model_scores_as_the_checkpoint(exported, images, in_proces
   assert predictions.calibration == "strict"  # named by the export, not by a flag
   np.testing.assert_allclose([r["score"] for r in rows], in_process["p_real"], atol=TOL, rtol=0)
   # The carried calibration has no band and predict checks no stability
-  # here: every image gets the threshold's verdict, none is unsure.
+  # here: every image gets the threshold's verdict, none is unsure, and the
+  # reason states the comparison that decided.
   for r in rows:
+    real = r["score"] >= predictions.threshold
     assert (r["verdict"], r["reason"]) == (
-        "real" if r["score"] >= predictions.threshold else "synthetic", ""), r
+        "real" if real else "synthetic",
+        f"score {r['score']:.4f} {'>=' if real else '<'} threshold {predictions.threshold:.4f}"), r
   np.testing.assert_allclose([r["platt"] for r in rows], in_process["p_real_platt"],
                              atol=TOL, rtol=0)
   assert [r["path"] for r in rows] == images[0]

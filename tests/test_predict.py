@@ -73,7 +73,7 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-3000:]
   # Without the attribution head, the columns of before it existed.
-  assert proc.stdout.splitlines()[0] == "path,score,verdict,reason,p_real_platt"
+  assert proc.stdout.splitlines()[0] == "path,score,verdict,reason,p_real_platt,error"
   rows = list(csv.DictReader(proc.stdout.splitlines()))
   assert len(rows) == 16 + len(broken) + 1
   in_folder = sorted(broken[k].name for k in broken if k != "missing")
@@ -82,9 +82,11 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       + [f"{i:03d}.png" for i in range(4, 16)] + ["broken.png", "missing.jpg"])
   by_name = {os.path.basename(r["path"]): r for r in rows}
   for kind, path in broken.items():
-    assert by_name[path.name]["verdict"].startswith(BROKEN_REASONS[kind]), by_name[path.name]
-    assert by_name[path.name]["score"] == "" == by_name[path.name]["p_real_platt"]
-  assert by_name["broken.png"]["verdict"].startswith("error: not a readable image")
+    row = by_name[path.name]
+    assert ("error: " + row["error"]).startswith(BROKEN_REASONS[kind]), row
+    assert row["score"] == row["verdict"] == row["reason"] == row["p_real_platt"] == ""
+  assert by_name["broken.png"]["error"].startswith("not a readable image")
+  assert all(r["error"] == "" and r["reason"] for r in rows if r["score"])
   good = [r for r in rows if r["score"]]
   calibrated = [(float(r["score"]), float(r["p_real_platt"])) for r in good]
   assert all((a < c) == (b < d) for (a, b), (c, d) in zip(calibrated, calibrated[1:])
@@ -100,8 +102,8 @@ def test_predict_scores_files_like_eval_and_reports_broken_ones(reference_run, t
       "dev_threshold"]
   assert 0.0 <= thr <= 1.0
   for r, s in zip(good, got):  # unsure (with its reason) near the threshold or if unstable
-    assert r["verdict"] == ("real" if s >= thr else "synthetic") and r["reason"] == "" or (
-        r["verdict"] == "unsure" and r["reason"]), r
+    assert r["verdict"] == ("real" if s >= thr else "synthetic") and r["reason"].startswith(
+        "score ") or (r["verdict"] == "unsure" and r["reason"]), r
   assert all(by_name[p.name]["reason"] == "" for p in broken.values())
   summary = json.loads(next(l for l in proc.stderr.splitlines()
                             if '"images_per_sec"' in l).split("] ", 1)[1])
@@ -245,7 +247,8 @@ def test_predict_align_scores_raw_photographs_and_reports_no_face(reference_run,
   assert 0.0 <= float(face["score"]) <= 1.0 and face["verdict"] in ("real", "synthetic", "unsure")
   assert len(face["face_box"].split()) == 4 and float(face["face_score"]) > 0.9
   assert face["faces_found"] == "1"
-  assert rows["noise.png"]["score"] == "" and rows["noise.png"]["verdict"].startswith("no face")
+  assert rows["noise.png"]["score"] == rows["noise.png"]["verdict"] == ""
+  assert rows["noise.png"]["error"].startswith("no face")
 
 
 def test_predict_names_the_generator_or_unknown(attribution_run, attribution_reference, tmp_path):
@@ -285,9 +288,9 @@ def test_predict_names_the_generator_or_unknown(attribution_run, attribution_ref
                                   stability=())
   assert predict.write_csv(predictions, False, out) == (len(ref["paths"]), 1)
   assert out.getvalue().splitlines()[0] == (
-      "path,score,verdict,reason,p_real_platt,generator,generator_confidence")
+      "path,score,verdict,reason,p_real_platt,generator,generator_confidence,error")
   rows = list(csv.DictReader(io.StringIO(out.getvalue())))
-  assert rows[-1]["verdict"] == "error: missing file"
+  assert rows[-1]["error"] == "missing file" and rows[-1]["verdict"] == ""
   assert rows[-1]["generator"] == rows[-1]["generator_confidence"] == ""
   index, confidence = openset.decide(ref["logits"], cut)
   named = openset.names(index, classes)

@@ -136,15 +136,18 @@ def test_health_model_page_and_one_line_per_request(server):
 
 def test_concurrent_clients_get_predicts_scores(server, tmp_path):
   """16 clients x 3 requests (raw body and multipart), all answered, each
-  p_real equal to predict's score of the same file, the verdict its threshold's."""
+  p_real equal to predict's score of the same file and the verdict and
+  reason predict gives it with its default stability check."""
   from cmfl_jax.scoring import decisions
+  from cmfl_jax.verdicts import stability
   url, workdir, _, _ = server
   images = _eval_images(6)
   files = []
   for i, image in enumerate(images):
     files.append(tmp_path / f"{i}.{'jpg' if i == 5 else 'png'}")
     files[-1].write_bytes(_png(image, "JPEG" if i == 5 else "PNG"))
-  expected = {r["path"]: r["score"] for r in decisions.predict(workdir, [str(f) for f in files]).rows}
+  expected = {r["path"]: r for r in decisions.predict(workdir, [str(f) for f in files],
+                                                       stability=stability.CONDITIONS).rows}
 
   async def client(k, session):
     out = []
@@ -154,8 +157,9 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
         form = aiohttp.FormData()
         form.add_field("image", path.read_bytes(), filename=path.name)
         out.append((path, await _post(session, url, form)))
-      else:
-        out.append((path, await _post(session, url, path.read_bytes())))
+      else:  # the third asks for the explanation, as the page does
+        out.append((path, await _post(session, url, path.read_bytes(),
+                                      params={"explain": "1"} if j == 2 else None)))
     return out
 
   async def run():
@@ -165,24 +169,33 @@ def test_concurrent_clients_get_predicts_scores(server, tmp_path):
 
   answers = asyncio.run(run())
   model_info = json.loads(_get(url + "/v1/model")[1])
-  assert model_info["serving"]["explanations"] == "gradcam"
+  assert model_info["serving"]["explanations"] == "evidence"
+  assert model_info["serving"]["stability"] == list(stability.CONDITIONS)
   assert len(answers) == 48
+  explained = 0
   for path, (status, _, body) in answers:
     assert status == 200, body
-    assert abs(body["p_real"] - expected[str(path)]) <= 1e-6
-    band = model_info["serving"]["unsure_band"]
-    if band and band["lo"] <= body["p_real"] < band["hi"]:
-      assert body["verdict"] == "unsure" and "unsure band" in body["reason"]
-    else:
-      assert body["verdict"] == ("real" if body["p_real"] >= body["threshold"] else "synthetic")
+    want = expected[str(path)]
+    assert abs(body["p_real"] - want["score"]) <= 1e-6
+    assert (body["verdict"], body["reason"]) == (want["verdict"], want["reason"])
+    assert set(body["stability"]) == set(stability.CONDITIONS)
     assert set(body["heads"]) == {"joint", "rgb", "freq"}
     assert "generator" not in body and "generator_confidence" not in body  # no such head
-    maps = body["explanation"]  # --explain: Grad-CAM of both streams, as PNGs
-    for stream in ("rgb", "freq"):
-      assert maps[f"{stream}_png"].startswith("data:image/png;base64,")
-      with Image.open(io.BytesIO(base64.b64decode(maps[f"{stream}_png"].split(",", 1)[1]))) as im:
-        assert im.size == (128, 128) and len(set(im.getdata())) > 1
     assert body["heads"]["joint"] == body["p_real"] and 0 < body["p_real_platt"] < 1
+    probability = body["probability"]  # the page's one number: Platt-scaled, same verdict
+    assert probability["platt"] and probability["value"] == body["p_real_platt"]
+    if body["verdict"] != "unsure":
+      assert (probability["value"] >= probability["threshold"]) == (body["verdict"] == "real")
+    if "explanation" not in body:
+      continue
+    explained += 1
+    maps = body["explanation"]  # ?explain=1: the overlay, the frequencies' pattern, the profile
+    for picture in ("overlay_png", "pattern_png"):
+      assert maps[picture].startswith("data:image/png;base64,")
+      with Image.open(io.BytesIO(base64.b64decode(maps[picture].split(",", 1)[1]))) as im:
+        assert im.size == (192, 192) and len(set(im.getdata())) > 1
+    assert len(maps["profile"]["radius"]) == len(maps["profile"]["evidence"]) > 4
+  assert explained == 16  # exactly the requests that asked
   assert _get(url + "/healthz")[0] == 200
 
 
@@ -283,6 +296,64 @@ def test_requests_are_batched_into_one_padded_shape():
   assert all(a[0] == 200 and a[2]["threshold_source"] == "test" for a in answers)
   assert len(calls) < 20 and max(c[0] for c in calls) == 4  # batched, never above batch_size
   assert sum(c[0] for c in calls) == 20
+
+
+def test_a_batch_is_padded_to_the_smallest_compiled_shape():
+  """Shapes 1, 8 and the largest are compiled up front; a lone image runs
+  as a batch of 1, 3 as 8, 40 as 32 + 8, and each image keeps its own score."""
+  from cmfl_jax.scoring import model as scoring_model
+  seen = []
+
+  def call(batch):
+    seen.append(len(batch))
+    return {"joint": batch[:, 0, 0, 0].astype(np.float32)}
+
+  assert scoring_model.batch_shapes(32) == (1, 8, 32) and scoring_model.batch_shapes(1) == (1,)
+  assert scoring_model.batch_shapes(32, unit=3) == (3, 24, 32)  # a request and its 2 variants
+  heads = scoring_model.padded_batches(call, scoring_model.batch_shapes(32), 2)
+  assert sorted(seen) == [1, 8, 32]  # compiled before the first request
+  for n, shapes in ((1, [1]), (3, [8]), (8, [8]), (9, [32]), (40, [32, 8])):
+    seen.clear()
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    out = heads(images)
+    assert seen == shapes and list(out["joint"]) == list(range(n)), (n, seen)
+
+
+def test_service_answers_with_predicts_rules_in_plain_words():
+  """The service's verdict is `verdicts.decide` with predict's inputs: a face
+  too small and a verdict that flips under a stability condition are unsure,
+  with the reason in plain words and what would help; a verdict given states
+  the comparison; the probability shown is the Platt-scaled one, its threshold
+  and band on the same scale."""
+  from cmfl_jax.serving import model, verdict
+  band = {"lo": 0.4, "hi": 0.6, "target_error": 0.05}
+  m = _fake_model(0.0, [])
+  m.policy = verdict.Policy(0.5, "dev_eer", band)
+  m.platt = {"method": "platt", "a": 2.0, "b": 0.5}
+  m.stability = ("jpeg:95",)
+  base = {"p_real": 0.9, "heads": {"joint": 0.9}}
+  stable = m.answer({**base, "under": {"jpeg:95": 0.85}})
+  assert (stable["verdict"], stable["reason"]) == ("real", "score 0.9000 >= 0.6000, the top "
+                                                            "of the unsure band")
+  assert stable["why"] == stable["help"] == ""
+  pr = stable["probability"]
+  assert pr["platt"] and pr["value"] == pytest.approx(stable["p_real_platt"])
+  assert pr["band"][0] < pr["threshold"] < pr["band"][1] <= pr["value"]
+  flipped = m.answer({**base, "under": {"jpeg:95": 0.3}})
+  assert flipped["verdict"] == "unsure" and flipped["reason"].startswith("verdict changes after")
+  assert "slightly compressed" in flipped["why"] and "less processed" in flipped["help"]
+  small = m.answer({**base, "under": {"jpeg:95": 0.85}}, "face too small (12 px, 5.3x upscale)")
+  assert small["verdict"] == "unsure" and "face is small" in small["why"]
+  assert "larger" in small["help"]
+  near = m.answer({"p_real": 0.5, "heads": {"joint": 0.5}, "under": {"jpeg:95": 0.5}})
+  assert near["verdict"] == "unsure" and "too close" in near["why"]
+  assert "calibrat" in near["help"]
+  # Stability variants are made per image and scored in the same batches.
+  images = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (10, 200)])
+  assert m.variants(images).shape == (4, 4, 4, 3)
+  scored = m.combine(m.run(m.variants(images)))
+  assert [set(s["under"]) for s in scored] == [{"jpeg:95"}] * 2
+  assert scored[1]["p_real"] == pytest.approx(200 / 255)
 
 
 def test_full_queue_answers_503_with_retry_after_then_recovers():
@@ -498,6 +569,39 @@ def test_face_finder_matches_predict_align(tmp_path):
   np.testing.assert_array_equal(got[0]["image"], want[0]["image"])
 
 
+def test_align_answers_every_face_with_predicts_verdicts(reference_run, tmp_path):
+  """One decision path: a photograph with two faces through the service
+  (--align, the defaults of the command: every face, stability check) and
+  through predict --align with the same defaults gives the same faces, boxes,
+  scores, verdicts and reasons."""
+  pytest.importorskip("mtcnn")
+  skdata = pytest.importorskip("skimage.data")
+  from cmfl_jax import verdicts
+  from cmfl_jax.data import aligned_crops
+  from cmfl_jax.scoring import decisions
+  from cmfl_jax.serving import app as app_lib, limits, model
+  workdir, _ = reference_run
+  face = skdata.astronaut()
+  path = tmp_path / "two.png"
+  Image.fromarray(np.concatenate([face, face[:, ::-1]], 1)).save(path)
+  options = aligned_crops.AlignOptions(policy="all")
+  want = list(decisions.predict(workdir, [str(path)], align=options,
+                                stability=verdicts.STABILITY).rows)
+  served = model.load(workdir, align=options, stability=verdicts.STABILITY, batch_size=4)
+  state = app_lib.State(limits.Limits())
+
+  async def body(session, url):
+    state.ready(served)
+    return await _post(session, url, path.read_bytes())
+
+  status, _, got = _served(state, body)
+  assert status == 200 and len(got["faces"]) == len(want) == 2, (got, want)
+  for answer, row in zip(got["faces"], want):
+    assert answer["box"] == pytest.approx([float(v) for v in row["face_box"].split()], abs=0.1)
+    assert answer["p_real"] == pytest.approx(row["score"], abs=1e-6)
+    assert (answer["verdict"], answer["reason"]) == (row["verdict"], row["reason"])
+
+
 def test_threshold_sources(tmp_path):
   """--calibration=NAME: the stored calibration's threshold and band; else the
   dev ones; else 0.5. An export answers with the calibration it carries."""
@@ -583,10 +687,33 @@ def test_page_in_headless_chromium_shows_the_verdict(server, tmp_path, monkeypat
     WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "verdict")))
     verdict = driver.find_element(By.ID, "verdict")
     assert verdict.text in ("Real face", "Synthetic face", "Unsure")
-    assert "P(real)" in driver.find_element(By.ID, "scores").text
-    assert "threshold" in driver.find_element(By.ID, "meaning").text
+    # One number, named, in percent; the reason in words.
+    headline = driver.find_element(By.ID, "headline").text
+    assert headline.startswith("Probability that the face is real (Platt-scaled): ")
+    assert headline.endswith(" %") and len(headline.split(": ")[1]) <= 8, headline
+    reason = driver.find_element(By.ID, "reason").text
+    assert reason.startswith(("Called real", "Called synthetic", "Why unsure")), reason
+    assert driver.find_element(By.ID, "help").is_displayed() == (verdict.text == "Unsure")
+    # The other numbers are in the closed details, each with a sentence.
+    assert not driver.find_element(By.ID, "scores").is_displayed()
+    driver.find_element(By.CSS_SELECTOR, "#details summary").click()
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#scores dt")]
+    notes = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#scores dd.note")]
+    assert "P(real), model score" in names and "Decision threshold" in names
+    assert len(notes) == len(names) and all(len(n) > 30 for n in notes)
+    values = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#scores dd.value")]
+    assert all("%" in v and not any(len(w) > 6 for w in v.split()) for v in values), values
+    # The explanation: the evidence overlay with its colour bar, the frequency
+    # pattern and profile, and the one-line legend.
     assert driver.find_element(By.ID, "explanation").is_displayed()  # --explain
+    for picture in ("overlay", "pattern"):
+      assert driver.find_element(By.ID, picture).get_attribute("src").startswith("data:image/png")
+    assert driver.find_element(By.CSS_SELECTOR, ".colourbar").is_displayed()
+    legend = driver.find_element(By.CSS_SELECTOR, ".legend").text
+    assert "evidence for synthetic" in legend and "evidence for real" in legend
+    assert driver.find_elements(By.CSS_SELECTOR, "#profile rect")
     assert "generator" not in driver.find_element(By.ID, "scores").text  # no such head
+    assert "threshold was set where" in driver.find_element(By.ID, "model").text
     if os.environ.get("SERVE_SCREENSHOT"):
       driver.save_screenshot(os.environ["SERVE_SCREENSHOT"])
   finally:
@@ -616,6 +743,7 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
   evaluation path's); from an exported --model, the decision made inside
   the artifact, the same; through HTTP too; /v1/model shows the fit."""
   from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring import decisions
   from cmfl_jax.serving import app as app_lib, limits, model
   ref = attribution_reference
   index, confidence = openset.decide(ref["logits"], ref["fitted"])
@@ -629,6 +757,12 @@ def test_answers_name_the_generator_for_a_checkpoint_and_an_export(
     np.testing.assert_allclose([a["generator_confidence"] for a in answers], confidence,
                                atol=1e-5, err_msg=kind)
     assert all(set(a["heads"]) == {"joint", "rgb", "freq"} for a in answers)
+    # One decision path: predict (--workdir, or --model for the export) gives the same verdicts.
+    rows = decisions.predict(attribution_run[0] if kind == "checkpoint" else None,
+                             ref["paths"],
+                             model=attribution_export if kind == "export" else None).rows
+    assert [(r["verdict"], r["reason"]) for r in rows] == [
+        (a["verdict"], a["reason"]) for a in map(loaded.answer, answers)], kind
     state = app_lib.State(limits.Limits())
 
     async def body(session, url, loaded=loaded):
@@ -661,6 +795,7 @@ def test_page_shows_the_generator(tmp_path, monkeypatch):
     driver.get(url + "/")
     driver.find_element(By.ID, "file").send_keys(str(image))
     WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.ID, "verdict")))
+    driver.find_element(By.CSS_SELECTOR, "#details summary").click()
     return driver.find_element(By.ID, "scores").text
 
   async def body(session, url):
@@ -675,3 +810,56 @@ def test_page_shows_the_generator(tmp_path, monkeypatch):
   assert (bright["generator"], dark["generator"]) == ("gan", "unknown")
   assert bright["generator_confidence"] == pytest.approx(200 / 255)
   assert "generator" in text and "gan (78.4 %)" in text, text
+
+
+def test_page_shows_every_face_and_a_plain_error(tmp_path, monkeypatch):
+  """Two faces (fake model): both listed with verdict and percent, both boxed
+  in their verdict's colour (not the synthetic colour for a real face), the
+  second one's numbers a click away; a broken file: one sentence, no result."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+  from cmfl_jax.serving import app as app_lib, limits
+  driver = _browser(monkeypatch)
+  image, broken = tmp_path / "two.png", tmp_path / "notes.png"
+  image.write_bytes(_png(np.full((40, 40, 3), 128, np.uint8)))
+  broken.write_bytes(b"not an image at all")
+  faces = lambda data: [{"box": [2.0, 2.0, 18.0, 18.0], "face_score": 0.99,  # noqa: E731
+                         "image": np.full((4, 4, 3), 230, np.uint8)},
+                        {"box": [22.0, 22.0, 38.0, 38.0], "face_score": 0.9,
+                         "image": np.full((4, 4, 3), 10, np.uint8)}]
+  state = app_lib.State(limits.Limits(max_bytes=10_000))
+
+  def upload(url, path):
+    driver.get(url + "/")
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith(
+        ("Checked", "Could not")))
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#boxes rect")
+                                    or not d.find_element(By.ID, "result").is_displayed())
+    items = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#faces li")]
+    strokes = [e.get_attribute("stroke") for e in driver.find_elements(By.CSS_SELECTOR,
+                                                                        "#boxes rect")]
+    first = driver.find_element(By.ID, "verdict").text
+    if items:
+      driver.find_elements(By.CSS_SELECTOR, "#faces li")[1].click()
+    return (items, strokes, first, driver.find_element(By.ID, "verdict").text,
+            driver.find_element(By.ID, "status").text,
+            driver.find_element(By.ID, "result").is_displayed())
+
+  async def body(session, url):
+    state.ready(_fake_model(0.0, [], faces))
+    loop = asyncio.get_running_loop()
+    return (await loop.run_in_executor(None, upload, url, image),
+            await loop.run_in_executor(None, upload, url, broken))
+
+  try:
+    two, bad = _served(state, body)
+  finally:
+    driver.quit()
+  items, strokes, first, second, _, shown = two
+  assert shown and items == ["Real face, 90.2 %", "Synthetic face, 3.9 %"], items
+  assert strokes == ["#2166ac", "#c0392b"]  # real: blue, synthetic: red
+  assert (first, second) == ("Face 1: Real face", "Face 2: Synthetic face")
+  _, _, _, _, status, shown = bad
+  assert not shown and status.startswith("Could not check notes.png: not an image")
+  assert "Try another image" in status and "Traceback" not in status

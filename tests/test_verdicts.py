@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -156,15 +157,18 @@ def test_stability_flags_a_verdict_that_flips():
 
 def test_decide_orders_the_reasons():
   band = {"lo": 0.4, "hi": 0.7, "target_error": 0.05}
-  assert verdicts.decide(0.8, 0.5, band) == ("real", "")
-  assert verdicts.decide(0.3, 0.5, band) == ("synthetic", "")
+  assert verdicts.decide(0.8, 0.5, band) == ("real", "score 0.8000 >= 0.7000, the top of the "
+                                                      "unsure band")
+  assert verdicts.decide(0.3, 0.5, band) == ("synthetic", "score 0.3000 < 0.4000, the bottom "
+                                                           "of the unsure band")
   v, why = verdicts.decide(0.55, 0.5, band)
   assert v == "unsure" and why.startswith("score in the unsure band [0.400, 0.700)")
   assert verdicts.decide(0.9, 0.5, band, unstable="verdict changes after x") == (
       "unsure", "verdict changes after x")
   assert verdicts.decide(0.9, 0.5, band, "flip", "face too small (12 px)") == (
       "unsure", "face too small (12 px)")
-  assert verdicts.decide(0.45, 0.5) == ("synthetic", "")
+  assert verdicts.decide(0.45, 0.5) == ("synthetic", "score 0.4500 < threshold 0.5000")
+  assert verdicts.decide(0.5, 0.5) == ("real", "score 0.5000 >= threshold 0.5000")
 
 
 def test_store_refuses_to_overwrite_and_reads_plain_json(tmp_path):
@@ -261,7 +265,8 @@ def test_calibrating_on_the_held_out_camera_keeps_its_false_alarms_within_the_gu
     in_band = band["lo"] <= r["score"] < band["hi"]
     want = ("unsure" if unstable or in_band else
             "real" if r["score"] >= max(band["hi"], stored["threshold"]) else "synthetic")
-    assert r["verdict"] == want and (want == "unsure") == bool(r["reason"]), r
+    assert r["verdict"] == want and r["reason"], r  # every one says why
+    assert bool(re.match(r"score [\d.]+ (>=|<) ", r["reason"])) == (want != "unsure"), r
   assert {r["verdict"] for r in rows.values()} - {"unsure"}  # not all unsure
 
 

@@ -27,43 +27,98 @@ def _save(fig, path: str) -> None:
     fig.savefig(f, format="png", dpi=90, bbox_inches="tight")
 
 
-def _heat(ax, background: np.ndarray, heat: np.ndarray, title: str, cmap_bg: str = "gray"):
-  ax.imshow(background, cmap=cmap_bg if background.ndim == 2 else None)
-  top = float(np.max(heat)) or 1.0
-  ax.imshow(heat / top, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-  ax.set_title(title, fontsize=8)
-  ax.axis("off")
+#: Colours of evidence for synthetic and for real (the service page's).
+SYNTHETIC_COLOUR, REAL_COLOUR = "#c0392b", "#2166ac"
 
 
-def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], scores: Mapping[str, float],
-                       path: str, title: str = "") -> None:
-  """PNG of one image's maps: `image` uint8 `[H, W, 3]`; `maps` holds "rgb"
-  and/or "freq" (and "spectrum" for the background of the latter)."""
-  panels = 1 + ("rgb" in maps) + 2 * ("freq" in maps)
-  fig = _figure(2.6 * panels, 2.8)
+def evidence_colormap():
+  """Blue (real) - light grey (none) - red (synthetic)."""
+  from matplotlib.colors import LinearSegmentedColormap
+  return LinearSegmentedColormap.from_list("evidence", [REAL_COLOUR, "#e6e6e6", SYNTHETIC_COLOUR])
+
+
+def synthetic_evidence(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Signed `[H, W]` maps, > 0 for synthetic: the attributions of the logit
+  of P(real) with their sign turned, colour channels summed."""
+  out = {}
+  for key in ("rgb", "freq"):
+    if key in maps:
+      m = np.asarray(maps[key], np.float32)
+      out[key] = -(m.sum(-1) if m.ndim == 3 else m)
+  return out
+
+
+def run_scale(maps: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """Fixed colour / axis scales for a run, from a first batch of maps
+  (`[B, H, W, 3]`): the 99th percentile of |evidence| per map, and of the
+  radial profile of the frequency evidence."""
+  out = {}
+  for key, m in synthetic_evidence(maps).items():
+    out[key] = float(np.percentile(np.abs(m), 99)) or 1.0
+  if "freq" in maps:
+    ev = synthetic_evidence(maps)["freq"]
+    out["profile"] = float(np.nanmax(np.abs(radial.profile(ev)))) or 1.0
+  return out
+
+
+def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray],
+                       scores: Mapping[str, float], path: str, title: str = "", verdict: str = "",
+                       scale: Mapping[str, float] | None = None) -> None:
+  """PNG of one image's signed evidence: `image` uint8 `[H, W, 3]`; `maps`
+  holds "rgb" (pixels) and/or "freq" (spectrum) attributions of the logit
+  of P(real); `verdict` goes in the title; `scale` fixes the colour and axis
+  ranges (`run_scale`, the same for every picture of a run; default: this
+  image's own)."""
+  from cmfl_jax.explanations import evidence
+  ev = synthetic_evidence(maps)
+  scale = dict(scale or run_scale({k: np.asarray(v)[None] for k, v in maps.items()
+                                    if k in ("rgb", "freq")}))
+  panels = 1 + ("rgb" in ev) + 2 * ("freq" in ev)
+  fig = _figure(3.6 * panels, 4.3)
   axes = fig.subplots(1, panels, squeeze=False)[0]
-  axes[0].imshow(image)
-  axes[0].set_title("input, " + ", ".join(f"{h} {s:.2f}" for h, s in scores.items()), fontsize=7)
+  cmap = evidence_colormap()
+  axes[0].imshow(image, interpolation="lanczos")
+  axes[0].set_title("the image", fontsize=10)
   axes[0].axis("off")
   k = 1
-  if "rgb" in maps:
-    _heat(axes[k], np.mean(image, -1), radial.magnitude(maps["rgb"]), "pixels: |attribution|")
+  if "rgb" in ev:
+    ax = axes[k]
+    ax.imshow(np.mean(image, -1), cmap="gray", interpolation="lanczos")
+    top = scale.get("rgb", 1.0)
+    shown = ax.imshow(ev["rgb"], cmap=cmap, vmin=-top, vmax=top, alpha=np.clip(
+        np.abs(ev["rgb"]) / top, 0, 1) * 0.85, interpolation="bilinear")
+    ax.set_title("where: evidence in the pixels", fontsize=10)
+    ax.axis("off")
+    bar = fig.colorbar(shown, ax=ax, orientation="horizontal", fraction=0.05, pad=0.03,
+                       ticks=[-top, 0, top])
+    bar.ax.set_xticklabels(["for real", "none", "for synthetic"], fontsize=8)
+    bar.solids.set_alpha(1)
     k += 1
-  if "freq" in maps:
-    freq = radial.magnitude(maps["freq"])
-    background = np.mean(maps["spectrum"], -1) if "spectrum" in maps else np.zeros_like(freq)
-    _heat(axes[k], background, freq, "spectrum (DC centre): |attribution|")
-    prof = radial.profile(freq)
+  if "freq" in ev:
+    drawn = evidence.pattern(image, ev["freq"])
+    axes[k].imshow(drawn, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    axes[k].set_title("the detail the weighed frequencies\ndraw in the image", fontsize=10)
+    axes[k].axis("off")
+    prof = radial.profile(ev["freq"])
     centres = 0.5 * (radial.ring_edges()[1:] + radial.ring_edges()[:-1])
-    axes[k + 1].plot(centres, prof, marker="o", ms=2)
-    axes[k + 1].axvline(1.0, color="0.6", lw=0.8, ls=":")
-    axes[k + 1].set_xlabel("radius / Nyquist", fontsize=7)
-    axes[k + 1].set_ylabel("mean |attribution|", fontsize=7)
-    axes[k + 1].set_title("frequency attribution, radial", fontsize=8)
-    axes[k + 1].tick_params(labelsize=6)
-  if title:
-    fig.suptitle(title, fontsize=8)
-  fig.tight_layout()
+    ax = axes[k + 1]
+    ax.bar(centres, prof, width=0.07, color=[SYNTHETIC_COLOUR if v > 0 else REAL_COLOUR
+                                             for v in np.nan_to_num(prof)])
+    ax.axhline(0, color="0.5", lw=0.8)
+    top = scale.get("profile", 1.0)
+    ax.set_ylim(-1.05 * top, 1.05 * top)
+    ax.set_yticks([-top, 0, top], ["for real", "0", "for synthetic"], fontsize=8)
+    ax.set_xticks([0, 1.0], ["coarse\nshapes", "finest detail\n(Nyquist)"], fontsize=8)
+    ax.set_xlabel("size of detail in the image", fontsize=9)
+    ax.set_title("frequency evidence by detail size", fontsize=10)
+  heads = ", ".join(f"{h} {100 * s:.1f} %" for h, s in scores.items() if h != "joint")
+  joint = scores.get("joint")
+  head = f"{verdict}" + (f" - P(real) {100 * joint:.1f} %" if joint is not None else "")
+  fig.suptitle(f"{title}: {head}" if title else head, fontsize=12, fontweight="bold")
+  fig.text(0.5, 0.01, "Red: evidence for synthetic. Blue: evidence for real. Colour and axis "
+           "scales are the same for every picture of this run." + (
+               f"  Streams alone: {heads}." if heads else ""), ha="center", fontsize=8.5)
+  fig.tight_layout(rect=(0, 0.04, 1, 0.95))
   _save(fig, path)
 
 

@@ -37,6 +37,12 @@ DECOY_FREQ = (10, 0)     # horizontal stripes, period 3.2 px
 PATCH_NORM = 1.2
 
 
+def nyquist(size: int) -> tuple[int, int]:
+  """The checkerboard's frequency: (size/2, size/2) cycles, the Nyquist
+  corner of the fftshifted spectrum (index (0, 0))."""
+  return (size // 2, size // 2)
+
+
 def tiny_model_config(arch: str = "two_stream", input_kind: str = "rgb") -> ml_collections.ConfigDict:
   """configs/smoke.py's model sizes."""
   return ml_collections.ConfigDict(dict(arch=arch, input=input_kind, backbone="densenet121",
@@ -54,23 +60,28 @@ def _background(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
   return 0.2 + 0.6 * np.moveaxis(x, 1, -1)
 
 
-def _grating(freq: tuple[int, int], size: int, phase: float) -> np.ndarray:
-  y, x = np.mgrid[:PATCH, :PATCH]
+def _grating(freq: tuple[int, int], size: int, phase: float, patch: int = PATCH) -> np.ndarray:
+  y, x = np.mgrid[:patch, :patch]
   g = np.sin(2 * np.pi * (freq[0] * y + freq[1] * x) / size + phase)
   return g / np.linalg.norm(g) * PATCH_NORM
 
 
-def corpus(n: int, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+def corpus(n: int, size: int = 32, seed: int = 0,
+           artefact: tuple[int, int] = ARTEFACT_FREQ, patch: int = PATCH
+           ) -> dict[str, np.ndarray]:
   """{"images": uint8 [n, size, size, 3], "labels": 1 bona fide / 0 attack
-  (alternating), "boxes": [n, 2] top-left corner of the patch}."""
+  (alternating), "boxes": [n, 2] top-left corner of the patch}; `artefact`
+  is the attacks' grating (`nyquist(size)`: a checkerboard), `patch` the
+  side of both gratings (`size`: the whole image, a single spectrum bin)."""
   rng = np.random.default_rng(seed)
   images = _background(rng, n, size)
   labels = np.arange(n) % 2
-  boxes = rng.integers(0, size - PATCH + 1, (n, 2))
+  boxes = rng.integers(0, size - patch + 1, (n, 2))
   for i in range(n):
-    freq = DECOY_FREQ if labels[i] else ARTEFACT_FREQ
+    freq = DECOY_FREQ if labels[i] else artefact
     (y, x) = boxes[i]
-    images[i, y:y + PATCH, x:x + PATCH] += _grating(freq, size, rng.uniform(0, 2 * np.pi))[..., None]
+    images[i, y:y + patch, x:x + patch] += _grating(freq, size, rng.uniform(0, 2 * np.pi),
+                                                    patch)[..., None]
   return {"images": np.clip(np.round(images * 255), 0, 255).astype(np.uint8),
           "labels": labels.astype(np.int32), "boxes": boxes}
 

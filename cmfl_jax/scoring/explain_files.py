@@ -16,13 +16,16 @@ import jax
 import numpy as np
 from flax import nnx
 
+from cmfl_jax import verdicts
 from cmfl_jax.data import ops
 from cmfl_jax.evaluation import evaluate
 from cmfl_jax.explanations import pictures, saliency, sanity, streams
 from cmfl_jax.scoring import files, model as scoring_model
 from cmfl_jax.training import steps
+from cmfl_jax.verdicts import stability as stability_lib
 
 HEADS = ("joint", "rgb", "freq")
+VERDICT_WORDS = {"real": "Real face", "synthetic": "Synthetic face", "unsure": "Unsure"}
 #: Per-image sanity numbers (--sanity), see `sanity`.
 SANITY_COLUMNS = ("randomisation_rank_corr_rgb", "randomisation_rank_corr_freq",
                   "randomisation_signed_rank_corr_rgb", "randomisation_signed_rank_corr_freq",
@@ -37,6 +40,7 @@ class Loaded:
   model_config: object
   config: object
   step: int
+  rule: tuple = (None, None, "default_0.5")  # `verdicts.rule` of the checkpoint's metadata
 
 
 def load(workdir: str, which: str = "best") -> Loaded:
@@ -44,7 +48,8 @@ def load(workdir: str, which: str = "best") -> Loaded:
   nothing but arrays and JSON is read (Orbax)."""
   config = scoring_model.config_from_checkpoint(workdir, which)
   state, _, mesh, meta, _ = evaluate.restore_for_eval(config, workdir, which)
-  return from_state(config, state, mesh, int(meta["step"]))
+  return dataclasses.replace(from_state(config, state, mesh, int(meta["step"])),
+                             rule=verdicts.rule(meta))
 
 
 def from_state(config, state: steps.TrainState, mesh, step: int) -> Loaded:
@@ -91,7 +96,11 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
     evidence = sanity.evidence_programs(loaded.model)
   names = dict(zip(paths, output_names(paths)))
   shape = (geometry.size, geometry.size, 3)
+  joint = _joint_scorer(loaded.model)
+  threshold, band, _ = loaded.rule
+  cut = 0.5 if threshold is None else threshold
   rows = files.file_rows(paths, geometry, config.data, batch_size)
+  scale = None  # the pictures' colour and axis scales, fixed by the first batch
   for group in _batched(rows, batch_size):
     good = [r for r in group if "image" in r]
     position = {id(r): i for i, r in enumerate(good)}
@@ -99,8 +108,10 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       images = np.stack([r["image"] for r in good])
       padded = np.concatenate([images, np.zeros((batch_size - len(good), *shape), np.uint8)])
       maps = {k: np.asarray(v)[:len(good)] for k, v in jax.device_get(run(padded)).items()}
+      scale = scale or pictures.run_scale({k: maps[k] for k in ("rgb", "freq") if k in maps})
       if check_sanity:
         checks = _sanity(loaded.model, padded, maps, random_run, evidence, len(good))
+      under = stability_lib.scores_under(images, joint, verdicts.STABILITY)
     for row in group:
       out = {"path": row["path"], "method": method, "checkpoint_step": loaded.step}
       if "error" in row:
@@ -113,13 +124,25 @@ def explain_files(loaded: Loaded, paths: Sequence[str], out_dir: str, method: st
       os.makedirs(os.path.dirname(target), exist_ok=True)
       np.savez_compressed(target + ".npz", **one, **{f"score_{h}": s for h, s in scores.items()},
                           method=method, checkpoint_step=loaded.step)
+      # predict's rule with predict's default stability check
+      unstable = stability_lib.unstable(scores["joint"], {c: float(v[i]) for c, v in
+                                                          under.items()}, cut)
+      verdict, _ = verdicts.decide(scores["joint"], cut, band, unstable)
       if pictures_too:
         pictures.explanation_figure(row["image"], one, scores, target + ".png",
-                                    f"{os.path.basename(row['path'])} ({method})")
-      out.update({f"score_{h}": s for h, s in scores.items()}, output=target + ".npz")
+                                    os.path.basename(row["path"]), VERDICT_WORDS[verdict], scale)
+      out.update({f"score_{h}": s for h, s in scores.items()}, verdict=verdict,
+                 output=target + ".npz")
       if check_sanity:
         out.update({k: float(v[i]) for k, v in checks.items()})
       yield out
+
+
+def _joint_scorer(model: streams.Model):
+  """uint8 images -> the joint head's P(real), jit-compiled."""
+  graphdef, state = nnx.split(model)
+  run = jax.jit(lambda state, x: jax.nn.sigmoid(nnx.merge(graphdef, state)(x)["joint"]))
+  return lambda images: np.asarray(run(state, images))
 
 
 def _sanity(model, padded, maps, random_run, evidence, n) -> dict[str, np.ndarray]:
@@ -139,7 +162,8 @@ def _sanity(model, padded, maps, random_run, evidence, n) -> dict[str, np.ndarra
 def write_csv(rows: Iterator[dict], path: str) -> Iterator[dict]:
   """Writes `rows` to `path` as they come (header from the first row's keys
   plus the error column) and passes them on."""
-  columns = ["path", "output", *[f"score_{h}" for h in HEADS], "method", "checkpoint_step",
+  columns = ["path", "output", *[f"score_{h}" for h in HEADS], "verdict", "method",
+             "checkpoint_step",
              *SANITY_COLUMNS,
              "error"]
   with open(path, "w", newline="") as f:

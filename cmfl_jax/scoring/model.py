@@ -6,7 +6,7 @@ calibrate."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -57,28 +57,48 @@ def p_real_heads(heads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: v for k, v in heads.items() if k not in ATTRIBUTION_OUTPUTS}
 
 
-def padded_batches(call: Callable[[np.ndarray], dict[str, np.ndarray]], batch_size: int,
-                   size: int) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-  """`call` on fixed-size batches (a partial one zero-padded: one compilation),
-  compiled before this returns, so that images/s measures the stream."""
+def batch_shapes(largest: int, unit: int = 1) -> tuple[int, ...]:
+  """The compiled batch sizes of a service: `unit` (the images of one
+  request: 1 + its stability variants), 8x, 64x that, ... below `largest`,
+  and `largest`. A lone request waits for its own forward pass, a full
+  queue gets the largest batch, padding wastes at most 8x. Few sizes: each
+  costs a trace at start-up, even with a warm compilation cache."""
+  sizes, k = [], max(1, min(unit, largest))
+  while k < largest:
+    sizes.append(k)
+    k *= 8
+  return (*sizes, largest)
+
+
+def padded_batches(call: Callable[[np.ndarray], dict[str, np.ndarray]],
+                   batch_size: int | Sequence[int], size: int
+                   ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+  """`call` on fixed-size batches: chunks of the largest size, the last one
+  zero-padded to the smallest size that holds it (one compilation per size,
+  all done before this returns, so that images/s measures the stream)."""
+  sizes = sorted({batch_size} if isinstance(batch_size, int) else set(batch_size))
+  largest = sizes[-1]
 
   def heads(images: np.ndarray) -> dict[str, np.ndarray]:
     out: dict[str, list] = {}
-    for start in range(0, max(len(images), 1), batch_size):
-      chunk = images[start:start + batch_size]
+    for start in range(0, max(len(images), 1), largest):
+      chunk = images[start:start + largest]
       n = len(chunk)
-      batch = np.concatenate([chunk, np.zeros((batch_size - n, size, size, 3), np.uint8)])
+      shape = next(s for s in sizes if s >= n)
+      batch = np.concatenate([chunk, np.zeros((shape - n, size, size, 3), np.uint8)])
       for head, p in call(batch).items():
         out.setdefault(head, []).append(np.asarray(p)[:n])
     return {head: np.concatenate(parts) for head, parts in out.items()}
 
-  heads(np.zeros((0, size, size, 3), np.uint8))
+  for shape in sizes:
+    call(np.zeros((shape, size, size, 3), np.uint8))
   return heads
 
 
-def load_model(workdir: str, which: str = "best", batch_size: int | None = None) -> Model:
+def load_model(workdir: str, which: str = "best", batch_size: int | None = None,
+               shapes: Sequence[int] = ()) -> Model:
   """Restores and compiles checkpoint `which` for batches of `batch_size`
-  (default: the config's eval batch size)."""
+  (default: the config's eval batch size) and of the smaller `shapes`."""
   config = config_from_checkpoint(workdir, which)
   state, eval_fn, mesh, meta, name = evaluate.restore_for_eval(config, workdir, which)
   batch_size = batch_size or config.train.eval_batch_size
@@ -96,7 +116,8 @@ def load_model(workdir: str, which: str = "best", batch_size: int | None = None)
                                                                        fitted)
     return heads
 
-  return Model(config, meta, name, padded_batches(call, batch_size, config.data.image_size),
+  return Model(config, meta, name, padded_batches(call, (*shapes, batch_size),
+                                                  config.data.image_size),
                state, eval_fn, mesh, tuple(fitted["classes"]) if fitted else ())
 
 
@@ -105,7 +126,8 @@ _ARTIFACT_HEADS = {"p_real": "joint", "p_real_rgb": "rgb", "p_real_freq": "freq"
                    openset.INDEX: openset.INDEX, openset.CONFIDENCE: openset.CONFIDENCE}
 
 
-def load_exported(directory: str, batch_size: int | None = None) -> Model:
+def load_exported(directory: str, batch_size: int | None = None,
+                  shapes: Sequence[int] = ()) -> Model:
   """An exported model (`cmfl_jax.export`): its card's config, thresholds and
   calibrations; its P(real) outputs as the heads, and the generator it
   decided where it has the attribution head."""
@@ -130,6 +152,6 @@ def load_exported(directory: str, batch_size: int | None = None) -> Model:
             if (head := _ARTIFACT_HEADS.get(k))}
 
   return Model(config, meta, f"{card['checkpoint']['kind']}_{card['checkpoint']['step']}",
-               padded_batches(call, batch_size or config.train.eval_batch_size,
+               padded_batches(call, (*shapes, batch_size or config.train.eval_batch_size),
                               config.data.image_size),
                classes=tuple(meta.get("attribution", {}).get("classes", ())))

@@ -206,21 +206,29 @@ async def score(request: web.Request) -> web.Response:
     return error(503, "model loading", {"Retry-After": "5"})
   if state.batcher.pending >= state.max_pending:  # busy: do not read what cannot be scored
     raise batcher_lib.Busy(max(1, round(state.max_wait + 1)))
+  loop = asyncio.get_running_loop()
   held = _Held(state)
   try:
     data = await _body(request, state, held)
     with state.batcher.admit():  # a slot only once the body is in
-      images, faces = await asyncio.get_running_loop().run_in_executor(
-          state.decode_pool, _prepare, model, data, state.decode_budget)
-      results = await state.batcher.score(images)
+      images, faces = await loop.run_in_executor(state.decode_pool, _prepare, model, data,
+                                                 state.decode_budget)
+      batch = await loop.run_in_executor(state.decode_pool, model.variants, images)
+      scored = model.combine(await state.batcher.score(batch))
+      if model.maps is not None and request.query.get("explain") == "1":
+        for entry, maps in zip(scored, await state.batcher.call(model.maps, images)):
+          entry["explanation"] = maps
   finally:
     held.release()
-  body = dict(results[0])
-  body["face_box"] = faces[0]["box"] if faces else None
   if faces:
-    body["faces"] = [{**f, **r} for f, r in zip(faces, results)]
+    answers = [{**model.answer(r, face.pop("unsupported", None)), **face}
+               for face, r in zip(faces, scored)]
+    body = {**answers[0], "faces": answers, "face_box": answers[0]["box"]}
+  else:
+    body = {**model.answer(scored[0]), "faces": None, "face_box": None}
   request[NOTE] = f"p_real={body['p_real']:.6f} verdict={body['verdict']}" + (
-      f" generator={body['generator']}" if "generator" in body else "")
+      f" generator={body['generator']}" if "generator" in body else "") + (
+      f" faces={len(faces)}" if faces else "")
   return web.json_response(body)
 
 

@@ -4,12 +4,14 @@ Requests put single images on a queue; one worker takes the first, waits at
 most `max_wait` seconds for more (up to `batch_size`; not at all when no other
 request is in flight), and runs the batch in
 a thread of its own, so the event loop keeps accepting and answering while
-the model works. The scorer pads every batch to `batch_size`: one shape, one
-compilation, whatever the traffic. Admission is bounded: `admit` refuses once
-`max_pending` requests are in flight, and the caller answers 503. A request
-waits at most `timeout` seconds for its results (`TimedOut`), and a batch
-whose scorer returns the wrong number of results fails all its requests, so
-no request can hold its slot forever.
+the model works. The scorer pads each batch to the smallest of a few
+compiled sizes that holds it (`scoring.model.batch_shapes`), so a lone
+request waits for one image's forward pass and a busy queue fills the
+largest. Admission is bounded: `admit` refuses once `max_pending` requests
+are in flight, and the caller answers 503. A request waits at most
+`timeout` seconds for its results (`TimedOut`), and a batch whose scorer
+returns the wrong number of results fails all its requests, so no request
+can hold its slot forever.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class Batcher:
       return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout))
     except asyncio.TimeoutError:
       raise TimedOut(f"no result within {self.timeout:g} s") from None
+
+  async def call(self, fn: Callable[..., Any], *args) -> Any:
+    """`fn(*args)` in the model's thread (e.g. explanations), between batches."""
+    return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
   async def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
     batch = [await self._queue.get()]

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Any, Callable
+import logging
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from cmfl_jax.serving import limits as limits_lib
 from cmfl_jax.serving import verdict as verdict_lib
+
+log = logging.getLogger("cmfl_jax.serve")
 
 
 @dataclasses.dataclass
@@ -33,36 +37,74 @@ class ScoringModel:
   description: dict[str, Any]
   limits: limits_lib.Limits
   faces: Callable[[bytes], list[dict]] | None = None      # --align: bytes -> faces with inputs
-  maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> PNG data URIs
+  maps: Callable[[np.ndarray], list[dict]] | None = None  # --explain: images -> explanations
   classes: tuple[str, ...] = ()                           # attribution classes (): no head
+  stability: tuple[str, ...] = ()                        # predict's --stability conditions
+
+  def warm_up(self) -> None:
+    """Compiles what is compiled on first use (the explanations), so that
+    the service is healthy as soon as it can score."""
+    if self.maps is not None:
+      start = time.perf_counter()
+      self.maps(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+      log.info("explanations compiled in %.1f s", time.perf_counter() - start)
+
+  def variants(self, images: np.ndarray) -> np.ndarray:
+    """Each image followed by its `stability` variants (the decode threads
+    make them, so the model's thread only scores)."""
+    from cmfl_jax.verdicts import stability as stability_lib
+    if not self.stability:
+      return images
+    parts = [images] + [stability_lib.perturbed(images, c) for c in self.stability]
+    return np.stack(parts, 1).reshape(-1, *images.shape[1:])
 
   def run(self, images: np.ndarray) -> list[dict[str, Any]]:
-    """Scores, verdicts and (with --explain) explanation maps of a batch."""
-    out = self.results(self.score(images))
-    if self.maps is not None:
-      for entry, maps in zip(out, self.maps(images)):
-        entry["explanation"] = maps
+    """The scores of each image of a batch (originals and variants alike)."""
+    return _scored({k: np.asarray(v) for k, v in self.score(images).items()}, self.classes)
+
+  def combine(self, scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`run`'s scores of `variants(images)` -> one entry per image, its
+    variants' P(real) under "under"."""
+    step = 1 + len(self.stability)
+    out = []
+    for k in range(0, len(scored), step):
+      entry = dict(scored[k])
+      entry["under"] = {c: scored[k + 1 + j]["p_real"] for j, c in enumerate(self.stability)}
+      out.append(entry)
+    return out
+
+  def answer(self, scored: dict[str, Any], unsupported: str | None = None) -> dict[str, Any]:
+    """The JSON answer for one scored image (`run`): predict's verdict rule
+    (too small, stability, band, threshold), the one probability to read
+    and the reason in plain words."""
+    from cmfl_jax.evaluation import evaluate, stats
+    from cmfl_jax.verdicts import stability as stability_lib
+    out = {k: v for k, v in scored.items() if k != "under"}
+    out["stability"] = dict(scored.get("under", {}))
+    p = out["p_real"]
+    out["p_real_platt"] = (float(stats.apply_calibration(
+        self.platt, evaluate.logits_of(np.asarray([p])))[0]) if self.platt else None)
+    unstable = stability_lib.unstable(p, scored.get("under", {}), self.policy.threshold)
+    verdict, reason = self.policy.decide(out, unstable, unsupported)
+    out.update(verdict=verdict, reason=reason, meaning=verdict_lib.MEANING[verdict],
+               threshold=self.policy.threshold, threshold_source=self.policy.source,
+               probability=verdict_lib.probability(p, self.policy, self.platt),
+               **verdict_lib.plain(verdict, reason))
     return out
 
   def results(self, heads: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """JSON-able scores, verdict and threshold of each image of a batch, and
-    with the attribution head the generator predict names."""
-    from cmfl_jax.attribution import openset
-    from cmfl_jax.evaluation import evaluate, stats
-    from cmfl_jax.scoring.model import p_real_heads as p_real_of
-    out = []
-    named = openset.answers(heads, self.classes, len(heads["joint"]))
-    p_real_heads = p_real_of(heads)
-    for i in range(len(heads["joint"])):
-      p = float(heads["joint"][i])
-      scores = {"p_real": p, "heads": {k: float(v[i]) for k, v in p_real_heads.items()}}
-      scores["p_real_platt"] = (float(stats.apply_calibration(
-          self.platt, evaluate.logits_of(np.asarray([p])))[0]) if self.platt else None)
-      verdict, reason = self.policy.decide(scores)
-      out.append({**scores, "verdict": verdict, "reason": reason,
-                  "meaning": verdict_lib.MEANING[verdict], "threshold": self.policy.threshold,
-                  "threshold_source": self.policy.source, **named[i]})
-    return out
+    """The answers for a batch's heads (no stability variants)."""
+    return [self.answer(r) for r in _scored(heads, self.classes)]
+
+
+def _scored(heads: dict[str, np.ndarray], classes: tuple[str, ...]) -> list[dict[str, Any]]:
+  from cmfl_jax.attribution import openset
+  from cmfl_jax.scoring.model import p_real_heads
+  n = len(heads["joint"])
+  named = openset.answers(heads, classes, n)
+  p_heads = p_real_heads(heads)
+  return [{"p_real": float(heads["joint"][i]),
+           "heads": {k: float(v[i]) for k, v in p_heads.items()}, **named[i]} for i in range(n)]
 
 
 def _decoder(geometry) -> Callable[[bytes], np.ndarray]:
@@ -95,7 +137,9 @@ def _face_finder(options, geometry) -> Callable[[bytes], list[dict]]:
       raise limits_lib.Rejected(422, f"not a readable image ({image.reason})")
     found = aligned_crops.align_pixels(image, options)
     return [{"box": [round(float(v), 1) for v in face.box], "face_score": float(face.score),
-             "image": model_input(face, geometry)} for face in found or []]
+             "image": model_input(face, geometry),
+             "unsupported": aligned_crops.too_small(face, geometry.size, options.max_upscale)}
+            for face in found or []]
 
   return find
 
@@ -165,20 +209,32 @@ def _policy(workdir: str | None, model: str | None, meta: dict, calibration: str
 def load(workdir: str | None = None, which: str = "best", model: str | None = None,
          calibration: str | None = None, align=None,
          limits: limits_lib.Limits | None = None, batch_size: int | None = None,
-         explain: bool = False) -> ScoringModel:
+         explain: bool = False, stability: Sequence[str] = ()) -> ScoringModel:
   """The model of `workdir` (checkpoint `which`) or of the export `model`,
-  compiled for one padded batch shape (`batch_size`, default the config's
-  eval batch size) before this returns; with `explain`, Grad-CAM maps too
-  (a checkpoint only: an export holds no gradients' program)."""
+  compiled before this returns for a few batch shapes (`scoring.model.batch_shapes`
+  up to `batch_size`, default the config's eval batch size: a request waits
+  for the smallest batch that holds what is queued, not a padded full one);
+  with `explain`, the page's explanations too (`serving.maps`; a checkpoint
+  only: an export holds no gradients' program); `stability`:
+  predict's conditions, each image is also scored under them."""
   if explain and model:
     raise ValueError("--explain needs --workdir: an exported model has no explanation program")
+  start = time.perf_counter()
   from cmfl_jax.data import ops, readers
-  from cmfl_jax.scoring.model import load_exported, load_model
+  from cmfl_jax.scoring.model import (batch_shapes, config_from_checkpoint, load_exported,
+                                      load_model)
+  from cmfl_jax.verdicts import stability as stability_lib
+  if batch_size is None:
+    from cmfl_jax.exporting import artifact
+    config = (artifact.read_card(model)["config"] if model else
+              config_from_checkpoint(workdir, which))
+    batch_size = int(config["train"]["eval_batch_size"])
+  shapes = batch_shapes(batch_size, 1 + len(stability))
   if model:
-    loaded = load_exported(model, batch_size)
+    loaded = load_exported(model, batch_size, shapes)
     description = {"source": "export", "card": public_card(loaded.meta["card"])}
   else:
-    loaded = load_model(workdir, which, batch_size)
+    loaded = load_model(workdir, which, batch_size, shapes)
     description = _checkpoint_description(workdir, which, loaded.config)
   config = loaded.config
   geometry = ops.Geometry(int(config.data.image_size),
@@ -190,21 +246,24 @@ def load(workdir: str | None = None, which: str = "best", model: str | None = No
   base = limits or limits_lib.Limits()
   limits = dataclasses.replace(base, max_pixels=min(base.max_pixels, int(config.data.max_pixels)),
                                min_side=readers.min_image_side(config.data))
-  batch_size = batch_size or int(config.train.eval_batch_size)
   description["serving"] = {"threshold": policy.threshold, "threshold_source": policy.source,
                             "unsure_band": policy.band, "align": bool(align),
-                            "batch_size": batch_size, "max_bytes": limits.max_bytes,
+                            "batch_size": batch_size, "batch_shapes": list(shapes),
+                            "max_bytes": limits.max_bytes,
                             "max_pixels": limits.max_pixels,
-                            "explanations": "gradcam" if explain else False}
+                            "explanations": "evidence" if explain else False,
+                            "stability": list(stability)}
   decode = _decoder(geometry)
   decode(_probe_png(int(config.data.image_size)))  # trace the decode now, not on a request
   maps = None
-  if explain:
+  if explain:  # compiled on first use: `ScoringModel.warm_up`, right after the service is up
     from cmfl_jax.serving import maps as maps_lib
-    maps = maps_lib.explainer(loaded, batch_size)
+    maps = maps_lib.explainer(loaded, (1,))  # the page asks for one upload at a time
+  log.info("model ready in %.1f s (batch shapes %s)", time.perf_counter() - start, shapes)
   return ScoringModel(batch_size, int(config.data.image_size), loaded.heads,
                       decode, policy, loaded.meta.get("calibration"), description, limits,
-                      _face_finder(align, geometry) if align else None, maps, loaded.classes)
+                      _face_finder(align, geometry) if align else None, maps, loaded.classes,
+                      stability_lib.check_conditions(stability))
 
 
 def _probe_png(size: int) -> bytes:

@@ -20,6 +20,9 @@ from cmfl_jax.verdicts import binding, conformal, selective, store
 from cmfl_jax.verdicts.store import CalibrationError
 
 REAL, SYNTHETIC, UNSURE = "real", "synthetic", "unsure"
+#: The stability conditions predict, the service and an export's predict
+#: re-score every image under by default (`stability`).
+STABILITY = ("jpeg:95", "resize:0.9")
 
 
 def load_calibration(workdir: str, name: str) -> dict[str, Any]:
@@ -58,7 +61,8 @@ def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
   cannot support a verdict (`unsupported`, e.g. "face too small (12 px)"),
   when the verdict flips under mild post-processing (`unstable`: the
   reason), or when the score lies in the dev-fitted `band`; otherwise real
-  if p_real >= threshold (>= band["hi"] with a band), else synthetic."""
+  if p_real >= threshold (>= band["hi"] with a band), else synthetic, with
+  the comparison that decided as the reason (every verdict has one)."""
   if unsupported:
     return UNSURE, unsupported
   if unstable:
@@ -66,8 +70,14 @@ def decide(p_real: float, threshold: float, band: dict[str, Any] | None = None,
   if band is not None and band["lo"] <= p_real < band["hi"]:
     return UNSURE, (f"score in the unsure band [{band['lo']:.3f}, {band['hi']:.3f}) "
                     f"(dev error target {band['target_error']:g})")
-  return (REAL, "") if p_real >= threshold else (SYNTHETIC, "")
+  if band is not None:
+    return ((REAL, f"score {p_real:.4f} >= {band['hi']:.4f}, the top of the unsure band")
+            if p_real >= threshold else
+            (SYNTHETIC, f"score {p_real:.4f} < {band['lo']:.4f}, the bottom of the unsure band"))
+  return ((REAL, f"score {p_real:.4f} >= threshold {threshold:.4f}") if p_real >= threshold else
+          (SYNTHETIC, f"score {p_real:.4f} < threshold {threshold:.4f}"))
 
 
-__all__ = ["CalibrationError", "binding", "REAL", "SYNTHETIC", "UNSURE", "conformal", "decide",
+__all__ = ["CalibrationError", "binding", "REAL", "STABILITY", "SYNTHETIC", "UNSURE", "conformal",
+           "decide",
            "load_calibration", "rule", "selective", "store"]

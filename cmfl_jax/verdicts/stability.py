@@ -11,9 +11,10 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from cmfl_jax import verdicts
 from cmfl_jax.data import ops
 
-CONDITIONS = ("jpeg:95", "resize:0.9")
+CONDITIONS = verdicts.STABILITY
 
 
 def check_conditions(conditions: Sequence[str]) -> tuple[str, ...]:
