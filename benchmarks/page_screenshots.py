@@ -54,6 +54,7 @@ def main() -> None:
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support import expected_conditions as ec
   from selenium.webdriver.support.ui import WebDriverWait
+  os.makedirs(args.out, exist_ok=True)
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen([sys.executable, "-m", "cmfl_jax.serve", f"--workdir={args.workdir}",
@@ -82,7 +83,8 @@ def main() -> None:
       height = driver.execute_script("return document.body.scrollHeight")
       driver.set_window_size(1000, max(600, height + 40))
       path = os.path.join(args.out, f"page_{name}.png")
-      driver.save_screenshot(path)
+      if not driver.save_screenshot(path):
+        raise SystemExit(f"could not write {path}")
       print(path, driver.find_element(By.ID, "status").text)
   finally:
     if driver:
