@@ -414,7 +414,11 @@ def test_the_attribution_configs_splits_give_its_classes(tiny_builder):
   resolved = classes.resolve(config, train)
   assert resolved.attribution.classes == ("bona_fide", "diffusion", "progan", "stylegan2")
   ids = classes.source_ids(train, resolved.attribution.classes)
-  # Aligned fakes (the main job's recipe): a reconstruction and an inpainting per real.
+  assert np.bincount(ids).tolist() == [16, 16, 16, 16]
+  # With the main job's recipe: a reconstruction and an inpainting per real.
+  aligned = runpy.run_path(str(ROOT / "configs" / "attribution.py"))["get_config"]("aligned")
+  train = tfds_faces.split_from_builder(tiny_builder, aligned.data.train_split)
+  ids = classes.source_ids(train, resolved.attribution.classes)
   assert np.bincount(ids).tolist() == [16, 32, 32, 32]
   unseen = tfds_faces.split_from_builder(tiny_builder, "real_eval+dcgan_eval")
   ids = classes.source_ids(unseen, resolved.attribution.classes)
