@@ -137,8 +137,9 @@ def define_flags() -> None:
                     "`python -m cmfl_jax.align`; needs the align extra); one row per face, "
                     "'no face: <reason>' rows for photographs without one.")
   flags.DEFINE_enum("align_mode", "align", ["align", "box"], "--align: crop kind.")
-  flags.DEFINE_enum("align_policy", "largest", ["largest", "most_confident", "all",
-                                                "skip_multiple"], "--align: which faces.")
+  flags.DEFINE_enum("align_policy", "all", ["largest", "most_confident", "all",
+                                            "skip_multiple"], "--align: which faces (default: "
+                    "every face found, a row each, as the service answers them).")
   flags.DEFINE_integer("align_size", 224, "--align: crop size before the model's resize "
                        "(the size the training data was aligned at).")
   flags.DEFINE_float("max_upscale", 2.0, "--align: a face enlarged more than this to the "
