@@ -444,3 +444,16 @@ def test_reencode_gives_every_training_image_the_same_storage(tmp_path):
     assert not np.array_equal(img, stored) and not np.array_equal(img, stored.numpy()[:, ::-1])
   with pytest.raises(ValueError, match="data.reencode"):
     ops.parse_reencode("png:3")
+
+
+def test_input_config_is_parsed_once_and_checked():
+  """The pipeline's typed view of `config.data` (issue #37 item 5): made once,
+  bad values refused at the boundary, and the ConfigDict form still accepted."""
+  cfg = data_config(reencode="jpeg:90", randomize="jpeg", randomize_prob=0.3)
+  inputs = pipeline.InputConfig.from_config(cfg)
+  assert inputs.geometry == ops.Geometry(32, True) and inputs.reencode_quality == 90
+  assert inputs.randomization.groups == ("jpeg",) and inputs.randomization.prob == 0.3
+  assert pipeline.InputConfig.of(inputs) is inputs
+  assert pipeline.InputConfig.of(cfg) == inputs
+  with pytest.raises(ValueError, match="reencode"):
+    pipeline.InputConfig.from_config(data_config(reencode="png"))

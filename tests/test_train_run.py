@@ -194,13 +194,14 @@ def test_dev_config_is_typed_once_from_the_config():
   """What validation reads of the config, made once: the eval batch size, no
   classes without the attribution head, its classes and targets with it."""
   import runpy
+  from cmfl_jax.data import pipeline
   from cmfl_jax.training import loop
   config = runpy.run_path(SMOKE)["get_config"]()
   config.train.eval_batch_size = 12
   config.eval.unsure_error = 0.1
   dev = loop.DevConfig.from_config(config)
   assert (dev.batch_size, dev.classes, dev.unsure_error) == (12, (), 0.1)
-  assert dev.data is config.data
+  assert dev.data == pipeline.InputConfig.from_config(config.data)  # typed, not the ConfigDict
   config.attribution.enabled = True
   config.attribution.classes = ("bona_fide", "stylegan2")
   config.attribution.known_acceptance = 0.9

@@ -14,6 +14,7 @@ Labels: 1 = bona fide, 0 = attack.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -157,7 +158,31 @@ LOADERS = {Pixels: _pixels_loader, Encoded: _encoded_loader, Records: _records_l
            Files: _files_loader}
 
 
-def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_config: Any,
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  """What the input pipeline needs of `config.data`, parsed and checked once
+  at the boundary (`from_config`), so that the pipeline's signatures say what
+  they use."""
+
+  geometry: ops.Geometry
+  balance: str = "oversample"
+  augment_prob: float = 0.5
+  reencode_quality: int | None = None                    # training only
+  randomization: randomize.Randomization | None = None  # training only
+
+  @classmethod
+  def from_config(cls, data: Any) -> "InputConfig":
+    return cls(ops.Geometry.from_config(data), str(data.balance), float(data.augment_prob),
+               ops.parse_reencode(data.reencode), randomize.from_config(data))
+
+  @classmethod
+  def of(cls, value: "InputConfig | Any") -> "InputConfig":
+    """`value` itself, or made from a `config.data` ConfigDict (callers and
+    scripts that hold the config)."""
+    return value if isinstance(value, cls) else cls.from_config(value)
+
+
+def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, inputs: InputConfig,
                      train: bool, seed: int, epoch: int, condition: str = "none",
                      columns: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
   """Per-example dataset over `indices` of `split`, yielding image/label/mask
@@ -167,10 +192,10 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   `condition` post-processes each stored image first (robustness evaluation).
   """
   ops.parse_condition(condition)  # fail before building the pipeline
-  geometry = ops.Geometry.from_config(data_config)
-  processing = randomize.from_config(data_config) if train else None
-  reencode_quality = ops.parse_reencode(data_config.reencode) if train else None
-  prob = float(data_config.augment_prob)
+  geometry = inputs.geometry
+  processing = inputs.randomization if train else None
+  reencode_quality = inputs.reencode_quality if train else None
+  prob = inputs.augment_prob
   ds = tf.data.Dataset.from_tensor_slices({
       "index": indices.astype(np.int64), "mask": mask.astype(np.bool_),
       "aug_key": augmentation_keys(split)[indices],
@@ -207,8 +232,8 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, data_c
   return ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, epoch: int,
-                  skip_batches: int = 0, stop_batch: int | None = None,
+def train_dataset(split: Split, inputs: InputConfig | Any, global_batch: int, seed: int,
+                  epoch: int, skip_batches: int = 0, stop_batch: int | None = None,
                   columns: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
   """This process's batches of one training epoch, starting after
   `skip_batches` and ending before batch `stop_batch` (default: the epoch's
@@ -216,19 +241,20 @@ def train_dataset(split: Split, data_config: Any, global_batch: int, seed: int, 
   iterator to the end: abandoning a tf.data iterator with work in flight
   blocked the loop for 40-60 s at every epoch's end (measured on the main
   job, BENCHMARKS.md "Where the main job's time goes")."""
-  order = balanced_order(split.labels, seed, epoch, data_config.balance, split.made_from)
+  inputs = InputConfig.of(inputs)
+  order = balanced_order(split.labels, seed, epoch, inputs.balance, split.made_from)
   n_batches = len(order) // global_batch
   if stop_batch is not None:
     n_batches = min(n_batches, stop_batch)
   order = order[skip_batches * global_batch:n_batches * global_batch]
   local = process_slice(order, global_batch)
-  ds = _example_dataset(split, local, np.ones(len(local), bool), data_config, True, seed, epoch,
+  ds = _example_dataset(split, local, np.ones(len(local), bool), inputs, True, seed, epoch,
                         columns=columns)
   return ds.batch(global_batch // jax.process_count(), drop_remainder=True).prefetch(
       tf.data.AUTOTUNE)
 
 
-def eval_dataset(split: Split, data_config: Any, global_batch: int,
+def eval_dataset(split: Split, inputs: InputConfig | Any, global_batch: int,
                  condition: str = "none", columns: dict[str, np.ndarray] | None = None
                  ) -> tf.data.Dataset:
   """Every example exactly once across hosts; the last batch padded, mask=False.
@@ -240,8 +266,8 @@ def eval_dataset(split: Split, data_config: Any, global_batch: int,
   mask = np.arange(padded) < n
   local_idx = process_slice(indices, global_batch)
   local_mask = process_slice(mask, global_batch)
-  ds = _example_dataset(split, local_idx, local_mask, data_config, False, 0, 0, condition,
-                        columns)
+  ds = _example_dataset(split, local_idx, local_mask, InputConfig.of(inputs), False, 0, 0,
+                        condition, columns)
   return ds.batch(global_batch // jax.process_count()).prefetch(tf.data.AUTOTUNE)
 
 

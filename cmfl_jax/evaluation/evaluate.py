@@ -31,10 +31,11 @@ from cmfl_jax.verdicts import selective
 
 
 def evaluate_split(eval_fn: Callable, state: steps.TrainState, split: Split, mesh: Mesh, *,
-                   data: ml_collections.ConfigDict, batch_size: int, condition: str = "none",
+                   data: pipeline.InputConfig, batch_size: int, condition: str = "none",
                    classes: Sequence[str] = ()) -> dict[str, Any]:
   """Mean loss terms and per-example scores (in split order) over one split
-  read as `data` (`config.data`) says, in global batches of `batch_size`,
+  read as `data` says (`pipeline.InputConfig`; a `config.data` ConfigDict is
+  accepted), in global batches of `batch_size`,
   optionally post-processed by a robustness `condition`; with the attribution
   head (`classes`, `attribution.classes.head_classes`) also its logits [N, K]
   (`source_logits`)."""
@@ -184,6 +185,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   config = attribution_classes.from_checkpoint(config, meta)
   classes = attribution_classes.head_classes(config)
   splits, skipped = sources.load_splits(config.data, config.data.eval_splits)
+  inputs = pipeline.InputConfig.from_config(config.data)  # typed once, here
   audit_result = audit.audit_data(config.data, workdir)
   pipeline.report_skipped(skipped, workdir, "eval_data_report.json", audit.summary(audit_result))
   out_dir = os.path.join(workdir, "eval", name)
@@ -204,7 +206,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   def run(split_name: str, condition: str) -> dict[str, Any]:
     split = splits[split_name]
-    res = evaluate_split(eval_fn, state, split, mesh, data=config.data,
+    res = evaluate_split(eval_fn, state, split, mesh, data=inputs,
                          batch_size=config.train.eval_batch_size, condition=condition,
                          classes=classes)
     entry = {k: v for k, v in res.items() if k not in ("scores", "source_logits")}

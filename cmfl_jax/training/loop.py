@@ -180,7 +180,7 @@ class DevConfig:
   split is read and batched, the attribution head's classes (empty: none)
   and the targets of the fits that travel with the model."""
 
-  data: ml_collections.ConfigDict  # config.data: how the split's images are read
+  data: pipeline.InputConfig       # config.data: how the split's images are read
   batch_size: int                  # train.eval_batch_size
   classes: tuple[str, ...] = ()    # attribution.classes (empty: no attribution head)
   unsure_error: float = 0.05       # eval.unsure_error
@@ -189,7 +189,7 @@ class DevConfig:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "DevConfig":
     attribution = config.get("attribution", {})
-    return cls(config.data, int(config.train.eval_batch_size),
+    return cls(pipeline.InputConfig.from_config(config.data), int(config.train.eval_batch_size),
                attribution_classes.head_classes(config),
                float(config.eval.get("unsure_error", cls.unsure_error)),
                float(attribution.get("known_acceptance", cls.known_acceptance)))
@@ -343,7 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if global_batch % jax.device_count():
     raise ValueError(f"batch_size {global_batch} must be divisible by the {jax.device_count()} "
                      "devices")
-  steps_per_epoch = pipeline.steps_per_epoch(train_split, global_batch, config.data.balance,
+  inputs = pipeline.InputConfig.from_config(config.data)  # typed once, here
+  steps_per_epoch = pipeline.steps_per_epoch(train_split, global_batch, inputs.balance,
                                              config.seed)
   total_steps = steps_per_epoch * config.train.num_epochs
   if config.train.max_steps > 0:
@@ -376,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       total_steps, step, "train", config.train.progress_bar) as bar:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
-      ds = pipeline.train_dataset(train_split, config.data, global_batch, config.seed, epoch,
+      ds = pipeline.train_dataset(train_split, inputs, global_batch, config.seed, epoch,
                                   skip_batches=offset,
                                   stop_batch=min(steps_per_epoch, offset + total_steps - step),
                                   columns=train_columns)
