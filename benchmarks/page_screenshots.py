@@ -14,32 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if proc.poll() is not None:
-      raise SystemExit(f"server exited with {proc.returncode}")
-    try:
-      with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-        if r.status == 200:
-          return
-    except OSError:
-      pass
-    time.sleep(0.3)
-  raise SystemExit("server not ready in time")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_load import _free_port, _wait_ready  # noqa: E402
 
 
 def main() -> None:
@@ -68,7 +48,7 @@ def main() -> None:
   options.binary_location = shutil.which("chromium") or ""
   driver = None
   try:
-    _wait(url, proc)
+    _wait_ready(url, proc, timeout=600)
     driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")),
                               options=options)
     for case in args.cases:
