@@ -112,7 +112,7 @@ def _draw_range(version: str, seed: int, split: str, source: str, size: int, sta
 def stored_real(split: str, size: int, seed: int, i: int) -> tuple[np.ndarray, int, np.ndarray]:
   """Image `i` of `real_<split>` exactly as stored (uint8), the index of the
   training camera that took it and its face region."""
-  rng = np.random.default_rng([seed, simulate.SPLIT_SEED[split], simulate.SOURCE_SEED["real"], i])
+  rng = _real_rng(split, seed, i)
   img, camera, face = v2.render_real(rng, size)
   return simulate.store(np.round(img * 255).astype(np.uint8), rng), camera, face
 
@@ -138,8 +138,14 @@ def aligned_image(source: str, split: str, size: int, seed: int, i: int,
 
 
 def camera_of(split: str, size: int, seed: int, i: int) -> int:
-  """The training camera of image `i` of `real_<split>` (leave-one-camera-out)."""
-  return stored_real(split, size, seed, i)[1]
+  """The training camera of image `i` of `real_<split>` (leave-one-camera-out),
+  drawn without capturing or storing the image."""
+  return v2.real_scene(_real_rng(split, seed, i), size)[2]
+
+
+def _real_rng(split: str, seed: int, i: int) -> np.random.Generator:
+  """The draws of image `i` of `real_<split>` (as `_draw_range` makes them)."""
+  return np.random.default_rng([seed, simulate.SPLIT_SEED[split], simulate.SOURCE_SEED["real"], i])
 
 
 def _available_cores() -> int:

@@ -275,9 +275,15 @@ def render_real(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int, n
   """A training-camera image in [0, 1] before storage, the index of the camera
   that took it (in `TRAIN_CAMERAS`) and its face region (bool [S, S]): the
   same random draws, so the same pixels, as `render("real", ...)`."""
+  content, face, camera = real_scene(rng, size)
+  return capture(content, TRAIN_CAMERAS[camera], rng), camera, face
+
+
+def real_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """A training real before its camera: content, face region and the index of
+  the camera that will take it (the draws `render_real` starts with)."""
   content, masks = render_face(rng, size, with_masks=True)
-  camera = int(rng.integers(len(TRAIN_CAMERAS)))
-  return capture(content, TRAIN_CAMERAS[camera], rng), camera, masks["face"]
+  return content, masks["face"], int(rng.integers(len(TRAIN_CAMERAS)))
 
 
 # ----------------------------------------------------------------------------
