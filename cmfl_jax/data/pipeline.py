@@ -211,7 +211,7 @@ def _example_dataset(split: Split, indices: np.ndarray, mask: np.ndarray, inputs
     if reencode_quality is not None:  # before anything else: one storage for all classes
       img = ops.reencode(img, reencode_quality)
     aug_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
-    if train and processing is not None:  # both classes, a pair alike
+    if processing is not None:  # training only; both classes, a pair alike
       img = processing(img, seed_pair)
     if condition != "none":
       img = tf.ensure_shape(ops.postprocess(img, condition, seed_pair), [None, None, 3])
